@@ -150,3 +150,15 @@ class UnavailableError(ExchangeError):
     code = "unavailable"
     status = 503
     title = "Service unavailable"
+
+
+class PkiError(ExchangeError):
+    """The exchange PKI cannot do what the operator asked (``exchange pki``, loading identities).
+
+    Codes: ``invalid_node_id``, ``already_initialised``, ``not_initialised``, ``already_enrolled``,
+    ``unknown_node``, ``already_revoked``, ``pki_incomplete``, ``pki_corrupt``, ``pki_io``.
+    """
+
+    code = "pki_error"
+    status = 500
+    title = "PKI error"
