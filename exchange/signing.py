@@ -178,12 +178,17 @@ class Verifier:
         self.verify_statement(st, proof.signature)
 
     def verify_batch(self, batch: Batch, groups: Mapping[str, tuple[str, ...]]
-                     ) -> tuple[list[bytes], list[list[bytes]]]:
-        """Verify a whole published batch; return each record's digest and audit path."""
+                     ) -> tuple[list[dict[str, bytes]], list[bytes], list[list[bytes]]]:
+        """Verify a whole published batch; return each record's commitments, digest, audit path.
+
+        One altered record changes the root, so the whole batch is refused: the publisher's one
+        signature vouches for all of its records or for none.
+        """
         st = batch.statement
         if st.size != len(batch.records):
             raise IntegrityError(f"statement says {st.size} records, batch has "
                                  f"{len(batch.records)}", code="signature_invalid")
+        all_commitments: list[dict[str, bytes]] = []
         digests: list[bytes] = []
         for i, r in enumerate(batch.records):
             try:
@@ -191,10 +196,11 @@ class Verifier:
             except KeyError as err:
                 raise IntegrityError(f"record {i} has no salt for group {err.args[0]!r}",
                                      code="disclosure_invalid", index=i) from None
+            all_commitments.append(commitments)
             digests.append(digest(r.event.attributes(), commitments))
         root, paths = merkle.inclusion_paths([merkle.leaf_hash(d) for d in digests])
         if root != st.root:
             raise IntegrityError("batch root does not match the records (a record was altered)",
                                  code="signature_invalid")
         self.verify_statement(st, batch.signature)
-        return digests, paths
+        return all_commitments, digests, paths

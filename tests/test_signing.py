@@ -53,7 +53,7 @@ def _items(datas: list[dict[str, Any]]) -> list[tuple[str, int, dict[str, Any]]]
 def _deliver(batch: signing.Batch, granted: set[str], groups: dict[str, tuple[str, ...]]
              ) -> list[tuple[Envelope, dict[str, bytes], dict[str, bytes], signing.BatchProof]]:
     """What a broker would hand a subscriber: projected records with their proofs."""
-    _digests, paths = VERIFIER.verify_batch(batch, groups)
+    _, _, paths = VERIFIER.verify_batch(batch, groups)
     out = []
     for i, rec in enumerate(batch.records):
         data, salts, withheld = disclosure.project(rec.event.data, groups, rec.salts, granted)
