@@ -8,6 +8,7 @@ requires or recommends, and which domain rules apply beyond the JSON Schema.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from exchange.datasets.normalise import normalisation_notes
 from exchange.errors import Violation
 
 __all__ = ["DatasetSpec", "RuleContext", "Validated", "schema_violation"]
@@ -45,15 +47,28 @@ class Validated:
 Rule = Callable[[Any, RuleContext], list[Violation]]
 
 _MSGSPEC_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_INDEX = re.compile(r"\[\d+\]")
+# "Expected `str`, got `int`": a wrong JSON type, as opposed to a broken constraint
+_TYPE_ERROR = re.compile(r"^Expected `[^`]+`, got `")
 
 
-def schema_violation(err: msgspec.ValidationError) -> Violation:
-    """Translate a msgspec validation error into a Violation naming the field path."""
+def schema_violation(
+    err: msgspec.ValidationError, codes: Mapping[str, str] | None = None
+) -> Violation:
+    """Translate a msgspec validation error into a Violation naming the field path.
+
+    ``codes`` maps a path (list indexes written ``[*]``) to the stable code to report when a
+    value there breaks its constraint (pattern, enum, length, range) rather than its type.
+    """
     text = str(err)
     m = _MSGSPEC_PATH.search(text)
     path = m.group(1) if m else "$"
     message = text[: m.start()] if m else text
     code = "schema_violation"
+    if codes and not _TYPE_ERROR.match(message):
+        mapped = codes.get(_INDEX.sub("[*]", path))
+        if mapped is not None:
+            return Violation(mapped, message, path)
     if message.startswith("Object missing required field"):
         code = "missing_field"
         # msgspec names the missing field in the message, not the path
@@ -83,6 +98,12 @@ class DatasetSpec:
     required: tuple[str, ...]
     recommended: tuple[str, ...]
     rules: tuple[Rule, ...] = ()
+    #: path (list indexes as ``[*]``) -> stable code for a constraint failure found by the schema
+    codes: Mapping[str, str] = field(default_factory=dict)
+    #: dotted paths of free-text fields checked for normalisation (notes, never violations)
+    text_fields: tuple[str, ...] = ()
+    #: dotted paths of code fields that ``normalise_record`` upper-cases (plates, VINs, serials)
+    code_fields: tuple[str, ...] = ()
     #: how often the owner is expected to publish at least once (seconds); for "live"
     update_interval_s: int = 86_400
     description: str = ""
@@ -118,14 +139,38 @@ class DatasetSpec:
         }
         return schema
 
+    @functools.cached_property
+    def decoder(self) -> msgspec.json.Decoder[Any]:
+        """A reusable JSON decoder straight into ``record_type`` (no intermediate dicts)."""
+        return msgspec.json.Decoder(self.record_type)
+
     def validate(self, data: Any, ctx: RuleContext | None = None) -> Validated:
         """Schema then domain rules. Never raises for bad input; returns the violations."""
         try:
             record = msgspec.convert(data, self.record_type)
         except msgspec.ValidationError as err:
-            return Validated(None, [schema_violation(err)])
-        ctx = ctx or RuleContext()
+            return Validated(None, [schema_violation(err, self.codes)])
+        return self.check(record, ctx)
+
+    def validate_json(self, buf: bytes | str, ctx: RuleContext | None = None) -> Validated:
+        """Decode one JSON ``data`` object and validate it; the fast path for bytes on the wire.
+
+        Raises ``msgspec.DecodeError`` (not a ValidationError) only when ``buf`` is not JSON.
+        """
+        try:
+            record = self.decoder.decode(buf)
+        except msgspec.ValidationError as err:
+            return Validated(None, [schema_violation(err, self.codes)])
+        return self.check(record, ctx)
+
+    def check(self, record: Any, ctx: RuleContext | None = None) -> Validated:
+        """Domain rules and normalisation notes for an already decoded ``record_type`` value."""
+        if ctx is None:
+            ctx = RuleContext()
         violations: list[Violation] = []
         for rule in self.rules:
-            violations.extend(rule(record, ctx))
-        return Validated(record, violations)
+            found = rule(record, ctx)
+            if found:
+                violations.extend(found)
+        notes = normalisation_notes(record, self.text_fields) if self.text_fields else []
+        return Validated(record, violations, notes)
