@@ -78,8 +78,10 @@ def id_structure(p: Person, ctx: RuleContext) -> list[Violation]:
 
 
 def birth_province(p: Person, ctx: RuleContext) -> list[Violation]:
-    # Circular 07/2016/TT-BCA Annex 1: the 63 province codes (births abroad are out of v1)
-    if p.birth_registration_province not in BIRTH_PROVINCES:
+    # Circular 07/2016/TT-BCA Annex 1: the 63 province codes (births abroad are out of v1);
+    # when the id carries the same code, id_structure has reported it already
+    code = p.birth_registration_province
+    if code not in BIRTH_PROVINCES and code != p.id[:3]:
         return [Violation("unknown_birth_province",
                           f"{p.birth_registration_province} is not a province code of Circular "
                           "07/2016/TT-BCA Annex 1", "$.birth_registration_province")]
