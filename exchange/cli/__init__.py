@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 #: subcommand modules under exchange.cli; each defines register(subparsers)
-COMMANDS = ("schema", "pki", "demo")
+COMMANDS = ("schema", "pki", "broker", "node", "dead_letters", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

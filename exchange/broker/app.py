@@ -1,0 +1,312 @@
+"""The broker's aiohttp application: routes, the authentication gate, problem+json errors.
+
+``create_app(broker)`` builds the application over a ``Broker`` (config, PKI, store); ``serve``
+in ``exchange.broker.server`` runs it over TLS 1.3 with client certificates.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import WSMsgType, web
+
+from exchange import datasets, pki
+from exchange.access import BrokerConfig, Limits, Policy, parse_config
+from exchange.broker.hub import Hub
+from exchange.broker.publish import Publisher
+from exchange.broker.subscribe import Subscriptions
+from exchange.errors import AuthError, ExchangeError, InputError, LimitExceeded, NotFound
+from exchange.signing import Verifier
+from exchange.store.base import Store
+from exchange.wire import PublishReply
+
+__all__ = ["BROKER", "Broker", "create_app"]
+
+log = structlog.get_logger("exchange.broker")
+_json = msgspec.json.Encoder()
+_msgpack = msgspec.msgpack.Encoder()
+PROBLEM = "application/problem+json"
+
+
+class Broker:
+    """Everything one broker process holds: config, access policy, keys, store, live state."""
+
+    def __init__(self, config: BrokerConfig, store: Store, *, config_path: Path | None = None,
+                 tls: pki.ServerTLS | None = None) -> None:
+        self.config_path = config_path
+        self.store = store
+        self.tls = tls
+        self.pki_dir = Path(config.pki_dir)
+        self.identity = pki.load_broker_identity(self.pki_dir)
+        self.hub = Hub()
+        self.started = time.time()
+        self._apply(config)
+        self.verifier = Verifier(lambda node: self.signing_keys.get(node))
+        self.publisher = Publisher(store=store, broker_id=self.identity.node_id,
+                                   signing_key=self.identity.signing_key,
+                                   verifier=self.verifier, limits=lambda: self.limits,
+                                   on_append=self.hub.appended)
+        self.subscriptions = Subscriptions(store=store, hub=self.hub,
+                                           policy=lambda: self.policy,
+                                           limits=lambda: self.limits)
+
+    def _apply(self, config: BrokerConfig) -> None:
+        groups = {name: dict(datasets.get(name).groups) for name in datasets.names()}
+        for d in config.datasets:
+            datasets.get(d.name)  # an unknown dataset in the config fails the (re)load
+        self.policy = Policy(config, {k: tuple(v) for k, v in groups.items()})
+        self.config = config
+        self.limits: Limits = config.limits
+        self.signing_keys = pki.load_signing_registry(self.pki_dir)
+        self.revoked = pki.load_revoked(self.pki_dir)
+
+    def reload(self) -> None:
+        """Re-read the config file, the signing-key registry and the CRL; keep the old state if
+        anything fails, so a typo never takes the exchange down."""
+        config = self.config
+        if self.config_path is not None:
+            config = load_config(self.config_path)
+        self._apply(config)
+        if self.tls is not None:
+            self.tls.reload()
+        log.info("reloaded", datasets=len(config.datasets), agreements=len(config.agreements))
+
+
+def load_config(path: Path) -> BrokerConfig:
+    fmt = "json" if path.suffix == ".json" else "toml"
+    config = parse_config(path.read_text(encoding="utf-8"), fmt=fmt)
+    # relative paths in the file are relative to the file
+    base = path.parent
+    return msgspec.structs.replace(
+        config,
+        data_dir=str((base / config.data_dir).resolve()),
+        pki_dir=str((base / config.pki_dir).resolve()))
+
+
+BROKER = web.AppKey("broker", Broker)
+NODE = web.RequestKey("node", str)
+
+
+def problem_response(err: ExchangeError, request: web.Request) -> web.Response:
+    return web.Response(body=_json.encode(err.problem(instance=request.path)),
+                        status=err.status, content_type=PROBLEM)
+
+
+@web.middleware
+async def problem_middleware(request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                             ) -> web.StreamResponse:
+    """Every error leaves as RFC 9457 problem+json with a stable ``code``."""
+    rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    structlog.contextvars.bind_contextvars(request_id=rid, path=request.path)
+    try:
+        return await handler(request)
+    except ExchangeError as err:
+        log.info("refused", code=err.code, status=err.status, detail=err.message)
+        return problem_response(err, request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return problem_response(LimitExceeded(f"body larger than {exc.text}",
+                                              code="body_too_large"), request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        err = ExchangeError(exc.reason, code=code)
+        err.status = exc.status  # type: ignore[misc]
+        err.title = exc.reason  # type: ignore[misc]
+        return problem_response(err, request)
+    except Exception:
+        log.exception("internal_error")
+        return problem_response(ExchangeError("internal error; the request id is in the log",
+                                              code="internal_error"), request)
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    """Who is calling: the node id from the client certificate; refused if revoked."""
+    broker = request.app[BROKER]
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        raise AuthError("a client certificate from the exchange CA is required",
+                        code="no_certificate")
+    node = pki.node_id_from_cert(der)
+    if node in broker.revoked:
+        raise AuthError(f"the certificate of {node} is revoked", code="revoked")
+    request[NODE] = node
+    structlog.contextvars.bind_contextvars(node=node)
+    return await handler(request)
+
+
+def _ok(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_json.encode(body), status=status, content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    return _ok({"status": "ok", "broker": broker.identity.node_id,
+                "head": await broker.store.head(), "uptime_s": round(time.time() -
+                                                                      broker.started, 3)})
+
+
+async def list_datasets(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    out = []
+    for d in broker.config.datasets:
+        spec = datasets.get(d.name)
+        out.append({"name": d.name, "owner": d.owner, "version": spec.version,
+                    "type": spec.type, "dataschema": spec.dataschema,
+                    "groups": {g: list(f) for g, f in spec.groups.items()},
+                    "head": await broker.store.head(d.name)})
+    return _ok(out)
+
+
+async def list_schemas(request: web.Request) -> web.Response:
+    return _ok([{"dataset": n, "versions": sorted(datasets.REGISTRY[n]),
+                 "latest": datasets.get(n).dataschema} for n in datasets.names()])
+
+
+async def get_schema(request: web.Request) -> web.Response:
+    version = request.match_info.get("version")
+    try:
+        v = int(version) if version else None
+    except ValueError:
+        raise NotFound(f"schema version {version!r} is not a number",
+                       code="unknown_schema_version") from None
+    spec = datasets.get(request.match_info["dataset"], v)
+    return web.Response(body=_json.encode(spec.json_schema()),
+                        content_type="application/schema+json")
+
+
+async def post_records(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    node, dataset = request[NODE], request.match_info["dataset"]
+    structlog.contextvars.bind_contextvars(dataset=dataset)
+    broker.policy.check_publish(node, dataset)
+    body = await request.read()
+    outcome = await broker.publisher.publish(node, dataset, body, request.content_type)
+    log.info("published", accepted=outcome.receipt.receipt.accepted,
+             duplicates=len(outcome.receipt.receipt.duplicates),
+             rejected=len(outcome.receipt.receipt.rejected), last_seq=outcome.last_seq)
+    if outcome.problem is not None:
+        return web.Response(body=_json.encode(outcome.problem), status=outcome.status,
+                            content_type=PROBLEM)
+    return _ok(outcome.receipt)
+
+
+async def publish_ws(request: web.Request) -> web.StreamResponse:
+    """A stream of batches on one WebSocket; one ``PublishReply`` per batch, in order."""
+    broker = request.app[BROKER]
+    node, dataset = request[NODE], request.match_info["dataset"]
+    broker.policy.check_publish(node, dataset)
+    limits = broker.limits
+    ws = web.WebSocketResponse(heartbeat=limits.idle_timeout_s / 2,
+                               max_msg_size=limits.max_body_bytes)
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            continue
+        binary = msg.type == WSMsgType.BINARY
+        body = msg.data if binary else msg.data.encode()
+        try:
+            broker.policy.check_publish(node, dataset)  # an agreement may change mid-stream
+            outcome = await broker.publisher.publish(
+                node, dataset, body, "application/msgpack" if binary else "application/json")
+            reply = PublishReply(receipt=outcome.receipt, problem=outcome.problem)
+        except ExchangeError as err:
+            reply = PublishReply(problem=err.problem(instance=request.path))
+        if binary:
+            await ws.send_bytes(_msgpack.encode(reply))
+        else:
+            await ws.send_str(_json.encode(reply).decode())
+    return ws
+
+
+async def subscribe_ws(request: web.Request) -> web.StreamResponse:
+    broker = request.app[BROKER]
+    structlog.contextvars.bind_contextvars(dataset=request.match_info["dataset"])
+    return await broker.subscriptions.handle(request, request[NODE])
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    """Durable subscriptions with their lag: the caller's own; every one for operators."""
+    broker = request.app[BROKER]
+    node = request[NODE]
+    operator = node == broker.identity.node_id or node in broker.config.operators
+    out = []
+    for row in await broker.store.subscriptions():
+        if not operator and row.node != node:
+            continue
+        head = await broker.store.head(row.dataset)
+        out.append({"node": row.node, "dataset": row.dataset, "name": row.name,
+                    "acked": row.acked, "head": head,
+                    "lag": await broker.store.count_after(row.dataset, row.acked),
+                    "connected": (row.node, row.dataset, row.name) in
+                    broker.subscriptions.live})
+    return _ok(out)
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    """The caller's refused records, oldest first; page with ``after`` = the last id seen."""
+    broker = request.app[BROKER]
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = min(int(request.query.get("limit", "100")), 1000)
+    except ValueError:
+        raise InputError("after and limit must be integers", code="bad_query") from None
+    rows = await broker.store.dead_letters(request[NODE], after, limit)
+    return _ok([{**msgspec.to_builtins(d, builtin_types=(bytes,)),
+                 "record": d.record.decode("utf-8", "replace")} for d in rows])
+
+
+async def node_certificate(request: web.Request) -> web.Response:
+    """A node's signing certificate (PEM), for subscribers to check against the exchange CA
+    themselves: the broker serves it, but cannot forge it."""
+    broker = request.app[BROKER]
+    node = request.match_info["node"]
+    try:
+        pki.validate_node_id(node)
+        path = (broker.pki_dir / "nodes" / node / "signing.crt")
+        if node == broker.identity.node_id:
+            path = broker.identity.signing_cert
+        return web.Response(body=Path(path).read_bytes(), content_type="application/pem-certificate-chain")
+    except (OSError, ExchangeError):
+        raise NotFound(f"no signing certificate for {node!r}", code="unknown_node") from None
+
+
+def create_app(broker: Broker) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware, auth_middleware],
+                          client_max_size=broker.limits.max_body_bytes)
+    app[BROKER] = broker
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        await broker.store.open()
+        for d in broker.config.datasets:
+            broker.hub.heads[d.name] = await broker.store.head(d.name)
+        yield
+        await broker.store.close()
+
+    app.cleanup_ctx.append(store_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/datasets", list_datasets)
+    app.router.add_get("/v1/schemas", list_schemas)
+    app.router.add_get("/v1/schemas/{dataset}", get_schema)
+    app.router.add_get("/v1/schemas/{dataset}/{version}", get_schema)
+    app.router.add_post("/v1/datasets/{dataset}/records", post_records)
+    app.router.add_get("/v1/datasets/{dataset}/publish", publish_ws)
+    app.router.add_get("/v1/datasets/{dataset}/subscribe", subscribe_ws)
+    app.router.add_get("/v1/subscriptions", list_subscriptions)
+    app.router.add_get("/v1/dead-letters", dead_letters)
+    app.router.add_get("/v1/nodes/{node}/certificate", node_certificate)
+    return app
+

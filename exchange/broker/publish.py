@@ -1,0 +1,140 @@
+"""Publish: decode → gate → store → signed receipt. One instance per broker process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from exchange import datasets, gate
+from exchange.access import Limits
+from exchange.envelope import now_rfc3339
+from exchange.errors import ExchangeError, InputError, InvalidRecord, Violation
+from exchange.signing import Batch, Verifier
+from exchange.store.base import DeadLetter, Store
+from exchange.wire import RECEIPT_CONTEXT, Duplicate, Receipt, SignedReceipt
+
+__all__ = ["Outcome", "Publisher", "sign_receipt"]
+
+_json_batch = msgspec.json.Decoder(Batch)
+_msgpack_batch = msgspec.msgpack.Decoder(Batch)
+_canon = msgspec.json.Encoder(order="sorted")
+_json = msgspec.json.Encoder()
+
+#: conflicts alone make a 409; any other rejection makes the reply a 422
+CONFLICT_CODES = frozenset({"version_conflict", "stale_version"})
+
+
+def sign_receipt(key: Ed25519PrivateKey, receipt: Receipt) -> SignedReceipt:
+    return SignedReceipt(receipt, key.sign(RECEIPT_CONTEXT + _canon.encode(receipt)))
+
+
+@dataclass
+class Outcome:
+    """What a publish produced: the signed receipt, and the problem when something was refused."""
+
+    receipt: SignedReceipt
+    status: int
+    problem: dict[str, Any] | None
+    last_seq: int
+
+
+class Publisher:
+    def __init__(self, *, store: Store, broker_id: str, signing_key: Ed25519PrivateKey,
+                 verifier: Verifier, limits: Callable[[], Limits],
+                 on_append: Callable[[str, int], None]) -> None:
+        self.store = store
+        self.broker_id = broker_id
+        self.key = signing_key
+        self.verifier = verifier
+        self._limits = limits
+        self._on_append = on_append
+        # one writer: the version decision and the append must see the same state
+        self._lock = asyncio.Lock()
+
+    def decode(self, body: bytes, content_type: str) -> Batch:
+        dec = _msgpack_batch if content_type in ("application/msgpack",
+                                                 "application/x-msgpack") else _json_batch
+        try:
+            return dec.decode(body)
+        except msgspec.ValidationError as err:
+            raise InputError(f"batch does not match the wire schema: {err}",
+                             code="schema_violation") from None
+        except msgspec.DecodeError as err:
+            raise InputError(f"body is not valid {'MessagePack' if dec is _msgpack_batch else 'JSON'}"
+                             f": {err}", code="malformed") from None
+        except RecursionError:
+            raise InputError("body is nested too deeply", code="too_deep") from None
+
+    async def refuse(self, node: str, dataset: str, err: ExchangeError,
+                     batch: Batch | None, body: bytes) -> None:
+        """Keep a refused batch in the publisher's dead letters: each record, or the body."""
+        now = time.time()
+        if batch is None:
+            dead = [DeadLetter(publisher=node, dataset=dataset, received_at=now, index=None,
+                               code=err.code, path="$", message=err.message, record=body[:4096])]
+        else:
+            dead = [DeadLetter(publisher=node, dataset=dataset, received_at=now, index=i,
+                               code=err.code, path="$", message=err.message,
+                               record=_json.encode(r)) for i, r in enumerate(batch.records)]
+        await self.store.add_dead_letters(dead)
+
+    async def publish(self, node: str, dataset: str, body: bytes, content_type: str) -> Outcome:
+        spec = datasets.get(dataset)
+        limits = self._limits()
+        batch: Batch | None = None
+        try:
+            batch = self.decode(body, content_type)
+            checked = gate.check(batch, node=node, spec=spec, verifier=self.verifier,
+                                 limits=limits, ctx=datasets.RuleContext())
+        except ExchangeError as err:
+            await self.refuse(node, dataset, err, batch, body)
+            raise
+        now = time.time()
+        async with self._lock:
+            current = await self.store.current(dataset, [c.key for c in checked.candidates])
+            decided = gate.decide(checked, current)
+            dead = [DeadLetter(publisher=node, dataset=dataset, received_at=now, index=v.index,
+                               code=v.code, path=v.path, message=v.message,
+                               record=_json.encode(batch.records[v.index or 0]))
+                    for v in decided.rejected]
+            if decided.accepted:
+                _, first = await self.store.append(node, dataset, batch, decided.accepted,
+                                                   dead, now)
+            else:
+                await self.store.add_dead_letters(dead)
+                first = 0
+        last = first + len(decided.accepted) - 1
+        if decided.accepted:
+            self._on_append(dataset, last)
+        duplicates = [Duplicate(d.index, first - 1 - d.seq if d.seq < 0 else d.seq)
+                      for d in decided.duplicates]
+        receipt = sign_receipt(self.key, Receipt(
+            broker=self.broker_id, publisher=node, dataset=dataset,
+            batch_root=batch.statement.root, first_seq=first if decided.accepted else 0,
+            last_seq=last if decided.accepted else -1, accepted=len(decided.accepted),
+            duplicates=duplicates, rejected=decided.rejected, time=now_rfc3339()))
+        if not decided.rejected:
+            return Outcome(receipt, 200, None, last)
+        return Outcome(receipt, *self._problem(decided.rejected, receipt), last)
+
+    def _problem(self, rejected: list[Violation], receipt: SignedReceipt
+                 ) -> tuple[int, dict[str, Any]]:
+        codes = {v.code for v in rejected}
+        refused = len({v.index for v in rejected})
+        total = receipt.receipt.accepted + len(receipt.receipt.duplicates) + refused
+        err = InvalidRecord(
+            f"{refused} of {total} records refused ({', '.join(sorted(codes))}); "
+            "the receipt covers the rest",
+            code=codes.pop() if len(codes) == 1 else "records_rejected",
+            violations=rejected)
+        body = err.problem()
+        body["receipt"] = msgspec.to_builtins(receipt)
+        status = 409 if {v.code for v in rejected} <= CONFLICT_CODES else 422
+        body["status"] = status
+        return status, body

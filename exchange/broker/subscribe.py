@@ -1,0 +1,229 @@
+"""Subscribe: one WebSocket per live subscription; the state machine is ``exchange.consumer``.
+
+The handler pumps bytes: client frames (credits, acks) in, ``Records`` frames out. It reads the
+store only as far as the client's credit allows, so a client that grants nothing makes the
+broker hold nothing for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import WSMsgType, web
+
+from exchange import datasets
+from exchange.access import Limits, Policy
+from exchange.broker.hub import Hub
+from exchange.consumer import ConsumerState
+from exchange.errors import ExchangeError, Forbidden, InputError
+from exchange.store.base import BatchRow, Store, StoredBody, StoredRecord
+from exchange.wire import Ack, BatchRef, ClientFrame, Credit, DeliveredRecord, Hello, Records
+
+__all__ = ["Subscriptions", "parse_start"]
+
+log = structlog.get_logger("exchange.subscribe")
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_client_json = msgspec.json.Decoder(ClientFrame)
+_client_msgpack = msgspec.msgpack.Decoder(ClientFrame)
+_body = msgspec.msgpack.Decoder(StoredBody)
+_json = msgspec.json.Encoder()
+_msgpack = msgspec.msgpack.Encoder()
+
+#: WebSocket close codes in the private range (RFC 6455 §7.4.2)
+CLOSE_FORBIDDEN = 4403
+CLOSE_BAD_FRAME = 4400
+
+
+def parse_start(start: str) -> tuple[str, Any]:
+    """``earliest`` | ``latest`` | ``seq:N`` (first seq to deliver) | ``time:RFC3339``."""
+    if start in ("earliest", "latest"):
+        return start, None
+    kind, _, value = start.partition(":")
+    try:
+        if kind == "seq":
+            n = int(value)
+            if n < 0:
+                raise ValueError(n)
+            return kind, n
+        if kind == "time":
+            t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if t.tzinfo is None:
+                raise ValueError("naive time")
+            return kind, t.timestamp()
+    except ValueError:
+        pass
+    raise InputError(f"start {start!r} is not earliest, latest, seq:N or time:RFC3339",
+                     code="bad_start")
+
+
+class Subscriptions:
+    def __init__(self, *, store: Store, hub: Hub, policy: Callable[[], Policy],
+                 limits: Callable[[], Limits]) -> None:
+        self.store = store
+        self.hub = hub
+        self._policy = policy
+        self._limits = limits
+        self._batch_cache: dict[int, BatchRow] = {}
+        self.live: dict[tuple[str, str, str], ConsumerState] = {}
+
+    async def handle(self, request: web.Request, node: str) -> web.StreamResponse:
+        dataset = request.match_info["dataset"]
+        name = request.query.get("name", "default")
+        if not _NAME.match(name):
+            raise InputError("subscription name must be 1-64 of A-Z a-z 0-9 _ . -",
+                             code="bad_subscription_name")
+        encoding = request.query.get("encoding", "json")
+        if encoding not in ("json", "msgpack"):
+            raise InputError("encoding must be json or msgpack", code="bad_encoding")
+        agreement, granted = self._policy().check_subscribe(node, dataset, _utcnow())
+        row = await self.store.subscription(node, dataset, name)
+        if row is None:
+            kind, value = parse_start(request.query.get("start", "earliest"))
+            if kind == "earliest":
+                acked = -1
+            elif kind == "latest":
+                acked = await self.store.head(dataset)
+            elif kind == "seq":
+                acked = value - 1
+            else:
+                acked = await self.store.seq_before_time(dataset, value)
+            row = await self.store.create_subscription(node, dataset, name, acked, time.time())
+        key = (node, dataset, name)
+        if key in self.live:
+            raise ExchangeError(f"subscription {name!r} on {dataset} is already connected",
+                                code="subscription_busy")
+        limits = self._limits()
+        ws = web.WebSocketResponse(heartbeat=limits.idle_timeout_s / 2,
+                                   max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        state = ConsumerState(acked=row.acked, ack_timeout=limits.ack_timeout_s)
+        self.live[key] = state
+        binary = encoding == "msgpack"
+        log.info("subscribed", dataset=dataset, subscription=name, acked=row.acked,
+                 groups=granted, purpose=agreement.purpose)
+        try:
+            await self._send(ws, binary, Hello(subscription=name, dataset=dataset,
+                                               acked=row.acked, start_after=row.acked,
+                                               granted=granted, purpose=agreement.purpose))
+            await self._pump(ws, state, node, dataset, name, granted, binary, limits)
+        finally:
+            del self.live[key]
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _send(self, ws: web.WebSocketResponse, binary: bool, frame: Any) -> None:
+        if binary:
+            await ws.send_bytes(_msgpack.encode(frame))
+        else:
+            await ws.send_str(_json.encode(frame).decode())
+
+    async def _pump(self, ws: web.WebSocketResponse, state: ConsumerState, node: str,
+                    dataset: str, name: str, granted: list[str], binary: bool,
+                    limits: Limits) -> None:
+        wake = asyncio.Event()
+        reader = asyncio.create_task(self._read(ws, state, node, dataset, name, binary, wake))
+        try:
+            while not ws.closed and not reader.done():
+                try:
+                    self._policy().check_subscribe(node, dataset, _utcnow())
+                except Forbidden as err:
+                    await ws.close(code=CLOSE_FORBIDDEN, message=err.code.encode())
+                    return
+                now = time.monotonic()
+                if state.overdue(now):
+                    n = state.rewind()
+                    log.info("redeliver", dataset=dataset, subscription=name, records=n,
+                             after=state.acked)
+                grown = self.hub.event(dataset)
+                want = state.wants(limits.max_frame_records)
+                if want:
+                    rows = await self.store.read(dataset, state.sent_upto, want)
+                    if rows:
+                        frame = await self._frame(rows, granted, state.max_sent)
+                        await self._send(ws, binary, frame)
+                        state.sent([r.seq for r in rows], time.monotonic())
+                        continue
+                wake.clear()
+                deadline = state.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                waits = [asyncio.ensure_future(wake.wait()), reader]
+                if want:
+                    waits.append(asyncio.ensure_future(grown.wait()))
+                done, pending = await asyncio.wait(waits, timeout=timeout,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for f in pending:
+                    if f is not reader:
+                        f.cancel()
+        finally:
+            if not reader.done():
+                reader.cancel()
+            try:
+                await reader
+            except (asyncio.CancelledError, ExchangeError):
+                pass
+
+    async def _read(self, ws: web.WebSocketResponse, state: ConsumerState, node: str,
+                    dataset: str, name: str, binary: bool, wake: asyncio.Event) -> None:
+        async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            try:
+                raw = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+                frame = (_client_msgpack if msg.type == WSMsgType.BINARY else
+                         _client_json).decode(raw)
+                match frame:
+                    case Credit(n=n):
+                        state.grant(n)
+                    case Ack(seq=seq):
+                        if state.ack(seq):
+                            await self.store.ack(node, dataset, name, state.acked)
+            except (msgspec.DecodeError, msgspec.ValidationError, InputError) as err:
+                await ws.close(code=CLOSE_BAD_FRAME, message=str(err)[:120].encode())
+                return
+            wake.set()
+
+    async def _frame(self, rows: list[StoredRecord], granted: list[str], max_sent: int
+                     ) -> Records:
+        need = [r.batch_id for r in rows if r.batch_id not in self._batch_cache]
+        if need:
+            if len(self._batch_cache) > 10_000:
+                self._batch_cache.clear()
+            self._batch_cache.update(await self.store.batches(need))
+        granted_set = set(granted)
+        records: list[DeliveredRecord] = []
+        batch_ids: dict[int, None] = {}
+        for r in rows:
+            body = _body.decode(r.body)
+            event = body.event
+            groups = body.commitments.keys()
+            if granted_set >= groups:
+                salts, withheld = body.salts, {}
+            else:
+                spec = datasets.get(event.dataset, event.schema_version)
+                keep = {f for g in granted_set for f in spec.groups.get(g, ())}
+                event = msgspec.structs.replace(event, data={
+                    f: v for f, v in event.data.items() if f in keep})
+                salts = {g: s for g, s in body.salts.items() if g in granted_set}
+                withheld = {g: c for g, c in body.commitments.items() if g not in granted_set}
+            batch_ids[r.batch_id] = None
+            records.append(DeliveredRecord(
+                seq=r.seq, event=event, salts=salts, withheld=withheld, batch=r.batch_id,
+                index=r.index, path=body.path, accepted_at=r.accepted_at,
+                redelivered=r.seq <= max_sent))
+        batches = [BatchRef(b, self._batch_cache[b].statement, self._batch_cache[b].signature)
+                   for b in batch_ids]
+        return Records(batches=batches, records=records, head=self.hub.heads.get(
+            rows[-1].dataset, rows[-1].seq))
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,119 @@
+"""The store interface every backend implements (sqlite now; NATS JetStream behind the same).
+
+A store keeps accepted records in one global order (``seq``, from 0), the current version of every
+key, publishers' batch statements, dead letters, and durable subscription positions. The broker
+serialises appends; a store makes each append atomic: all of a batch's records and dead letters,
+or none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from exchange.envelope import Envelope
+from exchange.gate import Candidate, Current
+from exchange.signing import Batch, Statement
+
+__all__ = ["DeadLetter", "Store", "StoredBody", "StoredRecord", "SubscriptionRow"]
+
+
+class StoredBody(msgspec.Struct, frozen=True, array_like=True):
+    """What the store keeps per record, besides its indexed columns (MessagePack)."""
+
+    event: Envelope
+    salts: dict[str, bytes]
+    commitments: dict[str, bytes]
+    path: list[bytes]
+    completeness: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    seq: int
+    dataset: str
+    key: str
+    version: int
+    batch_id: int
+    index: int
+    accepted_at: float
+    digest: bytes
+    body: bytes  # StoredBody, MessagePack
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A refused record (or a refused batch, index None), kept for its publisher."""
+
+    id: int = 0
+    publisher: str
+    dataset: str
+    received_at: float
+    index: int | None
+    code: str
+    path: str
+    message: str
+    #: the refused record as received (JSON), or a prefix of an undecodable body
+    record: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRow:
+    node: str
+    dataset: str
+    name: str
+    acked: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    id: int
+    statement: Statement
+    signature: bytes
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def head(self, dataset: str | None = None) -> int:
+        """Highest seq stored (of ``dataset``, or overall); -1 when none."""
+        ...
+
+    async def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]: ...
+
+    async def append(self, publisher: str, dataset: str, batch: Batch,
+                     accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
+                     now: float) -> tuple[int, int]:
+        """Store accepted records and dead letters atomically; return (batch id, first seq)."""
+        ...
+
+    async def add_dead_letters(self, dead: Sequence[DeadLetter]) -> None: ...
+
+    async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]: ...
+
+    async def read_range(self, start: int, end: int) -> list[StoredRecord]:
+        """Records with start <= seq < end, every dataset, in seq order."""
+        ...
+
+    async def seq_before_time(self, dataset: str, t: float) -> int:
+        """Highest seq of ``dataset`` accepted before ``t`` (-1 if none)."""
+        ...
+
+    async def batches(self, ids: Sequence[int]) -> dict[int, BatchRow]: ...
+
+    async def subscription(self, node: str, dataset: str, name: str) -> SubscriptionRow | None: ...
+
+    async def create_subscription(self, node: str, dataset: str, name: str, acked: int,
+                                  now: float) -> SubscriptionRow: ...
+
+    async def ack(self, node: str, dataset: str, name: str, seq: int) -> None: ...
+
+    async def subscriptions(self) -> list[SubscriptionRow]: ...
+
+    async def count_after(self, dataset: str, seq: int) -> int: ...
+
+    async def dead_letters(self, publisher: str, after: int, limit: int) -> list[DeadLetter]: ...

@@ -1,0 +1,270 @@
+"""The embedded default store: one sqlite file in WAL mode, via aiosqlite.
+
+Each publish is one transaction (records, current versions, batch statement, dead letters), so a
+crash leaves a batch either wholly stored or not at all; the receipt is sent only after commit.
+``synchronous=FULL`` by default: a commit survives power loss, not only a killed process (sqlite's
+WAL docs: NORMAL may lose the last commits on power loss). ``durability="normal"`` trades that for
+speed where the disk is battery-backed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiosqlite
+import msgspec
+
+from exchange.errors import UnavailableError
+from exchange.gate import Candidate, Current
+from exchange.signing import Batch, Statement
+from exchange.store.base import (
+    BatchRow,
+    DeadLetter,
+    StoredBody,
+    StoredRecord,
+    SubscriptionRow,
+)
+
+__all__ = ["SqliteStore"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    publisher TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    statement BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    batch_id INTEGER NOT NULL REFERENCES batches(id),
+    idx INTEGER NOT NULL,
+    accepted_at REAL NOT NULL,
+    digest BLOB NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_dataset_seq ON records(dataset, seq);
+CREATE INDEX IF NOT EXISTS records_dataset_time ON records(dataset, accepted_at);
+CREATE TABLE IF NOT EXISTS current (
+    dataset TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    content BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (dataset, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    publisher TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    idx INTEGER,
+    code TEXT NOT NULL,
+    path TEXT NOT NULL,
+    message TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_publisher ON dead_letters(publisher, id);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    node TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    name TEXT NOT NULL,
+    acked INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (node, dataset, name)
+) WITHOUT ROWID;
+"""
+
+_body = msgspec.msgpack.Encoder()
+_stmt_dec = msgspec.msgpack.Decoder(Statement)
+_json = msgspec.json.Encoder()
+
+
+class SqliteStore:
+    """``Store`` on one sqlite file. One writer connection; the broker serialises appends."""
+
+    def __init__(self, path: str | Path, *, durability: str = "full") -> None:
+        self.path = Path(path)
+        self._durability = durability.upper()
+        self._db: aiosqlite.Connection | None = None
+        self._head = -1
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise UnavailableError("store is not open", code="store_closed")
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute(f"PRAGMA synchronous={self._durability}")
+            await self._db.execute("PRAGMA foreign_keys=ON")
+            await self._db.executescript(SCHEMA)
+            async with self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM records") as cur:
+                row = await cur.fetchone()
+            self._head = int(row[0]) if row else -1
+        except sqlite3.Error as err:
+            raise UnavailableError(f"cannot open the store at {self.path}: {err}",
+                                   code="store_unavailable") from None
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def head(self, dataset: str | None = None) -> int:
+        if dataset is None:
+            return self._head
+        async with self.db.execute("SELECT COALESCE(MAX(seq), -1) FROM records WHERE dataset=?",
+                                   (dataset,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else -1
+
+    async def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]:
+        out: dict[str, Current] = {}
+        unique = list(dict.fromkeys(keys))
+        # sqlite's default SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32; stay well below it
+        for i in range(0, len(unique), 900):
+            chunk = unique[i:i + 900]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT key, version, content, seq FROM current WHERE dataset=? AND key IN "
+                f"({marks})", (dataset, *chunk)) as cur:
+                async for key, version, content, seq in cur:
+                    out[key] = Current(version, content, seq)
+        return out
+
+    async def append(self, publisher: str, dataset: str, batch: Batch,
+                     accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
+                     now: float) -> tuple[int, int]:
+        db = self.db
+        first = self._head + 1
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            cur = await db.execute(
+                "INSERT INTO batches (publisher, dataset, statement, signature, received_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (publisher, dataset, _body.encode(batch.statement), batch.signature, now))
+            batch_id = cur.lastrowid
+            assert batch_id is not None
+            rows = []
+            cur_rows = []
+            for n, c in enumerate(accepted):
+                seq = first + n
+                body = _body.encode(StoredBody(c.record.event, c.record.salts, c.commitments,
+                                               c.path, c.completeness))
+                rows.append((seq, dataset, c.key, c.version, batch_id, c.index, now, c.digest,
+                             body))
+                cur_rows.append((dataset, c.key, c.version, c.content, seq))
+            await db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            await db.executemany(
+                "INSERT INTO current VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset, key) DO UPDATE "
+                "SET version=excluded.version, content=excluded.content, seq=excluded.seq",
+                cur_rows)
+            await self._insert_dead(dead)
+            await db.execute("COMMIT")
+        except BaseException:
+            # the batch is all-or-nothing; nothing already committed is touched
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+        self._head = first + len(accepted) - 1
+        return batch_id, first
+
+    async def _insert_dead(self, dead: Sequence[DeadLetter]) -> None:
+        if dead:
+            await self.db.executemany(
+                "INSERT INTO dead_letters (publisher, dataset, received_at, idx, code, path, "
+                "message, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(d.publisher, d.dataset, d.received_at, d.index, d.code, d.path, d.message,
+                  d.record) for d in dead])
+
+    async def add_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
+        await self._insert_dead(dead)
+
+    def _records(self, rows: Sequence[sqlite3.Row | tuple[object, ...]]) -> list[StoredRecord]:
+        return [StoredRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]:
+        async with self.db.execute(
+            "SELECT seq, dataset, key, version, batch_id, idx, accepted_at, digest, body "
+            "FROM records WHERE dataset=? AND seq>? ORDER BY seq LIMIT ?",
+            (dataset, after, limit)) as cur:
+            return self._records(list(await cur.fetchall()))
+
+    async def read_range(self, start: int, end: int) -> list[StoredRecord]:
+        async with self.db.execute(
+            "SELECT seq, dataset, key, version, batch_id, idx, accepted_at, digest, body "
+            "FROM records WHERE seq>=? AND seq<? ORDER BY seq", (start, end)) as cur:
+            return self._records(list(await cur.fetchall()))
+
+    async def seq_before_time(self, dataset: str, t: float) -> int:
+        async with self.db.execute(
+            "SELECT COALESCE(MAX(seq), -1) FROM records WHERE dataset=? AND accepted_at<?",
+            (dataset, t)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else -1
+
+    async def batches(self, ids: Sequence[int]) -> dict[int, BatchRow]:
+        out: dict[int, BatchRow] = {}
+        unique = list(dict.fromkeys(ids))
+        for i in range(0, len(unique), 900):
+            chunk = unique[i:i + 900]
+            async with self.db.execute(
+                f"SELECT id, statement, signature FROM batches WHERE id IN "
+                f"({','.join('?' * len(chunk))})", chunk) as cur:
+                async for bid, stmt, sig in cur:
+                    out[bid] = BatchRow(bid, _stmt_dec.decode(stmt), sig)
+        return out
+
+    async def subscription(self, node: str, dataset: str, name: str) -> SubscriptionRow | None:
+        async with self.db.execute(
+            "SELECT node, dataset, name, acked, created_at FROM subscriptions "
+            "WHERE node=? AND dataset=? AND name=?", (node, dataset, name)) as cur:
+            row = await cur.fetchone()
+        return SubscriptionRow(*row) if row else None
+
+    async def create_subscription(self, node: str, dataset: str, name: str, acked: int,
+                                  now: float) -> SubscriptionRow:
+        await self.db.execute(
+            "INSERT OR IGNORE INTO subscriptions VALUES (?, ?, ?, ?, ?)",
+            (node, dataset, name, acked, now))
+        row = await self.subscription(node, dataset, name)
+        assert row is not None
+        return row
+
+    async def ack(self, node: str, dataset: str, name: str, seq: int) -> None:
+        # MAX keeps the position monotonic even if two connections of one subscription race
+        await self.db.execute(
+            "UPDATE subscriptions SET acked=MAX(acked, ?) WHERE node=? AND dataset=? AND name=?",
+            (seq, node, dataset, name))
+
+    async def subscriptions(self) -> list[SubscriptionRow]:
+        async with self.db.execute(
+            "SELECT node, dataset, name, acked, created_at FROM subscriptions "
+            "ORDER BY dataset, node, name") as cur:
+            return [SubscriptionRow(*r) for r in await cur.fetchall()]
+
+    async def count_after(self, dataset: str, seq: int) -> int:
+        async with self.db.execute(
+            "SELECT COUNT(*) FROM records WHERE dataset=? AND seq>?", (dataset, seq)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def dead_letters(self, publisher: str, after: int, limit: int) -> list[DeadLetter]:
+        async with self.db.execute(
+            "SELECT id, publisher, dataset, received_at, idx, code, path, message, record "
+            "FROM dead_letters WHERE publisher=? AND id>? ORDER BY id LIMIT ?",
+            (publisher, after, limit)) as cur:
+            return [DeadLetter(id=r[0], publisher=r[1], dataset=r[2], received_at=r[3],
+                               index=r[4], code=r[5], path=r[6], message=r[7], record=r[8])
+                    for r in await cur.fetchall()]

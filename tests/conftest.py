@@ -1,0 +1,99 @@
+"""Shared fixtures: a real exchange on 127.0.0.1 — PKI from the project's own CA, the broker
+over TLS 1.3 with client certificates, sqlite on disk."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import web
+
+from exchange import pki
+from exchange.access import Agreement, BrokerConfig, DatasetConfig, Limits
+from exchange.broker.app import Broker, create_app
+from exchange.node import NodeConfig
+from exchange.store.sqlite import SqliteStore
+
+TODAY = dt.date(2026, 11, 22)
+
+OWNERS = {
+    "population": "vn.gov.mps.population",
+    "tax": "vn.gov.mof.tax",
+    "land": "vn.gov.mae.land",
+    "vehicle": "vn.gov.mps.vehicle",
+}
+OUTSIDER = "vn.gov.test.outsider"
+
+AGREEMENTS = [
+    Agreement(subscriber=OWNERS["tax"], dataset="population",
+              purpose="keep taxpayers' addresses and status current",
+              groups=["identity", "residence", "civil_status"]),
+    Agreement(subscriber=OWNERS["land"], dataset="population",
+              purpose="identify land users", groups=["residence"]),
+    Agreement(subscriber=OWNERS["vehicle"], dataset="population",
+              purpose="identify vehicle owners", groups=["identity", "residence"]),
+    Agreement(subscriber=OWNERS["vehicle"], dataset="tax",
+              purpose="identify organisations owning vehicles"),
+]
+
+
+@dataclass
+class Env:
+    root: Path
+    pki_dir: Path
+    data_dir: Path
+    url: str
+    broker: Broker
+    runner: web.AppRunner
+
+    def node_config(self, node_id: str, **kw: Any) -> NodeConfig:
+        base: dict[str, Any] = {"node_id": node_id, "pki_dir": str(self.pki_dir),
+                                "brokers": [self.url], "linger_s": 0.005}
+        base.update(kw)
+        return NodeConfig(**base)
+
+    def ssl(self, node_id: str) -> Any:
+        return pki.client_ssl_context(self.pki_dir, node_id)
+
+
+def make_pki(root: Path) -> Path:
+    pki_dir = root / "pki"
+    pki.init(pki_dir)
+    for node in [*OWNERS.values(), OUTSIDER]:
+        pki.enroll(pki_dir, node)
+    return pki_dir
+
+
+def broker_config(pki_dir: Path, data_dir: Path, **limits: Any) -> BrokerConfig:
+    return BrokerConfig(
+        listen="127.0.0.1:0", data_dir=str(data_dir), pki_dir=str(pki_dir),
+        limits=msgspec.structs.replace(Limits(), **limits),
+        datasets=[DatasetConfig(name, owner) for name, owner in OWNERS.items()],
+        agreements=AGREEMENTS)
+
+
+async def start_broker(config: BrokerConfig) -> tuple[Broker, web.AppRunner, str]:
+    tls = pki.ServerTLS(config.pki_dir)
+    broker = Broker(config, SqliteStore(Path(config.data_dir) / "exchange.sqlite"), tls=tls)
+    runner = web.AppRunner(create_app(broker), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
+    await site.start()
+    port = runner.addresses[0][1]
+    return broker, runner, f"https://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    pki_dir = make_pki(tmp_path)
+    config = broker_config(pki_dir, tmp_path / "data")
+    broker, runner, url = await start_broker(config)
+    try:
+        yield Env(tmp_path, pki_dir, tmp_path / "data", url, broker, runner)
+    finally:
+        await runner.cleanup()

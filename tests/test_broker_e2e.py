@@ -1,0 +1,35 @@
+"""Publish → gate → store → deliver → verify, over real TLS on 127.0.0.1 and sqlite on disk."""
+
+from __future__ import annotations
+
+import asyncio
+
+from exchange.generate import Generator
+from exchange.node import Delivery, Node, Record
+from tests.conftest import OWNERS, TODAY, Env
+
+
+async def test_population_reaches_tax_verified_and_projected(env: Env) -> None:
+    people = Generator(1, today=TODAY).population(50)
+    got: list[Delivery] = []
+    done = asyncio.Event()
+
+    async def handler(d: Delivery) -> None:
+        got.append(d)
+        if len(got) == len(people):
+            done.set()
+
+    async with Node(env.node_config(OWNERS["population"])) as pop, \
+            Node(env.node_config(OWNERS["land"])) as land:
+        result = await pop.publish("population", [Record(p) for p in people])
+        assert result.accepted == 50 and not result.rejected
+        assert result.seqs == list(range(50))
+        sub = land.subscribe("population", "owners", handler)
+        await asyncio.wait_for(done.wait(), 10)
+        await sub.stop()
+    assert [d.seq for d in got] == list(range(50))
+    assert sub.verified == 50
+    # the land registry's agreement grants only `residence`
+    assert all(set(d.data) == {"permanent_address"} for d in got)
+    assert all(d.withheld == {"identity", "civil_status", "ethnicity_religion"} for d in got)
+    assert got[0].data["permanent_address"] == people[0]["permanent_address"]
