@@ -51,7 +51,8 @@ class Agreement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     purpose: Annotated[str, msgspec.Meta(min_length=3)]
     #: disclosure groups granted; empty means every group of the dataset
     groups: list[str] = []
-    expires: dt.datetime | None = None
+    #: must carry a UTC offset: a naive time cannot be compared with the broker's UTC clock
+    expires: Annotated[dt.datetime, msgspec.Meta(tz=True)] | None = None
 
     def live(self, now: dt.datetime) -> bool:
         return self.expires is None or now < self.expires

@@ -23,7 +23,7 @@ import msgspec
 from exchange.access import Limits
 from exchange.datasets import DatasetSpec, RuleContext
 from exchange.envelope import parse_type
-from exchange.errors import ExchangeError, IntegrityError, Violation
+from exchange.errors import ExchangeError, IntegrityError, LimitExceeded, Violation
 from exchange.signing import Batch, PublishedRecord, Verifier
 from exchange.wire import Duplicate
 
@@ -101,7 +101,7 @@ def check(
         raise IntegrityError(f"batch is signed for {st.dataset}, published to {spec.name}",
                              code="dataset_mismatch")
     if len(batch.records) > limits.max_batch_records:
-        raise ExchangeError(f"batch has {len(batch.records)} records; the limit is "
+        raise LimitExceeded(f"batch has {len(batch.records)} records; the limit is "
                             f"{limits.max_batch_records}", code="batch_too_large")
     commitments, digests, paths = verifier.verify_batch(batch, spec.groups)
 
