@@ -120,6 +120,8 @@ def _decode_error(err: Exception, buf: bytes, offset: int, end: int) -> Unusable
     m = _BYTE.search(str(err))
     pos = offset + int(m.group(1)) if m else end
     reason = str(err).split(" (byte")[0]
+    if reason.endswith("trailing characters") and m:
+        pos -= 1  # msgspec reports the byte after the first trailing one
     return Unusable(f"malformed JSON at {_where(buf, pos)}: {reason}")
 
 
