@@ -199,6 +199,8 @@ async def post_records(request: web.Request) -> web.Response:
              duplicates=len(outcome.receipt.receipt.duplicates),
              rejected=len(outcome.receipt.receipt.rejected), last_seq=outcome.last_seq)
     if outcome.problem is not None:
+        # like every other problem reply, name the resource it is about (RFC 9457 §3.1.5)
+        outcome.problem.setdefault("instance", request.path)
         return web.Response(body=_json.encode(outcome.problem), status=outcome.status,
                             content_type=PROBLEM)
     return _ok(outcome.receipt)

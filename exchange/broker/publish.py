@@ -65,9 +65,12 @@ class Publisher:
         except msgspec.ValidationError as err:
             raise InputError(f"batch does not match the wire schema: {err}",
                              code="schema_violation") from None
-        except msgspec.DecodeError as err:
+        except (msgspec.DecodeError, UnicodeDecodeError) as err:
+            # msgspec's MessagePack decoder raises UnicodeDecodeError for a str that is not
+            # UTF-8; a truncated body's message has no position, so give it
+            where = f" (at byte {len(body)})" if "truncated" in str(err) else ""
             raise InputError(f"body is not valid {'MessagePack' if dec is _msgpack_batch else 'JSON'}"
-                             f": {err}", code="malformed") from None
+                             f": {err}{where}", code="malformed") from None
         except RecursionError:
             raise InputError("body is nested too deeply", code="too_deep") from None
 

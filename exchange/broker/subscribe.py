@@ -22,7 +22,7 @@ from exchange import datasets
 from exchange.access import Limits, Policy
 from exchange.broker.hub import Hub
 from exchange.consumer import ConsumerState
-from exchange.errors import ExchangeError, Forbidden, InputError
+from exchange.errors import ConflictError, ExchangeError, Forbidden, InputError
 from exchange.store.base import BatchRow, Store, StoredBody, StoredRecord
 from exchange.wire import Ack, BatchRef, ClientFrame, Credit, DeliveredRecord, Hello, Records
 
@@ -98,7 +98,8 @@ class Subscriptions:
             row = await self.store.create_subscription(node, dataset, name, acked, time.time())
         key = (node, dataset, name)
         if key in self.live:
-            raise ExchangeError(f"subscription {name!r} on {dataset} is already connected",
+            # a conflict with the live connection (409), not a broker fault (500)
+            raise ConflictError(f"subscription {name!r} on {dataset} is already connected",
                                 code="subscription_busy")
         limits = self._limits()
         ws = web.WebSocketResponse(heartbeat=limits.idle_timeout_s / 2,
@@ -186,7 +187,8 @@ class Subscriptions:
                     case Ack(seq=seq):
                         if state.ack(seq):
                             await self.store.ack(node, dataset, name, state.acked)
-            except (msgspec.DecodeError, msgspec.ValidationError, InputError) as err:
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
+                    InputError) as err:
                 await ws.close(code=CLOSE_BAD_FRAME, message=str(err)[:120].encode())
                 return
             wake.set()
