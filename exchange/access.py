@@ -66,6 +66,10 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     data_dir: str = "data"
     pki_dir: str = "certs/exchange"
     store: str = "sqlite"
+    #: the transparency log's origin line (C2SP tlog-checkpoint); default "<node_id>/log"
+    log_origin: str = ""
+    #: sign a new checkpoint at least this often while records arrive
+    checkpoint_interval_s: float = 1.0
     limits: Limits = Limits()
     #: nodes that may see every subscription's lag and the whole exchange's state
     operators: list[NodeId] = []

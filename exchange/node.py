@@ -17,6 +17,7 @@ reconnects with backoff, resuming from the last ack (failing over between broker
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import random
@@ -31,7 +32,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from exchange import datasets, pki
+from exchange import datasets, merkle, pki, tlog
 from exchange.datasets.normalise import normalise_record
 from exchange.errors import (
     AuthError,
@@ -81,6 +82,10 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     normalise: bool = True
     timeout_s: float = 30.0
     retries: int = 5
+    #: share of delivered records whose inclusion in the transparency log is checked (0..1)
+    verify_inclusion: float = 0.0
+    #: where the last trusted checkpoint is kept across restarts (and split-view evidence)
+    checkpoint_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ Handler = Callable[[Delivery], Awaitable[None]]
 @dataclass
 class _Pending:
     record: Record
-    future: asyncio.Future[tuple[str, Any]]
+    future: asyncio.Future[tuple[str, Any, SignedReceipt]]
 
 
 class Node:
@@ -144,6 +149,7 @@ class Node:
         self._keys: dict[str, Ed25519PublicKey] = {}
         self.verifier = Verifier(self._key)
         self.normalised = 0
+        self.log = LogMonitor(self)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -159,6 +165,7 @@ class Node:
     async def close(self) -> None:
         for sub in list(self._subs):
             await sub.stop()
+        await self.log.stop()
         for q in self._queues.values():
             await q.join()
         for t in self._flushers.values():
@@ -238,11 +245,13 @@ class Node:
         first_error: ExchangeError | None = None
         for i, p in enumerate(pendings):
             try:
-                kind, value = await p.future
+                kind, value, receipt = await p.future
             except ExchangeError as err:
                 first_error = first_error or err
                 result.seqs.append(None)
                 continue
+            if not any(r is receipt for r in result.receipts):
+                result.receipts.append(receipt)
             if kind == "accepted":
                 result.accepted += 1
                 result.seqs.append(value)
@@ -327,7 +336,8 @@ class Node:
                         problem = msgspec.json.decode(raw) if raw else {}
                     except msgspec.DecodeError:
                         problem = {}
-                    if isinstance(problem, dict) and "receipt" in problem:  # some records refused, the rest receipted
+                    # some records refused: the rest are receipted
+                    if isinstance(problem, dict) and "receipt" in problem:
                         receipt = await self._check_receipt(
                             msgspec.convert(problem["receipt"], SignedReceipt))
                         return PublishReply(receipt=receipt, problem=problem)
@@ -359,18 +369,19 @@ class Node:
     def _resolve(self, pending: list[_Pending], reply: PublishReply) -> None:
         assert reply.receipt is not None
         r = reply.receipt.receipt
-        rejected = {}
+        rejected: dict[int | None, Violation] = {}
         for v in r.rejected:
             rejected.setdefault(v.index, v)
         dups = {d.index: d.seq for d in r.duplicates}
         seq = r.first_seq
+        signed = reply.receipt
         for i, p in enumerate(pending):
             if i in rejected:
-                p.future.set_result(("rejected", rejected[i]))
+                p.future.set_result(("rejected", rejected[i], signed))
             elif i in dups:
-                p.future.set_result(("duplicate", dups[i]))
+                p.future.set_result(("duplicate", dups[i], signed))
             else:
-                p.future.set_result(("accepted", seq))
+                p.future.set_result(("accepted", seq, signed))
                 seq += 1
 
     # -- subscribe --------------------------------------------------------------------------
@@ -520,7 +531,7 @@ class Subscription:
             if rec.redelivered:
                 self.redelivered += 1
             try:
-                self._verify(rec, batches)
+                digest = self._verify(rec, batches)
             except ExchangeError as err:
                 # loudly: a record that does not verify means someone altered it in transit
                 log.error("record_verification_failed", seq=rec.seq, code=err.code,
@@ -530,6 +541,10 @@ class Subscription:
                 continue
             self.verified += 1
             ev = rec.event
+            if node.config.verify_inclusion and random.random() < node.config.verify_inclusion:
+                st = batches[rec.batch].statement
+                node.log.check_later(rec.seq, tlog.entry_leaf(
+                    rec.seq, ev.dataset, st.node, digest, st.root, tlog.micros(rec.accepted_at)))
             await self.handler(Delivery(
                 seq=rec.seq, dataset=ev.dataset, key=ev.subject, version=ev.version,
                 data=ev.data, source=ev.source, time=ev.time, accepted_at=rec.accepted_at,
@@ -539,13 +554,141 @@ class Subscription:
             last = rec.seq
         return last
 
-    def _verify(self, rec: DeliveredRecord, batches: Mapping[int, Any]) -> None:
+    def _verify(self, rec: DeliveredRecord, batches: Mapping[int, Any]) -> bytes:
         ref = batches.get(rec.batch)
         if ref is None:
             raise IntegrityError(f"record {rec.seq} arrived without its batch statement",
                                  code="signature_invalid")
         spec = datasets.get(rec.event.dataset, rec.event.schema_version)
-        self.node.verifier.verify_record(
+        return self.node.verifier.verify_record(
             rec.event, spec.groups, rec.salts, rec.withheld,
             BatchProof(ref.statement, ref.signature, rec.index, rec.path))
 
+
+
+class LogMonitor:
+    """What a node knows of the broker's transparency log.
+
+    Keeps the last checkpoint it trusted, checks that every newer one is consistent with it, and
+    checks sampled records' inclusion. Two checkpoints that cannot both be true (a split view)
+    are reported loudly and kept as evidence; the node never trusts the newer one.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.trusted: tlog.Checkpoint | None = None
+        self.key: tlog.NoteKey | None = None
+        self.origin: str | None = None
+        #: (trusted note, conflicting note) pairs: proof of a split view, signed by the broker
+        self.evidence: list[tuple[str, str]] = []
+        self.included = 0
+        self.failures: list[tuple[int, str]] = []
+        self._pending: list[tuple[int, bytes]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        path = node.config.checkpoint_file
+        if path and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                note = f.read()
+            text = note.split("\n\n")[0] + "\n"
+            self.trusted = tlog.Checkpoint.parse(text, note)  # re-verified on first refresh
+
+    async def _note_key(self) -> tlog.NoteKey:
+        if self.key is None:
+            info = await self.node.get_json("/v1/log/key")
+            public = await self.node.trust(info["broker"])  # via the exchange CA
+            key = tlog.NoteKey(info["origin"], public)
+            if key.vkey != info["vkey"]:
+                raise IntegrityError("the broker's log key is not its certified signing key",
+                                     code="checkpoint_forged")
+            self.key, self.origin = key, info["origin"]
+        return self.key
+
+    async def refresh(self) -> tlog.Checkpoint:
+        """Fetch the latest checkpoint, verify it and its consistency with the trusted one."""
+        key = await self._note_key()
+        note = (await self.node._get_bytes("/v1/log/checkpoint")).decode()
+        cp = tlog.open_checkpoint(key, note, self.origin)
+        return await self.observe(cp)
+
+    async def observe(self, cp: tlog.Checkpoint) -> tlog.Checkpoint:
+        """Check a (signature-verified) checkpoint against the trusted one; trust it if newer."""
+        old = self.trusted
+        if old is not None:
+            if old.note:
+                tlog.open_checkpoint(await self._note_key(), old.note, self.origin)
+            lo, hi = (old, cp) if old.size <= cp.size else (cp, old)
+            try:
+                if lo.size == hi.size:
+                    if lo.root != hi.root:
+                        raise IntegrityError(f"two checkpoints of size {lo.size} differ",
+                                             code="split_view")
+                else:
+                    proof = await self.node.get_json(
+                        f"/v1/log/proof/consistency?from={lo.size}&to={hi.size}")
+                    tlog.check_consistent(lo, hi, [_b64(p) for p in proof["proof"]])
+            except IntegrityError as err:
+                if err.code == "split_view":
+                    self.evidence.append((old.note, cp.note))
+                    log.error("split_view", trusted_size=old.size, seen_size=cp.size,
+                              detail=err.message)
+                    self._save_evidence(old, cp)
+                raise
+            if cp.size <= old.size:
+                return old
+        self.trusted = cp
+        if self.node.config.checkpoint_file:
+            with open(self.node.config.checkpoint_file, "w", encoding="utf-8") as f:
+                f.write(cp.note)
+        return cp
+
+    def _save_evidence(self, old: tlog.Checkpoint, new: tlog.Checkpoint) -> None:
+        path = self.node.config.checkpoint_file
+        if path:
+            with open(path + ".split-view", "a", encoding="utf-8") as f:
+                f.write(old.note + "\n" + new.note + "\n")
+
+    async def verify_inclusion(self, seq: int, leaf: bytes) -> None:
+        cp = self.trusted
+        if cp is None or cp.size <= seq:
+            cp = await self.refresh()
+        proof = await self.node.get_json(f"/v1/log/proof/inclusion?seq={seq}&size={cp.size}")
+        merkle.verify_inclusion(leaf, seq, cp.size, [_b64(p) for p in proof["proof"]], cp.root)
+        self.included += 1
+
+    def check_later(self, seq: int, leaf: bytes) -> None:
+        self._pending.append((seq, leaf))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, []
+            for seq, leaf in pending:
+                try:
+                    await self.verify_inclusion(seq, leaf)
+                except IntegrityError as err:
+                    self.failures.append((seq, err.code))
+                    log.error("inclusion_failed", seq=seq, code=err.code, detail=err.message)
+                except (aiohttp.ClientError, OSError, TimeoutError, UnavailableError):
+                    self._pending.append((seq, leaf))  # try again with the next batch
+
+    async def settle(self) -> None:
+        """Check every queued inclusion now (for tests, audits and shutdown)."""
+        pending, self._pending = self._pending, []
+        for seq, leaf in pending:
+            await self.verify_inclusion(seq, leaf)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def _b64(value: str) -> bytes:
+    return base64.b64decode(value, validate=True)

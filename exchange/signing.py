@@ -160,8 +160,10 @@ class Verifier:
 
     def verify_record(self, event: Envelope, groups: Mapping[str, tuple[str, ...]],
                       salts: Mapping[str, bytes], withheld: Mapping[str, bytes],
-                      proof: BatchProof) -> None:
-        """Verify one (possibly projected) record on its own against its publisher's signature."""
+                      proof: BatchProof) -> bytes:
+        """Verify one (possibly projected) record on its own against its publisher's signature.
+
+        Returns the record's digest (what the transparency log's entry binds)."""
         st = proof.statement
         if event.source != st.node:
             raise IntegrityError(f"record source {event.source!r} is not the signer {st.node!r}",
@@ -169,13 +171,15 @@ class Verifier:
         if event.dataset != st.dataset:
             raise IntegrityError("record type does not match the signed dataset",
                                  code="signature_invalid")
-        leaf = merkle.leaf_hash(record_digest(event, groups, salts, withheld))
+        d = record_digest(event, groups, salts, withheld)
         try:
-            merkle.verify_inclusion(leaf, proof.index, st.size, proof.path, st.root)
+            merkle.verify_inclusion(merkle.leaf_hash(d), proof.index, st.size, proof.path,
+                                    st.root)
         except IntegrityError:
             raise IntegrityError("record is not in the signed batch (digest or path altered)",
                                  code="signature_invalid") from None
         self.verify_statement(st, proof.signature)
+        return d
 
     def verify_batch(self, batch: Batch, groups: Mapping[str, tuple[str, ...]]
                      ) -> tuple[list[dict[str, bytes]], list[bytes], list[list[bytes]]]:

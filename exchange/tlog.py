@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from exchange import merkle
-from exchange.errors import IntegrityError, InputError
+from exchange.errors import InputError, IntegrityError
 
 __all__ = [
     "Checkpoint",

@@ -58,8 +58,11 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     duplicates: list[Duplicate] = []
     rejected: list[Violation] = []
     time: str
-    #: the transparency-log checkpoint covering the batch, or a promise (filled in by the log)
-    checkpoint: str | None = None
+    #: the signed promise: the log's size and root right after this batch was appended. The
+    #: batch's records are leaves first_seq..last_seq of that tree; a later checkpoint must be
+    #: consistent with it (GET /v1/log/proof/consistency?from=log_size&to=…).
+    log_size: int = 0
+    log_root: bytes = b""
 
 
 class SignedReceipt(msgspec.Struct, frozen=True):

@@ -13,13 +13,16 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from exchange import pki
+from exchange import logs, pki
 from exchange.access import Agreement, BrokerConfig, DatasetConfig, Limits
 from exchange.broker.app import Broker, create_app
 from exchange.node import NodeConfig
 from exchange.store.sqlite import SqliteStore
 
 TODAY = dt.date(2026, 11, 22)
+
+# structured logs to stderr, warnings and up: stdout stays clean for the CLI's own output
+logs.configure("warning", json=True)
 
 OWNERS = {
     "population": "vn.gov.mps.population",
@@ -97,3 +100,46 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         yield Env(tmp_path, pki_dir, tmp_path / "data", url, broker, runner)
     finally:
         await runner.cleanup()
+
+
+# -- helpers for the broker suites (raw HTTP/WebSocket over the same TLS) ---------------------
+
+PROBLEM = "application/problem+json"
+
+
+def people(n: int, seed: int = 1) -> list[dict[str, Any]]:
+    """``n`` valid population records (deterministic)."""
+    from exchange.generate import Generator
+
+    return Generator(seed, today=TODAY).population(n)
+
+
+def sealed(env: Env, node: str, records: list[dict[str, Any]], *, dataset: str = "population",
+           version: int = 1, seed: bytes = b"\x01" * 32, signer: str | None = None) -> Any:
+    """A signed ``Batch`` of ``records`` as ``node`` (signed with ``signer``'s key if given);
+    the subject of each record is its ``id`` (or ``?``)."""
+    from exchange import datasets
+    from exchange.signing import seal
+
+    key = pki.load_node_identity(env.pki_dir, signer or node).signing_key
+    items = [(str(r.get("id", "?")), version, r) for r in records]
+    return seal(key, node, datasets.get(dataset), items, seed)
+
+
+async def eventually(condition: Any, within: float = 10.0, what: str = "condition") -> None:
+    """Wait until ``condition()`` (sync or async) is true, yielding to the loop between tries;
+    for broker-side state that has no event to wait on."""
+    import asyncio
+    import inspect
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

@@ -16,9 +16,10 @@ import msgspec
 import structlog
 from aiohttp import WSMsgType, web
 
-from exchange import datasets, pki
+from exchange import audit, datasets, pki, tlog
 from exchange.access import BrokerConfig, Limits, Policy, parse_config
 from exchange.broker.hub import Hub
+from exchange.broker.log import LogService
 from exchange.broker.publish import Publisher
 from exchange.broker.subscribe import Subscriptions
 from exchange.errors import AuthError, ExchangeError, InputError, LimitExceeded, NotFound
@@ -52,6 +53,9 @@ class Broker:
                                    signing_key=self.identity.signing_key,
                                    verifier=self.verifier, limits=lambda: self.limits,
                                    on_append=self.hub.appended)
+        self.log = LogService(
+            store, tlog.NoteKey.from_private(self.log_origin, self.identity.signing_key),
+            self.log_origin, config.checkpoint_interval_s)
         self.subscriptions = Subscriptions(store=store, hub=self.hub,
                                            policy=lambda: self.policy,
                                            limits=lambda: self.limits)
@@ -62,6 +66,7 @@ class Broker:
             datasets.get(d.name)  # an unknown dataset in the config fails the (re)load
         self.policy = Policy(config, {k: tuple(v) for k, v in groups.items()})
         self.config = config
+        self.log_origin = config.log_origin or f"{self.identity.node_id}/log"
         self.limits: Limits = config.limits
         self.signing_keys = pki.load_signing_registry(self.pki_dir)
         self.revoked = pki.load_revoked(self.pki_dir)
@@ -117,10 +122,10 @@ async def problem_middleware(request: web.Request,
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        err = ExchangeError(exc.reason, code=code)
-        err.status = exc.status  # type: ignore[misc]
-        err.title = exc.reason  # type: ignore[misc]
-        return problem_response(err, request)
+        http_err = ExchangeError(exc.reason, code=code)
+        http_err.status = exc.status  # type: ignore[misc]
+        http_err.title = exc.reason  # type: ignore[misc]
+        return problem_response(http_err, request)
     except Exception:
         log.exception("internal_error")
         return problem_response(ExchangeError("internal error; the request id is in the log",
@@ -281,9 +286,51 @@ async def node_certificate(request: web.Request) -> web.Response:
         path = (broker.pki_dir / "nodes" / node / "signing.crt")
         if node == broker.identity.node_id:
             path = broker.identity.signing_cert
-        return web.Response(body=Path(path).read_bytes(), content_type="application/pem-certificate-chain")
+        return web.Response(body=Path(path).read_bytes(),
+                            content_type="application/pem-certificate-chain")
     except (OSError, ExchangeError):
         raise NotFound(f"no signing certificate for {node!r}", code="unknown_node") from None
+
+
+def _ints(request: web.Request, *names: str) -> list[int]:
+    try:
+        return [int(request.query[n]) for n in names]
+    except KeyError as err:
+        raise InputError(f"query parameter {err.args[0]!r} is required",
+                         code="bad_query") from None
+    except ValueError:
+        raise InputError(f"{', '.join(names)} must be integers", code="bad_query") from None
+
+
+async def log_checkpoint(request: web.Request) -> web.Response:
+    """The latest signed checkpoint (C2SP tlog-checkpoint in a signed note), as text."""
+    cp = await request.app[BROKER].log.checkpoint()
+    return web.Response(text=cp.note, content_type="text/plain")
+
+
+async def log_key(request: web.Request) -> web.Response:
+    """The checkpoint verifier key (signed-note vkey). Trust it via the broker's signing
+    certificate (GET /v1/nodes/<broker>/certificate), not because this endpoint says so."""
+    broker = request.app[BROKER]
+    return _ok({"origin": broker.log_origin, "vkey": broker.log.key.vkey,
+                "broker": broker.identity.node_id})
+
+
+async def log_inclusion(request: web.Request) -> web.Response:
+    seq, size = _ints(request, "seq", "size")
+    proof = await request.app[BROKER].log.inclusion(seq, size)
+    return _ok({"seq": seq, "size": size, "proof": proof})
+
+
+async def log_consistency(request: web.Request) -> web.Response:
+    old, new = _ints(request, "from", "to")
+    proof = await request.app[BROKER].log.consistency(old, new)
+    return _ok({"from": old, "to": new, "proof": proof})
+
+
+async def log_entries(request: web.Request) -> web.Response:
+    start, end = _ints(request, "start", "end")
+    return _ok(await request.app[BROKER].log.entries(start, end))
 
 
 def create_app(broker: Broker) -> web.Application:
@@ -293,12 +340,19 @@ def create_app(broker: Broker) -> web.Application:
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await broker.store.open()
+        audit.write_trust(Path(broker.config.data_dir), broker.log_origin, broker.log.key,
+                          broker.signing_keys)
         for d in broker.config.datasets:
             broker.hub.heads[d.name] = await broker.store.head(d.name)
         yield
         await broker.store.close()
 
+    async def log_ctx(app: web.Application) -> AsyncIterator[None]:
+        async for _ in broker.log.run():
+            yield
+
     app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(log_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/datasets", list_datasets)
     app.router.add_get("/v1/schemas", list_schemas)
@@ -310,5 +364,10 @@ def create_app(broker: Broker) -> web.Application:
     app.router.add_get("/v1/subscriptions", list_subscriptions)
     app.router.add_get("/v1/dead-letters", dead_letters)
     app.router.add_get("/v1/nodes/{node}/certificate", node_certificate)
+    app.router.add_get("/v1/log/checkpoint", log_checkpoint)
+    app.router.add_get("/v1/log/key", log_key)
+    app.router.add_get("/v1/log/proof/inclusion", log_inclusion)
+    app.router.add_get("/v1/log/proof/consistency", log_consistency)
+    app.router.add_get("/v1/log/entries", log_entries)
     return app
 

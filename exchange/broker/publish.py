@@ -69,8 +69,9 @@ class Publisher:
             # msgspec's MessagePack decoder raises UnicodeDecodeError for a str that is not
             # UTF-8; a truncated body's message has no position, so give it
             where = f" (at byte {len(body)})" if "truncated" in str(err) else ""
-            raise InputError(f"body is not valid {'MessagePack' if dec is _msgpack_batch else 'JSON'}"
-                             f": {err}{where}", code="malformed") from None
+            kind = "MessagePack" if dec is _msgpack_batch else "JSON"
+            raise InputError(f"body is not valid {kind}: {err}{where}",
+                             code="malformed") from None
         except RecursionError:
             raise InputError("body is nested too deeply", code="too_deep") from None
 
@@ -112,6 +113,7 @@ class Publisher:
             else:
                 await self.store.add_dead_letters(dead)
                 first = 0
+            log_size, log_root = self.store.log_state()
         last = first + len(decided.accepted) - 1
         if decided.accepted:
             self._on_append(dataset, last)
@@ -121,7 +123,8 @@ class Publisher:
             broker=self.broker_id, publisher=node, dataset=dataset,
             batch_root=batch.statement.root, first_seq=first if decided.accepted else 0,
             last_seq=last if decided.accepted else -1, accepted=len(decided.accepted),
-            duplicates=duplicates, rejected=decided.rejected, time=now_rfc3339()))
+            duplicates=duplicates, rejected=decided.rejected, time=now_rfc3339(),
+            log_size=log_size, log_root=log_root))
         if not decided.rejected:
             return Outcome(receipt, 200, None, last)
         return Outcome(receipt, *self._problem(decided.rejected, receipt), last)

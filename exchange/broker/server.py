@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-import sys
 from pathlib import Path
 
 import structlog
@@ -79,10 +79,8 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
 
 
 def main_serve(config: BrokerConfig, config_path: Path | None) -> int:
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, config_path=config_path))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

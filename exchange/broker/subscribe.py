@@ -8,6 +8,7 @@ broker hold nothing for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 import time
@@ -159,7 +160,7 @@ class Subscriptions:
                 waits = [asyncio.ensure_future(wake.wait()), reader]
                 if want:
                     waits.append(asyncio.ensure_future(grown.wait()))
-                done, pending = await asyncio.wait(waits, timeout=timeout,
+                _, pending = await asyncio.wait(waits, timeout=timeout,
                                                    return_when=asyncio.FIRST_COMPLETED)
                 for f in pending:
                     if f is not reader:
@@ -167,10 +168,8 @@ class Subscriptions:
         finally:
             if not reader.done():
                 reader.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, ExchangeError):
                 await reader
-            except (asyncio.CancelledError, ExchangeError):
-                pass
 
     async def _read(self, ws: web.WebSocketResponse, state: ConsumerState, node: str,
                     dataset: str, name: str, binary: bool, wake: asyncio.Event) -> None:

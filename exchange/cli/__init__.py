@@ -1,14 +1,15 @@
-"""The ``exchange`` command. Each subcommand lives in its own module with a ``register`` function."""
+"""The ``exchange`` command. Each subcommand lives in its own module with ``register``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 #: subcommand modules under exchange.cli; each defines register(subparsers)
-COMMANDS = ("schema", "pki", "broker", "node", "dead_letters", "demo")
+COMMANDS = ("schema", "pki", "broker", "node", "dead_letters", "audit", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from exchange import logs
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # logs go to stderr, quiet by default; long-running commands raise the level themselves
+    logs.configure(os.environ.get("EXCHANGE_LOG_LEVEL", "warning"))
     rc: int = args.func(args)
     return rc
 

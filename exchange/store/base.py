@@ -14,6 +14,7 @@ from typing import Protocol
 
 import msgspec
 
+from exchange import tlog
 from exchange.envelope import Envelope
 from exchange.gate import Candidate, Current
 from exchange.signing import Batch, Statement
@@ -117,3 +118,19 @@ class Store(Protocol):
     async def count_after(self, dataset: str, seq: int) -> int: ...
 
     async def dead_letters(self, publisher: str, after: int, limit: int) -> list[DeadLetter]: ...
+
+    # transparency log: the store grows the RFC 6962 tree in the same transaction as the records
+
+    def log_state(self) -> tuple[int, bytes]:
+        """Size and root of the committed log."""
+        ...
+
+    async def log_nodes(self, coords: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored perfect-subtree hashes at (level, index)."""
+        ...
+
+    async def add_checkpoint(self, cp: tlog.Checkpoint, now: float) -> None: ...
+
+    async def checkpoints(self, since_size: int = 0) -> list[tlog.Checkpoint]: ...
+
+    async def latest_checkpoint(self) -> tlog.Checkpoint | None: ...

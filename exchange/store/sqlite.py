@@ -16,6 +16,7 @@ from pathlib import Path
 import aiosqlite
 import msgspec
 
+from exchange import merkle, tlog
 from exchange.errors import UnavailableError
 from exchange.gate import Candidate, Current
 from exchange.signing import Batch, Statement
@@ -71,6 +72,19 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     record BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_publisher ON dead_letters(publisher, id);
+-- the transparency log: every perfect subtree of the RFC 6962 tree over records in seq order
+CREATE TABLE IF NOT EXISTS tree (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY,
+    root BLOB NOT NULL,
+    note TEXT NOT NULL,
+    signed_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS subscriptions (
     node TEXT NOT NULL,
     dataset TEXT NOT NULL,
@@ -94,6 +108,7 @@ class SqliteStore:
         self._durability = durability.upper()
         self._db: aiosqlite.Connection | None = None
         self._head = -1
+        self._tree = merkle.CompactRange()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -112,9 +127,26 @@ class SqliteStore:
             async with self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM records") as cur:
                 row = await cur.fetchone()
             self._head = int(row[0]) if row else -1
+            self._tree = await self._load_frontier(self._head + 1)
         except sqlite3.Error as err:
             raise UnavailableError(f"cannot open the store at {self.path}: {err}",
                                    code="store_unavailable") from None
+
+    async def _load_frontier(self, size: int) -> merkle.CompactRange:
+        """The log's right edge from stored nodes: one node per set bit of ``size``."""
+        coords = []
+        start = 0
+        for level in range(size.bit_length() - 1, -1, -1):
+            if size >> level & 1:
+                coords.append((level, start >> level))
+                start += 1 << level
+        nodes = await self.log_nodes(coords)
+        missing = [c for c in coords if c not in nodes]
+        if missing:
+            raise UnavailableError(f"transparency log is missing nodes {missing[:3]}; run "
+                                   "`exchange audit --data` on this directory",
+                                   code="log_damaged")
+        return merkle.CompactRange(size, [nodes[c] for c in coords])
 
     async def close(self) -> None:
         if self._db is not None:
@@ -166,6 +198,15 @@ class SqliteStore:
                              body))
                 cur_rows.append((dataset, c.key, c.version, c.content, seq))
             await db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            # the log grows in the same transaction: a record is stored iff it is logged
+            nodes: list[tuple[int, int, bytes]] = []
+            tree = merkle.CompactRange(self._tree.size, self._tree.frontier,
+                                       on_node=lambda lvl, idx, h: nodes.append((lvl, idx, h)))
+            root = batch.statement.root
+            us = tlog.micros(now)
+            for n, c in enumerate(accepted):
+                tree.append(tlog.entry_leaf(first + n, dataset, publisher, c.digest, root, us))
+            await db.executemany("INSERT INTO tree VALUES (?, ?, ?)", nodes)
             await db.executemany(
                 "INSERT INTO current VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset, key) DO UPDATE "
                 "SET version=excluded.version, content=excluded.content, seq=excluded.seq",
@@ -178,6 +219,7 @@ class SqliteStore:
                 await db.execute("ROLLBACK")
             raise
         self._head = first + len(accepted) - 1
+        self._tree = merkle.CompactRange(tree.size, tree.frontier)
         return batch_id, first
 
     async def _insert_dead(self, dead: Sequence[DeadLetter]) -> None:
@@ -188,11 +230,48 @@ class SqliteStore:
                 [(d.publisher, d.dataset, d.received_at, d.index, d.code, d.path, d.message,
                   d.record) for d in dead])
 
+    # -- transparency log -------------------------------------------------------------------
+
+    def log_state(self) -> tuple[int, bytes]:
+        """Size and root of the log as committed."""
+        return self._tree.size, self._tree.root()
+
+    async def log_nodes(self, coords: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        out: dict[tuple[int, int], bytes] = {}
+        unique = list(dict.fromkeys(coords))
+        for i in range(0, len(unique), 400):
+            chunk = unique[i:i + 400]
+            where = " OR ".join("(level=? AND idx=?)" for _ in chunk)
+            async with self.db.execute(f"SELECT level, idx, hash FROM tree WHERE {where}",
+                                       [v for c in chunk for v in c]) as cur:
+                async for level, idx, h in cur:
+                    out[(level, idx)] = h
+        return out
+
+    async def add_checkpoint(self, cp: tlog.Checkpoint, now: float) -> None:
+        await self.db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?)",
+                              (cp.size, cp.root, cp.note, now))
+
+    async def checkpoints(self, since_size: int = 0) -> list[tlog.Checkpoint]:
+        async with self.db.execute(
+            "SELECT note FROM checkpoints WHERE size>=? ORDER BY size", (since_size,)) as cur:
+            rows = await cur.fetchall()
+        return [tlog.Checkpoint.parse(n.split("\n\n")[0] + "\n", n) for (n,) in rows]
+
+    async def latest_checkpoint(self) -> tlog.Checkpoint | None:
+        async with self.db.execute(
+            "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1") as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        note: str = row[0]
+        return tlog.Checkpoint.parse(note.split("\n\n")[0] + "\n", note)
+
     async def add_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
         await self._insert_dead(dead)
 
     def _records(self, rows: Sequence[sqlite3.Row | tuple[object, ...]]) -> list[StoredRecord]:
-        return [StoredRecord(*r) for r in rows]  # type: ignore[arg-type]
+        return [StoredRecord(*r) for r in rows]
 
     async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]:
         async with self.db.execute(

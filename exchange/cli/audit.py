@@ -1,0 +1,94 @@
+"""``exchange audit``: check the transparency log and every record, independently."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from exchange.errors import ExchangeError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("audit", help="audit the transparency log (offline or against a broker)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", type=Path, help="a broker's data directory (offline audit)")
+    where.add_argument("--url", help="a running broker's base URL (online audit)")
+    p.add_argument("--pki", type=Path,
+                   help="exchange PKI directory to take keys from (default for --data: the "
+                        "trust.json the broker left in the data directory)")
+    p.add_argument("--node", help="node id to connect as (--url)")
+    p.add_argument("--from-checkpoint", type=Path,
+                   help="a checkpoint trusted earlier: the log must be consistent with it")
+    p.add_argument("--save-checkpoint", type=Path,
+                   help="write the latest verified checkpoint here (for the next audit)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_run)
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(msgspec.json.encode(result).decode())
+        return
+    if result["ok"]:
+        print(f"ok: {result['entries']} entries, {result['checkpoints']} checkpoints verified"
+              + (f", {result['batches']} publisher batches" if result.get("batches") else ""))
+    else:
+        print(f"FAILED at seq {result['first_bad_seq']}: {result['problem']}: "
+              f"{result['detail']}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from exchange import audit
+
+    try:
+        if args.data is not None:
+            trust = audit.Trust.from_pki(args.pki) if args.pki else None
+            result = audit.audit_data(args.data, trust).as_dict()
+        else:
+            if not args.pki or not args.node:
+                print("exchange audit --url needs --pki and --node", file=sys.stderr)
+                return 2
+            result = asyncio.run(_online(args))
+    except (ExchangeError, OSError) as err:
+        print(f"exchange audit: {err}", file=sys.stderr)
+        return 2
+    _print(result, args.json)
+    return 0 if result["ok"] else 1
+
+
+async def _online(args: argparse.Namespace) -> dict[str, Any]:
+    from exchange import audit, tlog
+    from exchange.node import Node, NodeConfig
+
+    config = NodeConfig(node_id=args.node, pki_dir=str(args.pki), brokers=[args.url])
+    async with Node(config) as node:
+        if args.from_checkpoint:
+            note = args.from_checkpoint.read_text(encoding="utf-8")
+            key = await node.log._note_key()
+            node.log.trusted = tlog.open_checkpoint(key, note, node.log.origin)
+        try:
+            latest = await node.log.refresh()  # consistency with --from-checkpoint, if given
+        except ExchangeError as err:
+            bad = node.log.trusted.size if node.log.trusted else None
+            return audit.AuditResult().fail(bad, "inconsistent_checkpoints",
+                                            err.message).as_dict()
+        entries: list[dict[str, Any]] = []
+        while len(entries) < latest.size:
+            page = await node.get_json(
+                f"/v1/log/entries?start={len(entries)}&end={latest.size}")
+            if not page:
+                break
+            entries.extend(page)
+        cps = [latest]
+        if args.from_checkpoint:
+            cps.insert(0, tlog.Checkpoint.parse(
+                args.from_checkpoint.read_text(encoding="utf-8").split("\n\n")[0] + "\n"))
+        result = audit.audit_entries(entries, cps)
+        if result.ok and args.save_checkpoint:
+            args.save_checkpoint.write_text(latest.note, encoding="utf-8")
+        return result.as_dict()
