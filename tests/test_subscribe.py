@@ -1,0 +1,380 @@
+"""Subscriptions over raw WebSockets: credits, cumulative acks, start positions, redelivery,
+lag, and the agreement's disclosure groups as seen in the frames on the wire."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from exchange import datasets, pki
+from exchange.node import Node, Record
+from exchange.signing import BatchProof, Verifier
+from exchange.wire import Hello, Records
+from tests.conftest import (
+    OWNERS,
+    Env,
+    broker_config,
+    eventually,
+    people,
+    sealed,
+    start_broker,
+)
+
+POP = OWNERS["population"]
+TAX = OWNERS["tax"]
+LAND = OWNERS["land"]
+_frame = msgspec.json.Decoder(Records | Hello)
+
+
+def session(env: Env, node: str, url: str | None = None) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(url or env.url,
+                                 connector=aiohttp.TCPConnector(ssl=env.ssl(node)))
+
+
+async def publish(env: Env, records: list[dict[str, Any]], *, seed: int = 1,
+                  url: str | None = None) -> list[int]:
+    """Publish as the population owner over HTTP; return the seqs."""
+    async with session(env, POP, url) as s:
+        batch = sealed(env, POP, records, seed=seed.to_bytes(32, "big"))
+        async with s.post("/v1/datasets/population/records", data=msgspec.json.encode(batch),
+                          headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 200, await resp.text()
+            r = msgspec.json.decode(await resp.read())["receipt"]
+    return list(range(r["first_seq"], r["last_seq"] + 1))
+
+
+class Sub:
+    """A raw subscription WebSocket (JSON frames)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.texts: list[str] = []
+
+    async def frame(self, within: float = 10) -> Records | Hello:
+        msg = await self.ws.receive(timeout=within)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        self.texts.append(msg.data)
+        frame: Records | Hello = _frame.decode(msg.data)
+        return frame
+
+    async def hello(self) -> Hello:
+        frame = await self.frame()
+        assert isinstance(frame, Hello)
+        return frame
+
+    async def records(self, n: int, within: float = 10) -> list[Any]:
+        """The next ``n`` records, over as many frames as they take."""
+        out: list[Any] = []
+        while len(out) < n:
+            frame = await self.frame(within)
+            assert isinstance(frame, Records)
+            out.extend(frame.records)
+        assert len(out) == n, [r.seq for r in out]
+        return out
+
+    async def credit(self, n: int) -> None:
+        await self.ws.send_str(msgspec.json.encode({"type": "credit", "n": n}).decode())
+
+    async def ack(self, seq: int) -> None:
+        await self.ws.send_str(msgspec.json.encode({"type": "ack", "seq": seq}).decode())
+
+
+async def subscribe(s: aiohttp.ClientSession, name: str, **query: str) -> Sub:
+    q = "&".join(f"{k}={v}" for k, v in {"name": name, "encoding": "json", **query}.items())
+    return Sub(await s.ws_connect(f"/v1/datasets/population/subscribe?{q}"))
+
+
+async def acked(env: Env, node: str, name: str, url: str | None = None) -> int:
+    async with session(env, node, url) as s, s.get("/v1/subscriptions") as resp:
+        for row in msgspec.json.decode(await resp.read()):
+            if row["name"] == name:
+                return int(row["acked"])
+    raise AssertionError(f"no subscription {name}")
+
+
+async def test_no_credit_no_records_and_nothing_held(env: Env) -> None:
+    import tracemalloc
+
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "idle")
+        await sub.hello()
+        state = env.broker.subscriptions.live[(TAX, "population", "idle")]
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            async with Node(env.node_config(POP, batch_size=500)) as pop:
+                result = await pop.publish("population", [Record(p) for p in people(2000)])
+            assert result.accepted == 2000
+            await sub.credit(0)  # a zero grant is legal and changes nothing
+            # the broker has read nothing for this subscriber, holds nothing in flight
+            await eventually(lambda: env.broker.hub.heads.get("population") == 1999)
+            assert state.credits == 0 and not state.inflight and state.sent_upto == -1
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        grown = sum(st.size_diff for st in after.compare_to(before, "filename")
+                    if "subscribe.py" in str(st.traceback) or "consumer.py" in str(st.traceback))
+        assert grown < 64 * 1024
+        # the first records frame after the first credit starts at seq 0 with one record:
+        # nothing was sent before it (frames arrive in order)
+        await sub.credit(1)
+        frame = await sub.frame()
+        assert isinstance(frame, Records)
+        assert [r.seq for r in frame.records] == [0] and frame.head == 1999
+        assert not frame.records[0].redelivered
+        assert state.credits == 0 and [s for s, _ in state.inflight] == [0]
+        await sub.ws.close()
+
+
+async def test_credits_bound_every_frame(env: Env) -> None:
+    await publish(env, people(30))
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "c")
+        await sub.hello()
+        await sub.credit(7)
+        got = await sub.records(7)
+        assert [r.seq for r in got] == list(range(7))
+        await sub.credit(3)
+        got = await sub.records(3)
+        assert [r.seq for r in got] == [7, 8, 9]
+        # acks do not grant credit: after acking, the next record needs a credit
+        await sub.ack(9)
+        await sub.credit(1)
+        assert [r.seq for r in await sub.records(1)] == [10]
+        await sub.ws.close()
+
+
+async def test_cumulative_acks_persist_across_reconnects(env: Env) -> None:
+    await publish(env, people(10))
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "durable")
+        hello = await sub.hello()
+        assert (hello.acked, hello.start_after) == (-1, -1)
+        await sub.credit(100)
+        assert [r.seq for r in await sub.records(10)] == list(range(10))
+        await sub.ack(2)
+        await sub.ack(5)  # cumulative: covers 3, 4, 5
+        await sub.ack(4)  # an older ack changes nothing
+        await eventually(lambda: acked(env, TAX, "durable"), what="ack stored")
+        assert await acked(env, TAX, "durable") == 5
+        await sub.ws.close()
+        await eventually(lambda: (TAX, "population", "durable")
+                         not in env.broker.subscriptions.live, what="disconnect")
+        more = await publish(env, people(13)[10:], seed=2)
+        assert more == [10, 11, 12]
+        # start= is ignored for an existing subscription: it resumes after its ack
+        sub = await subscribe(s, "durable", start="latest")
+        hello = await sub.hello()
+        assert (hello.acked, hello.start_after) == (5, 5)
+        await sub.credit(100)
+        got = await sub.records(7)
+        assert [r.seq for r in got] == list(range(6, 13))
+        assert not any(r.redelivered for r in got)  # new connection: first delivery on it
+        await sub.ack(12)
+        await eventually(lambda: _eq(acked(env, TAX, "durable"), 12), what="ack 12")
+        await sub.ws.close()
+
+
+async def _eq(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
+
+
+async def test_a_second_connection_to_a_live_subscription_is_refused(env: Env) -> None:
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "one")
+        await sub.hello()
+        async with s.get("/v1/datasets/population/subscribe?name=one") as resp:
+            assert resp.status == 409
+            assert msgspec.json.decode(await resp.read())["code"] == "subscription_busy"
+        await sub.ws.close()
+
+
+async def test_ack_beyond_what_was_sent_closes_the_socket(env: Env) -> None:
+    await publish(env, people(3))
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "bad")
+        await sub.hello()
+        await sub.credit(1)
+        await sub.records(1)
+        await sub.ack(2)
+        msg = await sub.ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert sub.ws.close_code == 4400
+        sub = await subscribe(s, "bad2")
+        await sub.hello()
+        await sub.ws.send_bytes(b"\xa1\xff")  # MessagePack str that is not UTF-8
+        msg = await sub.ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and sub.ws.close_code == 4400
+    assert await acked(env, TAX, "bad") == -1
+
+
+async def test_start_latest(env: Env) -> None:
+    await publish(env, people(5))
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "late", start="latest")
+        hello = await sub.hello()
+        assert hello.start_after == 4
+        await sub.credit(100)
+        assert await publish(env, people(8)[5:], seed=2) == [5, 6, 7]
+        assert [r.seq for r in await sub.records(3)] == [5, 6, 7]
+        await sub.ws.close()
+
+
+async def test_start_at_a_seq(env: Env) -> None:
+    await publish(env, people(6))
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "from3", start="seq:3")
+        assert (await sub.hello()).start_after == 2
+        await sub.credit(100)
+        assert [r.seq for r in await sub.records(3)] == [3, 4, 5]
+        await sub.ws.close()
+
+
+async def test_start_at_a_time(env: Env) -> None:
+    first = await publish(env, people(4))
+    t = time.time()
+    # accepted_at of the next batch is read after t on the same clock
+    second = await publish(env, people(7)[4:], seed=2)
+    stamp = dt.datetime.fromtimestamp(t, dt.UTC).isoformat().replace("+00:00", "Z")
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "since", start=f"time:{stamp}")
+        assert (await sub.hello()).start_after == first[-1]
+        await sub.credit(100)
+        got = await sub.records(3)
+        assert [r.seq for r in got] == second
+        assert all(r.accepted_at >= t for r in got)
+        await sub.ws.close()
+
+
+@pytest.fixture
+async def quick(env: Env, tmp_path: Path) -> AsyncIterator[str]:
+    """A second broker on the same PKI whose unacked records come back after 0.3 s."""
+    config = broker_config(env.pki_dir, tmp_path / "quick", ack_timeout_s=0.3)
+    broker, runner, url = await start_broker(config)
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
+    assert broker.subscriptions.live == {}
+
+
+async def test_unacked_records_are_redelivered(env: Env, quick: str) -> None:
+    await publish(env, people(5), url=quick)
+    async with session(env, TAX, quick) as s:
+        sub = await subscribe(s, "slow")
+        await sub.hello()
+        await sub.credit(5)
+        first = await sub.records(5)
+        assert [r.seq for r in first] == [0, 1, 2, 3, 4]
+        assert not any(r.redelivered for r in first)
+        # no ack: after ack_timeout the same records come again, flagged (credit is returned)
+        again = await sub.records(5)
+        assert [r.seq for r in again] == [0, 1, 2, 3, 4]
+        assert all(r.redelivered for r in again)
+        assert [r.event.id for r in again] == [r.event.id for r in first]
+        await sub.ack(4)
+        await eventually(lambda: _eq(acked(env, TAX, "slow", quick), 4), what="ack 4")
+        # fully acked: no third delivery; new records are not flagged
+        await publish(env, people(6)[5:], seed=2, url=quick)
+        await sub.credit(1)
+        [new] = await sub.records(1)
+        assert (new.seq, new.redelivered) == (5, False)
+        await sub.ws.close()
+
+
+async def test_redelivery_resumes_after_a_partial_ack(env: Env, quick: str) -> None:
+    await publish(env, people(6), url=quick)
+    async with session(env, TAX, quick) as s:
+        sub = await subscribe(s, "partial")
+        await sub.hello()
+        await sub.credit(6)
+        await sub.records(6)
+        await sub.ack(3)
+        # go-back-N from the last ack (if the timer beat the ack, 0..5 came once more first)
+        while True:
+            frame = await sub.frame()
+            assert isinstance(frame, Records)
+            again = frame.records
+            if again[0].seq == 4:
+                break
+            assert again[0].seq == 0
+        assert [(r.seq, r.redelivered) for r in again] == [(4, True), (5, True)]
+        await sub.ws.close()
+
+
+async def test_lag_goes_to_zero_after_acks(env: Env) -> None:
+    await publish(env, people(12))
+
+    async def lag() -> int:
+        async with session(env, TAX) as s, s.get("/v1/subscriptions") as resp:
+            rows = msgspec.json.decode(await resp.read())
+            return int(rows[0]["lag"]) if rows else -1
+
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "lagging")
+        await sub.hello()
+        assert await lag() == 12
+        await sub.credit(100)
+        await sub.records(12)
+        assert await lag() == 12  # sent is not processed
+        await sub.ack(7)
+        await eventually(lambda: _eq(lag(), 4), what="lag 4")
+        await sub.ack(11)
+        await eventually(lambda: _eq(lag(), 0), what="lag 0")
+        await sub.ws.close()
+
+
+async def test_residence_only_agreement_never_carries_identity_values(env: Env) -> None:
+    ps = people(20, seed=3)
+    await publish(env, ps)
+    async with session(env, LAND) as s:
+        sub = await subscribe(s, "parcels")
+        hello = await sub.hello()
+        assert hello.granted == ["residence"]
+        await sub.credit(100)
+        got = await sub.records(20)
+        await sub.ws.close()
+    wire = "".join(sub.texts)
+    enc = msgspec.json.encode
+    assert '"full_name"' not in wire and '"birth_date"' not in wire
+    for p, r in zip(ps, got, strict=True):
+        # the key is always disclosed (it is the envelope's subject); nowhere else
+        assert wire.count(enc(p["id"]).decode()) == 1
+        assert r.event.subject == p["id"] and "id" not in r.event.data
+        for field in ("full_name", "birth_date", "ethnicity", "religion", "as_of"):
+            if field in p:
+                assert enc(p[field]).decode() not in wire, field
+        addr = p["permanent_address"]
+        assert f'"ward_code":{enc(addr["ward_code"]).decode()}' in wire
+        assert "street" not in addr or enc(addr["street"]).decode() in wire
+        assert r.event.data == {"permanent_address": p["permanent_address"]}
+        assert set(r.withheld) == {"identity", "civil_status", "ethnicity_religion"}
+        assert set(r.salts) == {"residence"}
+    # the projected records still verify against the publisher's signature
+    frames = [f for f in map(_frame.decode, sub.texts) if isinstance(f, Records)]
+    verifier = Verifier(pki.load_signing_registry(env.pki_dir))
+    spec = datasets.get("population")
+    checked = 0
+    for frame in frames:
+        batches = {b.id: b for b in frame.batches}
+        for r in frame.records:
+            ref = batches[r.batch]
+            verifier.verify_record(r.event, spec.groups, r.salts, r.withheld,
+                                   BatchProof(ref.statement, ref.signature, r.index, r.path))
+            checked += 1
+    assert checked == 20 and verifier.verifications == 1
+    # and a tampered value does not
+    r = got[0]
+    moved = {"permanent_address": {**r.event.data["permanent_address"], "street": "Số 2"}}
+    ref = next(b for f in frames for b in f.batches if b.id == r.batch)
+    with pytest.raises(Exception, match="not in the signed batch"):
+        verifier.verify_record(msgspec.structs.replace(r.event, data=moved), spec.groups,
+                               r.salts, r.withheld,
+                               BatchProof(ref.statement, ref.signature, r.index, r.path))
