@@ -106,6 +106,9 @@ class DatasetSpec:
     code_fields: tuple[str, ...] = ()
     #: how often the owner is expected to publish at least once (seconds); for "live"
     update_interval_s: int = 86_400
+    #: fields holding ids of records in other datasets (a 12-digit personal id refers to
+    #: population, a tax code to tax); checked, never enforced, for the "clean" score
+    references: tuple[str, ...] = ()
     description: str = ""
 
     @property

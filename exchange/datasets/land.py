@@ -177,6 +177,7 @@ SPEC = DatasetSpec(
     text_fields=("address.street",),
     code_fields=("certificate_serial",),
     update_interval_s=86_400,
+    references=("owners",),
     description="A land parcel in the cadastral database (Decree 101/2024/NĐ-CP). Key: "
                 "{ward_code}-{map_sheet}-{parcel_number}.",
 )

@@ -125,6 +125,7 @@ SPEC = DatasetSpec(
     },
     text_fields=("name", "address.street"),
     update_interval_s=86_400,
+    references=("personal_id",),
     description="A taxpayer's registration (Circular 86/2024/TT-BTC). Key: the tax id as "
                 "written (MST, branch MST, or a person's 12-digit id).",
 )

@@ -166,6 +166,7 @@ SPEC = DatasetSpec(
     code_fields=("plate", "vin"),
     # registrations and transfers happen through the working day
     update_interval_s=3_600,
+    references=("owner_id",),
     description="A registered road vehicle (Circular 79/2024/TT-BCA). Key: the plate without "
                 "separators (30A12345).",
 )
