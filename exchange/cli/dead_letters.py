@@ -1,0 +1,96 @@
+"""``exchange dead-letters``: a node's refused records, with the reason for each."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from exchange.errors import ExchangeError
+
+#: most entries the broker returns per request
+PAGE = 1000
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "dead-letters", help="list a node's refused records (code, path, message)",
+        description="List the records the broker refused from NODE, oldest first, with the "
+                    "stable reason code, the JSONPath of the offending field and a message. "
+                    "Page with --after (the last id seen).")
+    p.add_argument("--node", required=True, help="node id, e.g. vn.gov.mps.population")
+    p.add_argument("--pki", required=True, help="PKI directory holding ca.crt and nodes/NODE/")
+    p.add_argument("--broker", required=True, metavar="URL", help="e.g. https://127.0.0.1:8443")
+    p.add_argument("--after", type=int, default=0, help="list entries after this id")
+    p.add_argument("--limit", type=int, default=100, help="most entries to list (default 100)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON array of entries, each with the refused record")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.limit < 0 or args.after < 0:
+        print("exchange dead-letters: --after and --limit must not be negative", file=sys.stderr)
+        return 2
+    try:
+        rows = asyncio.run(fetch(args.node, args.pki, args.broker, args.after, args.limit))
+    except ExchangeError as err:
+        print(f"exchange dead-letters: {err.message} ({err.code})", file=sys.stderr)
+        return 1
+    except (aiohttp.ClientError, OSError, TimeoutError) as err:
+        print(f"exchange dead-letters: cannot reach {args.broker}: {err or type(err).__name__}",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+    else:
+        print_table(rows)
+    return 0
+
+
+async def fetch(node_id: str, pki_dir: str, broker: str, after: int, limit: int
+                ) -> list[dict[str, Any]]:
+    """Up to ``limit`` dead letters of ``node_id`` after id ``after``, page by page."""
+    from exchange.node import Node, NodeConfig
+
+    config = NodeConfig(node_id=node_id, pki_dir=str(Path(pki_dir)), brokers=[broker],
+                        retries=0, timeout_s=15.0)
+    out: list[dict[str, Any]] = []
+    async with Node(config) as node:
+        while len(out) < limit:
+            want = min(PAGE, limit - len(out))
+            page = await node.dead_letters(after, want)
+            out.extend(page)
+            if len(page) < want:
+                break
+            after = int(page[-1]["id"])
+    return out
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """A readable table: one line per refused record, the message cut to the terminal."""
+    if not rows:
+        print("no dead letters")
+        return
+    head = ("ID", "RECEIVED (UTC)", "DATASET", "#", "CODE", "PATH", "MESSAGE")
+    table = [(str(r["id"]),
+              dt.datetime.fromtimestamp(float(r["received_at"]), dt.UTC).strftime(
+                  "%Y-%m-%d %H:%M:%S"),
+              str(r["dataset"]), "-" if r.get("index") is None else str(r["index"]),
+              str(r["code"]), str(r["path"]), str(r["message"])) for r in rows]
+    widths = [max(len(head[i]), *(len(t[i]) for t in table)) for i in range(len(head) - 1)]
+    width = shutil.get_terminal_size((160, 24)).columns
+    room = max(20, width - sum(widths) - 2 * len(widths))
+    for line in [head, *table]:
+        cells = [c.ljust(w) for c, w in zip(line, widths, strict=False)]
+        message = line[-1] if len(line[-1]) <= room or not sys.stdout.isatty() \
+            else line[-1][:room - 1] + "…"
+        print("  ".join([*cells, message]))
+    print(f"{len(rows)} dead letter(s); next page: --after {rows[-1]['id']}", file=sys.stderr)
