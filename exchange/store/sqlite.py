@@ -9,6 +9,7 @@ speed where the disk is battery-backed.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,7 +102,14 @@ _json = msgspec.json.Encoder()
 
 
 class SqliteStore:
-    """``Store`` on one sqlite file. One writer connection; the broker serialises appends."""
+    """``Store`` on one sqlite file. One writer connection; the broker serialises appends.
+
+    Every statement shares that connection, so between an append's ``BEGIN`` and ``COMMIT``
+    other statements run inside its transaction: reads are bounded by ``_head`` (the last
+    committed seq) so a subscriber never receives a record that may yet be rolled back or lost
+    to a crash, and the other writes wait for the append (``_writing``) so a rollback cannot
+    take a dead letter or an ack with it.
+    """
 
     def __init__(self, path: str | Path, *, durability: str = "full") -> None:
         self.path = Path(path)
@@ -109,6 +117,7 @@ class SqliteStore:
         self._db: aiosqlite.Connection | None = None
         self._head = -1
         self._tree = merkle.CompactRange()
+        self._writing = asyncio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -156,8 +165,9 @@ class SqliteStore:
     async def head(self, dataset: str | None = None) -> int:
         if dataset is None:
             return self._head
-        async with self.db.execute("SELECT COALESCE(MAX(seq), -1) FROM records WHERE dataset=?",
-                                   (dataset,)) as cur:
+        async with self.db.execute(
+                "SELECT COALESCE(MAX(seq), -1) FROM records WHERE dataset=? AND seq<=?",
+                (dataset, self._head)) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else -1
 
@@ -178,6 +188,12 @@ class SqliteStore:
     async def append(self, publisher: str, dataset: str, batch: Batch,
                      accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
                      now: float) -> tuple[int, int]:
+        async with self._writing:
+            return await self._append(publisher, dataset, batch, accepted, dead, now)
+
+    async def _append(self, publisher: str, dataset: str, batch: Batch,
+                      accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
+                      now: float) -> tuple[int, int]:
         db = self.db
         first = self._head + 1
         try:
@@ -249,8 +265,9 @@ class SqliteStore:
         return out
 
     async def add_checkpoint(self, cp: tlog.Checkpoint, now: float) -> None:
-        await self.db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?)",
-                              (cp.size, cp.root, cp.note, now))
+        async with self._writing:
+            await self.db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?)",
+                                  (cp.size, cp.root, cp.note, now))
 
     async def checkpoints(self, since_size: int = 0) -> list[tlog.Checkpoint]:
         async with self.db.execute(
@@ -268,7 +285,8 @@ class SqliteStore:
         return tlog.Checkpoint.parse(note.split("\n\n")[0] + "\n", note)
 
     async def add_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
-        await self._insert_dead(dead)
+        async with self._writing:
+            await self._insert_dead(dead)
 
     def _records(self, rows: Sequence[sqlite3.Row | tuple[object, ...]]) -> list[StoredRecord]:
         return [StoredRecord(*r) for r in rows]
@@ -276,20 +294,21 @@ class SqliteStore:
     async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]:
         async with self.db.execute(
             "SELECT seq, dataset, key, version, batch_id, idx, accepted_at, digest, body "
-            "FROM records WHERE dataset=? AND seq>? ORDER BY seq LIMIT ?",
-            (dataset, after, limit)) as cur:
+            "FROM records WHERE dataset=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
+            (dataset, after, self._head, limit)) as cur:
             return self._records(list(await cur.fetchall()))
 
     async def read_range(self, start: int, end: int) -> list[StoredRecord]:
         async with self.db.execute(
             "SELECT seq, dataset, key, version, batch_id, idx, accepted_at, digest, body "
-            "FROM records WHERE seq>=? AND seq<? ORDER BY seq", (start, end)) as cur:
+            "FROM records WHERE seq>=? AND seq<? AND seq<=? ORDER BY seq",
+            (start, end, self._head)) as cur:
             return self._records(list(await cur.fetchall()))
 
     async def seq_before_time(self, dataset: str, t: float) -> int:
         async with self.db.execute(
-            "SELECT COALESCE(MAX(seq), -1) FROM records WHERE dataset=? AND accepted_at<?",
-            (dataset, t)) as cur:
+            "SELECT COALESCE(MAX(seq), -1) FROM records WHERE dataset=? AND accepted_at<? "
+            "AND seq<=?", (dataset, t, self._head)) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else -1
 
@@ -314,18 +333,20 @@ class SqliteStore:
 
     async def create_subscription(self, node: str, dataset: str, name: str, acked: int,
                                   now: float) -> SubscriptionRow:
-        await self.db.execute(
-            "INSERT OR IGNORE INTO subscriptions VALUES (?, ?, ?, ?, ?)",
-            (node, dataset, name, acked, now))
+        async with self._writing:
+            await self.db.execute(
+                "INSERT OR IGNORE INTO subscriptions VALUES (?, ?, ?, ?, ?)",
+                (node, dataset, name, acked, now))
         row = await self.subscription(node, dataset, name)
         assert row is not None
         return row
 
     async def ack(self, node: str, dataset: str, name: str, seq: int) -> None:
         # MAX keeps the position monotonic even if two connections of one subscription race
-        await self.db.execute(
-            "UPDATE subscriptions SET acked=MAX(acked, ?) WHERE node=? AND dataset=? AND name=?",
-            (seq, node, dataset, name))
+        async with self._writing:
+            await self.db.execute(
+                "UPDATE subscriptions SET acked=MAX(acked, ?) WHERE node=? AND dataset=? "
+                "AND name=?", (seq, node, dataset, name))
 
     async def subscriptions(self) -> list[SubscriptionRow]:
         async with self.db.execute(
@@ -335,7 +356,8 @@ class SqliteStore:
 
     async def count_after(self, dataset: str, seq: int) -> int:
         async with self.db.execute(
-            "SELECT COUNT(*) FROM records WHERE dataset=? AND seq>?", (dataset, seq)) as cur:
+            "SELECT COUNT(*) FROM records WHERE dataset=? AND seq>? AND seq<=?",
+            (dataset, seq, self._head)) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
