@@ -151,6 +151,20 @@ async def test_no_agreement_no_subscription(env: Env) -> None:
         assert msgspec.json.decode(await resp.read())["code"] == "no_agreement"
 
 
+async def test_an_agreement_withdrawn_mid_stream_closes_the_subscription(env: Env) -> None:
+    async with session(env, OWNERS["land"]) as s, \
+            s.ws_connect("/v1/datasets/population/subscribe?name=w") as ws:
+        hello = msgspec.json.decode(await ws.receive_str(timeout=10))
+        assert hello["type"] == "hello"
+        config = env.broker.config
+        env.broker._apply(msgspec.structs.replace(config, agreements=[
+            a for a in config.agreements if a.subscriber != OWNERS["land"]]))
+        await ws.send_str('{"type": "credit", "n": 1}')  # wakes the pump, which re-checks
+        msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert (ws.close_code, msg.extra) == (4403, "no_agreement")
+
+
 async def test_bad_subscribe_parameters(env: Env) -> None:
     async with session(env, TAX) as s:
         for query, code in [("name=a%20b", "bad_subscription_name"),
