@@ -346,17 +346,26 @@ class Agency:
     def key_of(self, data: Mapping[str, Any]) -> str:
         raise NotImplementedError
 
-    def _pick_held(self, used: set[str], min_version: int = 1) -> tuple[str, Held] | None:
-        for _ in range(20):
-            if not self._keys:
-                return None
+    def _pick_held(self, used: Collection[str], min_version: int = 1
+                   ) -> tuple[str, Held] | None:
+        """A random accepted key not in ``used``, at ``min_version`` or above."""
+        if not self._keys:
+            return None
+        for _ in range(8):  # most keys qualify: a few random draws beat a scan
             key = self.rng.choice(self._keys)
             held = self.records[key]
             if key not in used and held.version >= min_version:
                 return key, held
-        return None
+        eligible = [k for k in self._keys
+                    if k not in used and self.records[k].version >= min_version]
+        if not eligible:
+            return None
+        key = self.rng.choice(eligible)
+        return key, self.records[key]
 
-    def _fault(self, kind: str, used: set[str]) -> Planned | None:
+    def faulty(self, kind: str, used: Collection[str] = ()) -> Planned | None:
+        """One record with fault ``kind``, on a key not in ``used``; None if none can be made
+        yet (a stale version needs a key at version 2 or above)."""
         if kind == "version_conflict":
             picked = self._pick_held(used)
             if picked is None:
@@ -388,7 +397,7 @@ class Agency:
             r = self.rng.random()
             item: Planned | None = None
             if r < c.faults and self.fault_kinds:
-                item = self._fault(self.rng.choice(self.fault_kinds), used)
+                item = self.faulty(self.rng.choice(self.fault_kinds), used)
             elif r < c.faults + c.retries:
                 picked = self._pick_held(used)
                 if picked is not None:
@@ -470,7 +479,7 @@ class Agency:
             n = self.config.chunk if not limit else min(self.config.chunk, limit - sent)
             planned = self.plan(n)
             if not planned:  # not enough people known yet: wait for the next delivery
-                await self._wait(functools.partial(self._knows_more_than, self._people_count()))
+                await self._wait(functools.partial(self._knows_more_than, self.people_known()))
                 continue
             await self.publish(planned)
             sent += len(planned)
@@ -480,11 +489,12 @@ class Agency:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), ahead)
 
-    def _people_count(self) -> int:
+    def people_known(self) -> int:
+        """How many people this agency has received from population."""
         return 0
 
     def _knows_more_than(self, n: int) -> bool:
-        return self._people_count() > n
+        return self.people_known() > n
 
     async def _wait(self, predicate: Callable[[], bool]) -> bool:
         async with self._changed:
@@ -536,7 +546,7 @@ class _KnowsPeople(Agency):
     def ready(self) -> bool:
         return len(self.people) >= self.config.min_people
 
-    def _people_count(self) -> int:
+    def people_known(self) -> int:
         return len(self.people)
 
     def on_delivery(self, d: Delivery) -> None:
@@ -654,7 +664,7 @@ class TaxAuthority(_KnowsPeople):
         except ValueError:  # no living adult known yet
             return []
 
-    def _fault(self, kind: str, used: set[str]) -> Planned | None:
+    def faulty(self, kind: str, used: Collection[str] = ()) -> Planned | None:
         if kind == "wrong_owner":
             # a 12-digit tax id is the person's own id, so a wrong personal id there is a
             # mismatch first; fault an MST holder to show the unresolvable reference itself
@@ -666,7 +676,7 @@ class TaxAuthority(_KnowsPeople):
                     code = result.violations[0].code if result.violations else "accepted"
                     return Planned(kind, self.key_of(data), 1, data, code)
             return None
-        return super()._fault(kind, used)
+        return super().faulty(kind, used)
 
     def update(self, held: Held) -> dict[str, Any] | None:
         statuses = ["active", "suspended", "closing", "closed", "moved", "absent"]

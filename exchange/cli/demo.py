@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="print the summary as exactly one JSON object on stdout")
     p.add_argument("--faults", type=float,
                    help="share of records that are faulty on purpose (default: 0.05 each)")
+    p.add_argument("--rate", type=float,
+                   help="records per second across the four agencies (0: as fast as the "
+                        "broker takes them; default: the agencies' own rates, 375 in all)")
     p.add_argument("--seed", type=int, help="seed the agencies' generators (reproducible data)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="most seconds to wait for subscriptions to catch up (default "
@@ -72,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
         return _usage("--duration and --timeout must be positive")
     if args.faults is not None and not 0 <= args.faults <= 1:
         return _usage("--faults is a share between 0 and 1")
+    if args.rate is not None and args.rate < 0:
+        return _usage("--rate must not be negative")
     if args.data is not None:
         data = args.data.resolve()
         if data.exists() and (not data.is_dir() or any(data.iterdir())):
@@ -83,7 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     log_file = _configure_logging(data / "nodes.log")
     try:
         summary = asyncio.run(demo(data, records=args.records, duration=args.duration,
-                                   faults=args.faults, seed=args.seed, catch_up_s=args.timeout,
+                                   faults=args.faults, rate=args.rate, seed=args.seed,
+                                   catch_up_s=args.timeout,
                                    live=sys.stderr.isatty()))
     except DemoError as err:
         print(f"exchange demo: {err}", file=sys.stderr)
@@ -216,8 +222,9 @@ def split_records(records: int) -> dict[str, int]:
     return out
 
 
-async def demo(data: Path, *, records: int, duration: float, faults: float | None,
-               seed: int | None, catch_up_s: float, live: bool) -> dict[str, Any]:
+async def demo(data: Path, *, records: int, duration: float, faults: float | None = None,
+               rate: float | None = None, seed: int | None = None, catch_up_s: float = 60.0,
+               live: bool = False) -> dict[str, Any]:
     from exchange import agencies, pki
     from exchange.cli.node import lag
     from exchange.node import Node, NodeConfig
@@ -238,6 +245,8 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
         pid = broker.proc.pid if broker.proc else "?"
         _say(f"broker listening on {broker.url} (pid {pid}, log {broker.log})")
         shares = split_records(records)
+        configs = {role: agencies.default_config(role) for role in agencies.ROLES}
+        scale = None if rate is None else rate / sum(c.rate for c in configs.values())
         async with contextlib.AsyncExitStack() as stack:
             agents: list[agencies.Agency] = []
             for i, role in enumerate(agencies.ROLES):
@@ -245,6 +254,8 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
                     node_id=agencies.OWNERS[role], pki_dir=str(pki_dir),
                     brokers=[broker.url], linger_s=0.005)))
                 changes: dict[str, Any] = {"records": shares[role]}
+                if scale is not None:
+                    changes["rate"] = configs[role].rate * scale
                 if faults is not None:
                     changes["faults"] = faults
                 if seed is not None:
