@@ -104,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, ensure_ascii=False))
     else:
         print_summary(summary)
+    if summary["interrupted"]:
+        return 130
     ok = summary["lost"] == 0 and summary["caught_up"] and summary["broker_exit"] == 0
     return 0 if ok else 1
 
@@ -265,15 +267,27 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
             _say(f"streaming {records or 'unlimited'} records for at most {duration:g}s "
                  "from the population, tax, land and vehicle registries")
 
+            # Ctrl-C or SIGTERM: stop publishing, then stop as cleanly as a finished run
+            interrupted = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, interrupted.set)
             progress = Progress(agents, live)
             ticker = asyncio.create_task(progress.run())
             t0 = time.monotonic()
             runs = [asyncio.create_task(a.run(), name=f"agency:{a.role}") for a in agents]
-            await asyncio.wait(runs, timeout=duration)
+            finished = asyncio.gather(*runs, return_exceptions=True)
+            interrupt = asyncio.ensure_future(interrupted.wait())
+            either: list[asyncio.Future[Any]] = [finished, interrupt]
+            await asyncio.wait(either, timeout=duration,
+                               return_when=asyncio.FIRST_COMPLETED)
             for a in agents:
                 await a.stop()
-            await asyncio.gather(*runs, return_exceptions=True)
+            await finished
             publish_s = time.monotonic() - t0
+            if interrupted.is_set():
+                _say("interrupted: stopping")
+                catch_up_s = min(catch_up_s, 5.0)
             failures: dict[str, str] = {a.role: repr(r.exception())
                                         for a, r in zip(agents, runs, strict=True)
                                         if r.exception() is not None}
@@ -292,8 +306,10 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
                 caught_up = False
             lags = await _broker_lag(agents, lag, min(catch_up_s, 10.0))
             ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            interrupt.cancel()
+            for task in (ticker, interrupt):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             progress.finish()
             summaries = [a.summary() for a in agents]
             lost = {f"{a.node_id}/{s.dataset}/{s.name}": len(accepted.get(s.dataset, set())
@@ -301,9 +317,13 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
                     for a in agents for s in a.sub_stats.values()}
         _say("stopping the broker")
     broker_exit = broker.proc.returncode if broker.proc else None
-    return _summary(summaries, accepted, lost, lags, publish_s=publish_s,
-                    elapsed_s=time.monotonic() - t_start, data=data, caught_up=caught_up,
-                    broker_exit=broker_exit, failures=failures)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+    summary = _summary(summaries, accepted, lost, lags, publish_s=publish_s,
+                       elapsed_s=time.monotonic() - t_start, data=data, caught_up=caught_up,
+                       broker_exit=broker_exit, failures=failures)
+    summary["interrupted"] = interrupted.is_set()
+    return summary
 
 
 async def _broker_lag(agents: Sequence[Agency], lag: Callable[[Node], Awaitable[dict[str, int]]],
