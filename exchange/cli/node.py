@@ -94,6 +94,7 @@ async def _main(node_config: NodeConfig, config: AgencyConfig, records: int | No
     t0 = time.monotonic()
     async with Node(node_config) as node:
         agency = make_agency(node, config)
+        agency.track_seqs = False  # a node may run for days; the demo counts seqs instead
         runner = asyncio.create_task(agency.run(records))
         stop_waiter = asyncio.create_task(stopped.wait())
         waits: set[asyncio.Future[Any]] = {runner, stop_waiter}
