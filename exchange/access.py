@@ -51,6 +51,8 @@ class Agreement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     purpose: Annotated[str, msgspec.Meta(min_length=3)]
     #: disclosure groups granted; empty means every group of the dataset
     groups: list[str] = []
+    #: deliver only records at least this complete (share of recommended fields, 0..1)
+    min_completeness: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
     #: must carry a UTC offset: a naive time cannot be compared with the broker's UTC clock
     expires: Annotated[dt.datetime, msgspec.Meta(tz=True)] | None = None
 
@@ -70,6 +72,8 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     log_origin: str = ""
     #: sign a new checkpoint at least this often while records arrive
     checkpoint_interval_s: float = 1.0
+    #: score data quality at the gate (correct, sufficient, clean, live)
+    quality: bool = True
     limits: Limits = Limits()
     #: nodes that may see every subscription's lag and the whole exchange's state
     operators: list[NodeId] = []

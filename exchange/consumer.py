@@ -56,6 +56,11 @@ class ConsumerState:
         self.sent_upto = seqs[-1]
         self.max_sent = max(self.max_sent, self.sent_upto)
 
+    def skip_to(self, seq: int) -> None:
+        """Records up to ``seq`` were read and passed over (not for this subscriber): continue
+        after them without spending credit."""
+        self.sent_upto = max(self.sent_upto, seq)
+
     def ack(self, seq: int) -> bool:
         """Apply a cumulative ack. Returns True when the durable position moved."""
         if seq > self.max_sent:

@@ -47,6 +47,8 @@ class Candidate:
     content: bytes
     #: completeness score in [0, 1] over the recommended fields ("sufficient")
     completeness: float = 1.0
+    #: False when the publisher sent text that is not normalised (counted for "clean")
+    normalised: bool = True
 
 
 @dataclass
@@ -145,7 +147,8 @@ def check(
             index=i, record=rec, key=key, version=ev.version, commitments=commitments[i],
             digest=digests[i], path=paths[i],
             content=hashlib.sha256(_canon.encode(data)).digest(),
-            completeness=scorer(spec, data) if scorer else 1.0))
+            completeness=scorer(spec, data) if scorer else 1.0,
+            normalised=not result.notes))
     return Checked(candidates, rejected)
 
 

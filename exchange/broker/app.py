@@ -15,12 +15,14 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exchange import audit, datasets, pki, tlog
 from exchange.access import BrokerConfig, Limits, Policy, parse_config
 from exchange.broker.hub import Hub
 from exchange.broker.log import LogService
 from exchange.broker.publish import Publisher
+from exchange.broker.quality import QualityTracker
 from exchange.broker.subscribe import Subscriptions
 from exchange.errors import AuthError, ExchangeError, InputError, LimitExceeded, NotFound
 from exchange.signing import Verifier
@@ -49,16 +51,18 @@ class Broker:
         self.started = time.time()
         self._apply(config)
         self.verifier = Verifier(lambda node: self.signing_keys.get(node))
+        self.quality = (QualityTracker(store, owners=lambda: self.policy.owners)
+                        if config.quality else None)
         self.publisher = Publisher(store=store, broker_id=self.identity.node_id,
                                    signing_key=self.identity.signing_key,
                                    verifier=self.verifier, limits=lambda: self.limits,
-                                   on_append=self.hub.appended)
+                                   on_append=self.hub.appended, quality=self.quality)
         self.log = LogService(
             store, tlog.NoteKey.from_private(self.log_origin, self.identity.signing_key),
             self.log_origin, config.checkpoint_interval_s)
         self.subscriptions = Subscriptions(store=store, hub=self.hub,
                                            policy=lambda: self.policy,
-                                           limits=lambda: self.limits)
+                                           limits=lambda: self.limits, quality=self.quality)
 
     def _apply(self, config: BrokerConfig) -> None:
         groups = {name: dict(datasets.get(name).groups) for name in datasets.names()}
@@ -333,6 +337,50 @@ async def log_entries(request: web.Request) -> web.Response:
     return _ok(await request.app[BROKER].log.entries(start, end))
 
 
+def _tracker(broker: Broker) -> QualityTracker:
+    if broker.quality is None:
+        raise NotFound("quality scoring is switched off in this broker's config",
+                       code="quality_off")
+    return broker.quality
+
+
+async def get_quality(request: web.Request) -> web.Response:
+    """Correct, sufficient, clean, live: scores per dataset and publisher, with their counters,
+    unresolved references and per-subscriber latency (definitions in exchange.quality)."""
+    broker = request.app[BROKER]
+    dataset = request.match_info.get("dataset")
+    if dataset is not None:
+        datasets.get(dataset)
+    report = await _tracker(broker).report(dataset, request.match_info.get("publisher"))
+    lags = await _lags(broker)
+    for name, entry in report.items():
+        entry["subscriptions"] = [lag for lag in lags if lag["dataset"] == name]
+    return _ok({"datasets": report})
+
+
+async def _lags(broker: Broker) -> list[dict[str, Any]]:
+    """Every subscription's lag in records and in seconds (age of its oldest unacked record)."""
+    out = []
+    now = time.time()
+    for row in await broker.store.subscriptions():
+        behind = await broker.store.read(row.dataset, row.acked, 1)
+        out.append({"node": row.node, "dataset": row.dataset, "name": row.name,
+                    "acked": row.acked,
+                    "lag": await broker.store.count_after(row.dataset, row.acked),
+                    "lag_s": round(max(0.0, now - behind[0].accepted_at), 3) if behind else 0.0})
+    return out
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format (prometheus-client's own encoder)."""
+    broker = request.app[BROKER]
+    tracker = _tracker(broker)
+    tracker.lag = {(lag["dataset"], lag["node"], lag["name"]): (lag["lag"], lag["lag_s"])
+                   for lag in await _lags(broker)}
+    body = generate_latest(tracker.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def create_app(broker: Broker) -> web.Application:
     app = web.Application(middlewares=[problem_middleware, auth_middleware],
                           client_max_size=broker.limits.max_body_bytes)
@@ -342,9 +390,13 @@ def create_app(broker: Broker) -> web.Application:
         await broker.store.open()
         audit.write_trust(Path(broker.config.data_dir), broker.log_origin, broker.log.key,
                           broker.signing_keys)
+        if broker.quality is not None:
+            await broker.quality.load()
         for d in broker.config.datasets:
             broker.hub.heads[d.name] = await broker.store.head(d.name)
         yield
+        if broker.quality is not None:
+            await broker.quality.flush()
         await broker.store.close()
 
     async def log_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -364,6 +416,10 @@ def create_app(broker: Broker) -> web.Application:
     app.router.add_get("/v1/subscriptions", list_subscriptions)
     app.router.add_get("/v1/dead-letters", dead_letters)
     app.router.add_get("/v1/nodes/{node}/certificate", node_certificate)
+    app.router.add_get("/v1/quality", get_quality)
+    app.router.add_get("/v1/quality/{dataset}", get_quality)
+    app.router.add_get("/v1/quality/{dataset}/{publisher}", get_quality)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/log/checkpoint", log_checkpoint)
     app.router.add_get("/v1/log/key", log_key)
     app.router.add_get("/v1/log/proof/inclusion", log_inclusion)

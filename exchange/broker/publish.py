@@ -11,12 +11,19 @@ from typing import Any
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange import datasets, gate
+from exchange import datasets, gate, quality
 from exchange.access import Limits
+from exchange.broker.quality import QualityTracker
 from exchange.envelope import now_rfc3339
-from exchange.errors import ExchangeError, InputError, InvalidRecord, Violation
+from exchange.errors import (
+    ExchangeError,
+    InputError,
+    InvalidRecord,
+    UnavailableError,
+    Violation,
+)
 from exchange.signing import Batch, Verifier
-from exchange.store.base import DeadLetter, Store
+from exchange.store.base import DeadLetter, QualityRow, Reference, StaleRead, Store
 from exchange.wire import RECEIPT_CONTEXT, Duplicate, Receipt, SignedReceipt
 
 __all__ = ["Outcome", "Publisher", "sign_receipt"]
@@ -28,6 +35,8 @@ _json = msgspec.json.Encoder()
 
 #: conflicts alone make a 409; any other rejection makes the reply a 422
 CONFLICT_CODES = frozenset({"version_conflict", "stale_version"})
+#: decide again at most this often when another broker wrote the same keys meanwhile (NATS)
+STALE_READ_RETRIES = 20
 
 
 def sign_receipt(key: Ed25519PrivateKey, receipt: Receipt) -> SignedReceipt:
@@ -47,13 +56,15 @@ class Outcome:
 class Publisher:
     def __init__(self, *, store: Store, broker_id: str, signing_key: Ed25519PrivateKey,
                  verifier: Verifier, limits: Callable[[], Limits],
-                 on_append: Callable[[str, int], None]) -> None:
+                 on_append: Callable[[str, int], None],
+                 quality: QualityTracker | None = None) -> None:
         self.store = store
         self.broker_id = broker_id
         self.key = signing_key
         self.verifier = verifier
         self._limits = limits
         self._on_append = on_append
+        self.quality = quality
         # one writer: the version decision and the append must see the same state
         self._lock = asyncio.Lock()
 
@@ -86,7 +97,9 @@ class Publisher:
             dead = [DeadLetter(publisher=node, dataset=dataset, received_at=now, index=i,
                                code=err.code, path="$", message=err.message,
                                record=_json.encode(r)) for i, r in enumerate(batch.records)]
-        await self.store.add_dead_letters(dead)
+        rows = ([self.quality.refused(dataset, node, max(1, len(dead)), err.code)]
+                if self.quality else [])
+        await self.store.add_dead_letters(dead, quality=rows)
 
     async def publish(self, node: str, dataset: str, body: bytes, content_type: str) -> Outcome:
         spec = datasets.get(dataset)
@@ -95,24 +108,46 @@ class Publisher:
         try:
             batch = self.decode(body, content_type)
             checked = gate.check(batch, node=node, spec=spec, verifier=self.verifier,
-                                 limits=limits, ctx=datasets.RuleContext())
+                                 limits=limits, ctx=datasets.RuleContext(),
+                                 scorer=quality.completeness if self.quality else None)
         except ExchangeError as err:
             await self.refuse(node, dataset, err, batch, body)
             raise
         now = time.time()
         async with self._lock:
-            current = await self.store.current(dataset, [c.key for c in checked.candidates])
-            decided = gate.decide(checked, current)
-            dead = [DeadLetter(publisher=node, dataset=dataset, received_at=now, index=v.index,
-                               code=v.code, path=v.path, message=v.message,
-                               record=_json.encode(batch.records[v.index or 0]))
-                    for v in decided.rejected]
-            if decided.accepted:
-                _, first = await self.store.append(node, dataset, batch, decided.accepted,
-                                                   dead, now)
-            else:
-                await self.store.add_dead_letters(dead)
-                first = 0
+            for attempt in range(STALE_READ_RETRIES + 1):
+                current = await self.store.current(dataset, [c.key for c in checked.candidates])
+                decided = gate.decide(checked, current)
+                dead = [DeadLetter(publisher=node, dataset=dataset, received_at=now,
+                                   index=v.index, code=v.code, path=v.path, message=v.message,
+                                   record=_json.encode(batch.records[v.index or 0]))
+                        for v in decided.rejected]
+                tracker = self.quality
+                unresolved: list[Reference] = []
+                rows: list[QualityRow] = []
+                saved = b""
+                if tracker is not None:
+                    saved = tracker.snapshot(dataset, node)
+                    unresolved = await tracker.unresolved_for(spec, decided)
+                    rows = [tracker.gated(spec, node, checked, decided, now)]
+                try:
+                    if not decided.accepted:
+                        await self.store.add_dead_letters(dead, quality=rows)
+                        first = 0
+                        break
+                    _, first = await self.store.append(node, dataset, batch, decided.accepted,
+                                                       dead, now, unresolved=unresolved,
+                                                       quality=rows)
+                    break
+                except BaseException as err:
+                    if tracker is not None:  # the counters follow what was committed
+                        tracker.restore(dataset, node, saved)
+                    if not isinstance(err, StaleRead):
+                        raise
+                    # another broker wrote one of these keys since `current`: decide again
+                    if attempt == STALE_READ_RETRIES:
+                        raise UnavailableError("the keys kept changing under this batch; "
+                                               "retry", code="contended") from None
             log_size, log_root = self.store.log_state()
         last = first + len(decided.accepted) - 1
         if decided.accepted:

@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from exchange import datasets
 from exchange.access import Limits, Policy
 from exchange.broker.hub import Hub
+from exchange.broker.quality import QualityTracker
 from exchange.consumer import ConsumerState
 from exchange.errors import ConflictError, ExchangeError, Forbidden, InputError
 from exchange.store.base import BatchRow, Store, StoredBody, StoredRecord
@@ -67,8 +68,9 @@ def parse_start(start: str) -> tuple[str, Any]:
 
 class Subscriptions:
     def __init__(self, *, store: Store, hub: Hub, policy: Callable[[], Policy],
-                 limits: Callable[[], Limits]) -> None:
+                 limits: Callable[[], Limits], quality: QualityTracker | None = None) -> None:
         self.store = store
+        self.quality = quality
         self.hub = hub
         self._policy = policy
         self._limits = limits
@@ -115,7 +117,8 @@ class Subscriptions:
             await self._send(ws, binary, Hello(subscription=name, dataset=dataset,
                                                acked=row.acked, start_after=row.acked,
                                                granted=granted, purpose=agreement.purpose))
-            await self._pump(ws, state, node, dataset, name, granted, binary, limits)
+            await self._pump(ws, state, node, dataset, name, granted, binary, limits,
+                             agreement.min_completeness)
         finally:
             del self.live[key]
             if not ws.closed:
@@ -130,7 +133,7 @@ class Subscriptions:
 
     async def _pump(self, ws: web.WebSocketResponse, state: ConsumerState, node: str,
                     dataset: str, name: str, granted: list[str], binary: bool,
-                    limits: Limits) -> None:
+                    limits: Limits, min_completeness: float) -> None:
         wake = asyncio.Event()
         reader = asyncio.create_task(self._read(ws, state, node, dataset, name, binary, wake))
         try:
@@ -150,9 +153,17 @@ class Subscriptions:
                 if want:
                     rows = await self.store.read(dataset, state.sent_upto, want)
                     if rows:
-                        frame = await self._frame(rows, granted, state.max_sent)
-                        await self._send(ws, binary, frame)
-                        state.sent([r.seq for r in rows], time.monotonic())
+                        frame = await self._frame(rows, granted, state.max_sent,
+                                                  min_completeness)
+                        if frame.records:
+                            await self._send(ws, binary, frame)
+                            state.sent([r.seq for r in frame.records], time.monotonic())
+                            if self.quality is not None:
+                                self.quality.delivered(
+                                    dataset, node, [r.accepted_at for r in frame.records],
+                                    time.time())
+                        # records below the agreement's completeness are passed over
+                        state.skip_to(rows[-1].seq)
                         continue
                 wake.clear()
                 deadline = state.next_deadline()
@@ -192,8 +203,8 @@ class Subscriptions:
                 return
             wake.set()
 
-    async def _frame(self, rows: list[StoredRecord], granted: list[str], max_sent: int
-                     ) -> Records:
+    async def _frame(self, rows: list[StoredRecord], granted: list[str], max_sent: int,
+                     min_completeness: float = 0.0) -> Records:
         need = [r.batch_id for r in rows if r.batch_id not in self._batch_cache]
         if need:
             if len(self._batch_cache) > 10_000:
@@ -204,6 +215,8 @@ class Subscriptions:
         batch_ids: dict[int, None] = {}
         for r in rows:
             body = _body.decode(r.body)
+            if body.completeness < min_completeness:
+                continue
             event = body.event
             groups = body.commitments.keys()
             if granted_set >= groups:

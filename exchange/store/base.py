@@ -4,6 +4,11 @@ A store keeps accepted records in one global order (``seq``, from 0), the curren
 key, publishers' batch statements, dead letters, and durable subscription positions. The broker
 serialises appends; a store makes each append atomic: all of a batch's records and dead letters,
 or none.
+
+``append`` is conditional on what the caller's last ``current`` call returned for the same keys.
+A store that several broker processes append to at once (NATS) checks that in the append itself
+and raises ``StaleRead`` when another process changed one of those keys in between; the caller then
+reads ``current`` again and decides again. The sqlite store has one writer and never raises it.
 """
 
 from __future__ import annotations
@@ -16,10 +21,23 @@ import msgspec
 
 from exchange import tlog
 from exchange.envelope import Envelope
+from exchange.errors import ConflictError
 from exchange.gate import Candidate, Current
 from exchange.signing import Batch, Statement
 
-__all__ = ["DeadLetter", "Store", "StoredBody", "StoredRecord", "SubscriptionRow"]
+__all__ = ["DeadLetter", "StaleRead", "Store", "StoredBody", "StoredRecord", "SubscriptionRow"]
+
+
+class StaleRead(ConflictError):
+    """Another broker changed a key between ``current`` and ``append``: nothing was stored."""
+
+    code = "stale_read"
+
+
+#: (target dataset, target key, referring dataset, referring key)
+Reference = tuple[str, str, str, str]
+#: (dataset, publisher, MessagePack of exchange.quality.Counters)
+QualityRow = tuple[str, str, bytes]
 
 
 class StoredBody(msgspec.Struct, frozen=True, array_like=True):
@@ -88,11 +106,27 @@ class Store(Protocol):
 
     async def append(self, publisher: str, dataset: str, batch: Batch,
                      accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
-                     now: float) -> tuple[int, int]:
-        """Store accepted records and dead letters atomically; return (batch id, first seq)."""
+                     now: float, *, unresolved: Sequence[Reference] = (),
+                     quality: Sequence[QualityRow] = ()) -> tuple[int, int]:
+        """Store accepted records and dead letters atomically; return (batch id, first seq).
+
+        In the same step: the accepted keys' old references are replaced by ``unresolved``,
+        references waiting for the accepted keys are resolved, and ``quality`` rows are saved.
+        """
         ...
 
-    async def add_dead_letters(self, dead: Sequence[DeadLetter]) -> None: ...
+    async def add_dead_letters(self, dead: Sequence[DeadLetter], *,
+                               quality: Sequence[QualityRow] = ()) -> None: ...
+
+    async def save_quality(self, rows: Sequence[QualityRow]) -> None: ...
+
+    async def load_quality(self) -> list[QualityRow]: ...
+
+    async def unresolved_counts(self) -> dict[str, int]:
+        """Unresolved references per referring dataset."""
+        ...
+
+    async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[Reference]: ...
 
     async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]: ...
 

@@ -24,6 +24,8 @@ from exchange.signing import Batch, Statement
 from exchange.store.base import (
     BatchRow,
     DeadLetter,
+    QualityRow,
+    Reference,
     StoredBody,
     StoredRecord,
     SubscriptionRow,
@@ -86,6 +88,22 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     note TEXT NOT NULL,
     signed_at REAL NOT NULL
 );
+-- data quality: the gate's counters per (dataset, publisher), and references to records the
+-- exchange does not (yet) hold
+CREATE TABLE IF NOT EXISTS quality (
+    dataset TEXT NOT NULL,
+    publisher TEXT NOT NULL,
+    counters BLOB NOT NULL,
+    PRIMARY KEY (dataset, publisher)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unresolved (
+    target_dataset TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (target_dataset, target_key, dataset, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS unresolved_source ON unresolved(dataset, key);
 CREATE TABLE IF NOT EXISTS subscriptions (
     node TEXT NOT NULL,
     dataset TEXT NOT NULL,
@@ -187,13 +205,16 @@ class SqliteStore:
 
     async def append(self, publisher: str, dataset: str, batch: Batch,
                      accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
-                     now: float) -> tuple[int, int]:
+                     now: float, *, unresolved: Sequence[Reference] = (),
+                     quality: Sequence[QualityRow] = ()) -> tuple[int, int]:
         async with self._writing:
-            return await self._append(publisher, dataset, batch, accepted, dead, now)
+            return await self._append(publisher, dataset, batch, accepted, dead, now,
+                                      unresolved, quality)
 
     async def _append(self, publisher: str, dataset: str, batch: Batch,
                       accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
-                      now: float) -> tuple[int, int]:
+                      now: float, unresolved: Sequence[Reference],
+                      quality: Sequence[QualityRow]) -> tuple[int, int]:
         db = self.db
         first = self._head + 1
         try:
@@ -228,6 +249,9 @@ class SqliteStore:
                 "SET version=excluded.version, content=excluded.content, seq=excluded.seq",
                 cur_rows)
             await self._insert_dead(dead)
+            keys = [c.key for c in accepted]
+            await self._references(dataset, keys, unresolved)
+            await self._save_quality(quality)
             await db.execute("COMMIT")
         except BaseException:
             # the batch is all-or-nothing; nothing already committed is touched
@@ -284,9 +308,61 @@ class SqliteStore:
         note: str = row[0]
         return tlog.Checkpoint.parse(note.split("\n\n")[0] + "\n", note)
 
-    async def add_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
+    async def _references(self, dataset: str, keys: Sequence[str],
+                          unresolved: Sequence[Reference]) -> None:
+        """A new version replaces its key's old references; the accepted keys resolve every
+        reference that was waiting for them (a late population record, say)."""
+        db = self.db
+        for i in range(0, len(keys), 900):
+            chunk = keys[i:i + 900]
+            marks = ",".join("?" * len(chunk))
+            await db.execute(f"DELETE FROM unresolved WHERE dataset=? AND key IN ({marks})",
+                             (dataset, *chunk))
+            await db.execute(f"DELETE FROM unresolved WHERE target_dataset=? AND target_key IN "
+                             f"({marks})", (dataset, *chunk))
+        if unresolved:
+            await db.executemany("INSERT OR IGNORE INTO unresolved VALUES (?, ?, ?, ?)",
+                                 unresolved)
+
+    async def _save_quality(self, rows: Sequence[QualityRow]) -> None:
+        if rows:
+            await self.db.executemany(
+                "INSERT INTO quality VALUES (?, ?, ?) ON CONFLICT(dataset, publisher) "
+                "DO UPDATE SET counters=excluded.counters", rows)
+
+    async def add_dead_letters(self, dead: Sequence[DeadLetter], *,
+                               quality: Sequence[QualityRow] = ()) -> None:
         async with self._writing:
-            await self._insert_dead(dead)
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._insert_dead(dead)
+                await self._save_quality(quality)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+
+    async def save_quality(self, rows: Sequence[QualityRow]) -> None:
+        async with self._writing:
+            await self._save_quality(rows)
+
+    async def load_quality(self) -> list[QualityRow]:
+        async with self.db.execute("SELECT dataset, publisher, counters FROM quality") as cur:
+            return [(d, p, c) for d, p, c in await cur.fetchall()]
+
+    async def unresolved_counts(self) -> dict[str, int]:
+        """Unresolved references per referring dataset."""
+        async with self.db.execute(
+            "SELECT dataset, COUNT(*) FROM unresolved GROUP BY dataset") as cur:
+            return {d: int(n) for d, n in await cur.fetchall()}
+
+    async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[Reference]:
+        async with self.db.execute(
+            "SELECT target_dataset, target_key, dataset, key FROM unresolved WHERE dataset=? "
+            "ORDER BY key LIMIT ?", (dataset, limit)) as cur:
+            return [(t, tk, d, k) for t, tk, d, k in await cur.fetchall()]
 
     def _records(self, rows: Sequence[sqlite3.Row | tuple[object, ...]]) -> list[StoredRecord]:
         return [StoredRecord(*r) for r in rows]
