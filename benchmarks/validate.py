@@ -21,6 +21,24 @@ from exchange.generate import Generator
 TODAY = dt.date(2026, 11, 22)
 
 
+def validate_rate(n: int, repeat: int = 3) -> float:
+    """Records/s of ``DatasetSpec.validate_json`` over ``n`` population NDJSON lines (best of
+    ``repeat``); the machine's decode + validate limit on one core."""
+    spec = get("population")
+    people = Generator(2026, today=TODAY).population(n)
+    encoder = msgspec.json.Encoder()
+    lines = [encoder.encode(p) for p in people]
+    ctx = RuleContext(today=TODAY)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for line in lines:
+            if not spec.validate_json(line, ctx).ok:
+                raise ValueError("a generated record is invalid")
+        best = min(best, time.perf_counter() - t0)
+    return n / best
+
+
 def main(argv: list[str]) -> int:
     n = int(argv[0]) if argv else 100_000
     spec = get("population")

@@ -1,0 +1,159 @@
+"""The bench's exchange: a throwaway PKI, a broker as a real subprocess over TLS, /proc stats.
+
+The broker runs exactly as an operator runs it (``python -m exchange broker serve``), so its CPU
+time and peak memory are its own, read from ``/proc/<pid>/stat`` (utime + stime) and
+``/proc/<pid>/status`` (VmHWM, the resident-set high-water mark).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exchange import pki
+
+__all__ = ["PUBLISHER", "SUBSCRIBER", "BrokerProcess", "ProcStats", "make_pki"]
+
+PUBLISHER = "vn.gov.mps.population"
+SUBSCRIBER = "vn.gov.mof.tax"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def make_pki(root: Path) -> Path:
+    """A fresh exchange CA with the broker, the population owner and one subscriber."""
+    pki_dir = root / "pki"
+    if not (pki_dir / "ca.crt").exists():
+        pki.init(pki_dir)
+        for node in (PUBLISHER, SUBSCRIBER):
+            pki.enroll(pki_dir, node)
+    return pki_dir
+
+
+@dataclass
+class ProcStats:
+    """CPU seconds (user + system) and memory of one process, from /proc."""
+
+    pid: int
+
+    def cpu_s(self) -> float:
+        try:
+            with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
+                # the command name may hold spaces: fields after the closing paren are fixed
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+
+    def _status_kb(self, key: str) -> int:
+        try:
+            with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def peak_rss_mb(self) -> float:
+        return self._status_kb("VmHWM") / 1024
+
+    def rss_mb(self) -> float:
+        return self._status_kb("VmRSS") / 1024
+
+    def reset_peak(self) -> None:
+        """Reset VmHWM to the current RSS (Linux ``clear_refs`` value 5); best effort."""
+        with contextlib.suppress(OSError), open(f"/proc/{self.pid}/clear_refs", "w",
+                                                encoding="ascii") as f:
+            f.write("5")
+
+
+@dataclass
+class BrokerProcess:
+    """``exchange broker serve`` in a subprocess on a free loopback port."""
+
+    root: Path
+    pki_dir: Path
+    store: str = "sqlite"
+    limits: dict[str, Any] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def stats(self) -> ProcStats:
+        assert self.proc is not None
+        return ProcStats(self.proc.pid)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "listen": "127.0.0.1:0",
+            "data_dir": str(self.root / "data"),
+            "pki_dir": str(self.pki_dir),
+            "store": self.store,
+            "limits": {"max_frame_records": 2000, "max_batch_records": 5000, **self.limits},
+            "datasets": [{"name": "population", "owner": PUBLISHER}],
+            "agreements": [{"subscriber": SUBSCRIBER, "dataset": "population",
+                            "purpose": "throughput benchmark"}],
+        }
+
+    def start(self, *, fresh: bool = True, timeout: float = 30.0) -> BrokerProcess:
+        if fresh and (self.root / "data").exists():
+            shutil.rmtree(self.root / "data")
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "broker.json"
+        path.write_text(json.dumps(self.config()), encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exchange", "broker", "serve", "--config", str(path),
+             "--listen", "127.0.0.1:0", "--log-level", "warning"],
+            stdout=subprocess.PIPE, stderr=open(self.root / "broker.log", "ab"),  # noqa: SIM115
+            cwd=self.root)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith(b"{"):
+                    break
+            if self.proc.poll() is not None:
+                break
+        if not line.startswith(b"{"):
+            self.stop()
+            log = (self.root / "broker.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"broker did not start:\n{log}")
+        self.port = int(json.loads(line)["port"])
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def __enter__(self) -> BrokerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
