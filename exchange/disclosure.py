@@ -7,8 +7,10 @@ digest covers the commitments, not the plaintext, so a subscriber granted only s
 the others as bare commitments and still verifies the publisher's signature; a withheld group's
 commitment reveals nothing because its salt is random and never sent.
 
-Salts come from one random seed per batch through HKDF-Expand (RFC 5869 §2.3) with the record's
-index and the group name as ``info``: one system random call per batch, not per field.
+Salts come from one random seed per batch: ``signing.seal`` stretches it with SHAKE-256 into every
+record's id and salts; ``derive_salts`` derives one record's salts alone through HKDF-Expand
+(RFC 5869 §2.3) with the record's index and the group name as ``info``. Either way: one system
+random call per batch, not per field.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ __all__ = [
     "root_from_inclusion",
     "verify_consistency",
     "verify_inclusion",
+    "verify_inclusion_shared",
 ]
 
 _sha256 = hashlib.sha256
@@ -189,6 +190,47 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
     if root_from_inclusion(leaf, index, size, proof) != expected_root:
         raise IntegrityError(f"inclusion proof for leaf {index} does not match the root",
                              code="proof_invalid")
+
+
+def verify_inclusion_shared(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
+                            expected_root: bytes, known: dict[bytes, tuple[int, int]]) -> None:
+    """``verify_inclusion`` for many leaves of one tree, sharing the work between them.
+
+    ``known`` maps interior nodes already proven to lead to ``expected_root`` to their position
+    (``fn, sn`` of RFC 9162 §2.1.3.2's walk; ``sn`` fixes the level). A path that reaches a known
+    node at the same position is proven from there on, so neighbouring leaves of a batch cost
+    one or two hashes instead of log2(size). Start each tree with an empty dict.
+    """
+    if not 0 <= index < size:
+        raise IntegrityError(f"leaf index {index} outside tree of size {size}",
+                             code="proof_invalid")
+    fn, sn = index, size - 1
+    r = leaf
+    walked: list[tuple[bytes, int, int]] = []
+    for p in proof:
+        if sn == 0:
+            raise IntegrityError("inclusion proof longer than the tree", code="proof_invalid")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+        if known.get(r) == (fn, sn):
+            break  # proven from here on: so is every node walked to reach it
+        walked.append((r, fn, sn))
+    else:
+        if sn != 0:
+            raise IntegrityError("inclusion proof shorter than the tree", code="proof_invalid")
+        if r != expected_root:
+            raise IntegrityError(f"inclusion proof for leaf {index} does not match the root",
+                                 code="proof_invalid")
+    for h, f, s in walked:
+        known[h] = (f, s)
 
 
 def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes,

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange import datasets, merkle, pki, tlog
 from exchange.datasets.normalise import normalise_record
+from exchange.envelope import parse_type
 from exchange.errors import (
     AuthError,
     ExchangeError,
@@ -522,6 +523,8 @@ class Subscription:
         batches = {b.id: b for b in frame.batches}
         for b in frame.batches:
             await node.trust(b.statement.node)
+        known: dict[int, dict[bytes, tuple[int, int]]] = {}
+        types: dict[str, tuple[str, datasets.DatasetSpec]] = {}
         last: int | None = None
         for rec in frame.records:
             if rec.seq <= self.last_seq:
@@ -531,7 +534,7 @@ class Subscription:
             if rec.redelivered:
                 self.redelivered += 1
             try:
-                digest = self._verify(rec, batches)
+                dataset, digest = self._verify(rec, batches, known, types)
             except ExchangeError as err:
                 # loudly: a record that does not verify means someone altered it in transit
                 log.error("record_verification_failed", seq=rec.seq, code=err.code,
@@ -544,9 +547,9 @@ class Subscription:
             if node.config.verify_inclusion and random.random() < node.config.verify_inclusion:
                 st = batches[rec.batch].statement
                 node.log.check_later(rec.seq, tlog.entry_leaf(
-                    rec.seq, ev.dataset, st.node, digest, st.root, tlog.micros(rec.accepted_at)))
+                    rec.seq, dataset, st.node, digest, st.root, tlog.micros(rec.accepted_at)))
             await self.handler(Delivery(
-                seq=rec.seq, dataset=ev.dataset, key=ev.subject, version=ev.version,
+                seq=rec.seq, dataset=dataset, key=ev.subject, version=ev.version,
                 data=ev.data, source=ev.source, time=ev.time, accepted_at=rec.accepted_at,
                 withheld=frozenset(rec.withheld), redelivered=rec.redelivered))
             self.delivered += 1
@@ -554,15 +557,26 @@ class Subscription:
             last = rec.seq
         return last
 
-    def _verify(self, rec: DeliveredRecord, batches: Mapping[int, Any]) -> bytes:
+    def _verify(self, rec: DeliveredRecord, batches: Mapping[int, Any],
+                known: dict[int, dict[bytes, tuple[int, int]]],
+                types: dict[str, tuple[str, datasets.DatasetSpec]]) -> tuple[str, bytes]:
+        """Verify one record; per frame, ``known`` shares Merkle work between the records of a
+        batch and ``types`` parses each CloudEvents type once. Returns (dataset, digest)."""
         ref = batches.get(rec.batch)
         if ref is None:
             raise IntegrityError(f"record {rec.seq} arrived without its batch statement",
                                  code="signature_invalid")
-        spec = datasets.get(rec.event.dataset, rec.event.schema_version)
-        return self.node.verifier.verify_record(
-            rec.event, spec.groups, rec.salts, rec.withheld,
-            BatchProof(ref.statement, ref.signature, rec.index, rec.path))
+        ev = rec.event
+        parsed = types.get(ev.type)
+        if parsed is None:
+            name, version = parse_type(ev.type)
+            parsed = types[ev.type] = (name, datasets.get(name, version))
+        dataset, spec = parsed
+        digest = self.node.verifier.verify_record(
+            ev, spec.groups, rec.salts, rec.withheld,
+            BatchProof(ref.statement, ref.signature, rec.index, rec.path), dataset=dataset,
+            known=known.setdefault(rec.batch, {}))
+        return dataset, digest
 
 
 
