@@ -51,6 +51,21 @@ def test_demo_json(tmp_path: Path) -> None:
     assert (data / "data" / "exchange.sqlite").exists()
     assert not (data / "data" / "broker.pid").exists()  # the broker stopped cleanly
 
+    # the four quality scores per dataset, each in [0, 1]; faults make some below 1
+    assert set(s["quality"]) == {"population", "tax", "land", "vehicle"}
+    for scores in s["quality"].values():
+        assert set(scores) == {"correct", "sufficient", "clean", "live"}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert min(q["correct"] for q in s["quality"].values()) < 1.0
+
+    # the data directory the demo leaves can be audited afterwards
+    audit = subprocess.run([sys.executable, "-m", "exchange", "audit", "--data",
+                            s["store_dir"], "--json"], capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    report = json.loads(audit.stdout)
+    assert report["ok"] and report["entries"] == s["accepted"]
+
 
 def test_demo_refuses_a_directory_in_use(tmp_path: Path) -> None:
     (tmp_path / "something").write_text("x")

@@ -146,3 +146,19 @@ async def test_agreement_minimum_completeness_filters_deliveries(env: Env) -> No
         await runner.cleanup()
     # only the three complete records (seqs 3, 4, 5) reach the land registry
     assert [d.seq for d in got] == [3, 4, 5]
+
+
+async def test_quality_cli_table_and_json(env: Env, capsys: Any) -> None:
+    from exchange.cli import main
+
+    people = Generator(15, today=TODAY).population(4)
+    async with Node(env.node_config(OWNERS["population"])) as pop:
+        await pop.publish("population", [Record(p) for p in people])
+    args = ["quality", "--broker", env.url, "--pki", str(env.pki_dir), "--node",
+            OWNERS["tax"]]
+    assert await asyncio.to_thread(main, args) == 0
+    out = capsys.readouterr().out
+    assert "population" in out and OWNERS["population"] in out and "correct" in out
+    assert await asyncio.to_thread(main, [*args, "--json", "--dataset", "population"]) == 0
+    report = msgspec.json.decode(capsys.readouterr().out)
+    assert report["datasets"]["population"]["counters"]["accepted"] == 4

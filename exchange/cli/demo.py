@@ -305,6 +305,7 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
             except TimeoutError:
                 caught_up = False
             lags = await _broker_lag(agents, lag, min(catch_up_s, 10.0))
+            quality = await _quality(agents[0].node)
             ticker.cancel()
             interrupt.cancel()
             for task in (ticker, interrupt):
@@ -323,7 +324,20 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
                        elapsed_s=time.monotonic() - t_start, data=data, caught_up=caught_up,
                        broker_exit=broker_exit, failures=failures)
     summary["interrupted"] = interrupted.is_set()
+    summary["quality"] = quality
+    summary["store_dir"] = str(data / "data")
     return summary
+
+
+async def _quality(node: Node) -> dict[str, dict[str, float]]:
+    """The four scores per dataset, as the broker measured them (definitions: README)."""
+    try:
+        report = (await node.get_json("/v1/quality"))["datasets"]
+    except (ExchangeError, OSError) as err:
+        structlog.get_logger("exchange.demo").error("quality_unavailable", error=str(err))
+        return {}
+    return {name: {k: entry["scores"][k] for k in ("correct", "sufficient", "clean", "live")}
+            for name, entry in sorted(report.items())}
 
 
 async def _broker_lag(agents: Sequence[Agency], lag: Callable[[Node], Awaitable[dict[str, int]]],
@@ -464,6 +478,12 @@ def print_summary(s: dict[str, Any]) -> None:
         print(f"  the {role} agency failed: {err}")
     if s["broker_exit"]:
         print(f"  the broker exited with code {s['broker_exit']}")
+    if s.get("quality"):
+        print("  quality      correct  sufficient  clean   live   (each in [0, 1]; see README)")
+        for name, q in s["quality"].items():
+            print(f"    {name:<10} {q['correct']:>7.3f} {q['sufficient']:>10.3f} "
+                  f"{q['clean']:>6.3f} {q['live']:>6.3f}")
     where = "kept" if s.get("kept") else "temporary directory, remove it when done"
     print(f"\n  data         {s['data_dir']} ({where})")
     print(f"  logs         {s['broker_log']}, {s['nodes_log']}")
+    print(f"  audit it     exchange audit --data {s['store_dir']}")
