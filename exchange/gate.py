@@ -73,15 +73,23 @@ class Decided:
     rejected: list[Violation]
 
 
-def _depth(value: Any, limit: int, depth: int = 1) -> int:
-    """Nesting depth of a decoded JSON value, stopping early past ``limit``."""
-    if depth > limit:
-        return depth
-    if isinstance(value, dict):
-        return max((_depth(v, limit, depth + 1) for v in value.values()), default=depth)
-    if isinstance(value, list):
-        return max((_depth(v, limit, depth + 1) for v in value), default=depth)
-    return depth
+_CONTAINERS = (dict, list)
+
+
+def _too_deep(data: dict[str, Any], limit: int) -> bool:
+    """Whether a record's data nests deeper than ``limit`` levels (data itself is level 1).
+
+    Iterative and touching only containers: records are flat but for an address or a list of
+    owners, so this costs well under a microsecond on the hot path.
+    """
+    stack = [(v, 2) for v in data.values() if type(v) in _CONTAINERS]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if type(value) is dict else value
+        stack.extend((v, depth + 1) for v in children if type(v) in _CONTAINERS)
+    return False
 
 
 def check(
@@ -128,7 +136,7 @@ def check(
         if len(data) > limits.max_fields:
             problems.append(Violation("too_many_fields",
                                       f"{len(data)} fields; the limit is {limits.max_fields}"))
-        elif _depth(data, limits.max_depth) > limits.max_depth:
+        elif _too_deep(data, limits.max_depth):
             problems.append(Violation("too_deep",
                                       f"nesting deeper than {limits.max_depth} levels"))
         if problems:

@@ -26,7 +26,7 @@ from exchange.broker.quality import QualityTracker
 from exchange.consumer import ConsumerState
 from exchange.errors import ConflictError, ExchangeError, Forbidden, InputError
 from exchange.store.base import BatchRow, Store, StoredBody, StoredRecord
-from exchange.wire import Ack, BatchRef, ClientFrame, Credit, DeliveredRecord, Hello, Records
+from exchange.wire import Ack, BatchRef, ClientFrame, Credit, DeliveredRecord, Hello
 
 __all__ = ["Subscriptions", "parse_start"]
 
@@ -75,6 +75,7 @@ class Subscriptions:
         self._policy = policy
         self._limits = limits
         self._batch_cache: dict[int, BatchRow] = {}
+        self._encoded: dict[tuple[int, frozenset[str], bool], msgspec.Raw] = {}
         self.live: dict[tuple[str, str, str], ConsumerState] = {}
 
     async def handle(self, request: web.Request, node: str) -> web.StreamResponse:
@@ -153,15 +154,14 @@ class Subscriptions:
                 if want:
                     rows = await self.store.read(dataset, state.sent_upto, want)
                     if rows:
-                        frame = await self._frame(rows, granted, state.max_sent,
-                                                  min_completeness)
-                        if frame.records:
+                        frame, sent = await self._frame(rows, granted, state.max_sent,
+                                                        min_completeness, binary)
+                        if sent:
                             await self._send(ws, binary, frame)
-                            state.sent([r.seq for r in frame.records], time.monotonic())
+                            state.sent([r.seq for r in sent], time.monotonic())
                             if self.quality is not None:
-                                self.quality.delivered(
-                                    dataset, node, [r.accepted_at for r in frame.records],
-                                    time.time())
+                                self.quality.delivered(dataset, node,
+                                                       [r.accepted_at for r in sent], time.time())
                         # records below the agreement's completeness are passed over
                         state.skip_to(rows[-1].seq)
                         continue
@@ -204,40 +204,77 @@ class Subscriptions:
             wake.set()
 
     async def _frame(self, rows: list[StoredRecord], granted: list[str], max_sent: int,
-                     min_completeness: float = 0.0) -> Records:
+                     min_completeness: float, binary: bool
+                     ) -> tuple[_OutRecords, list[StoredRecord]]:
+        """One frame for these rows, and the rows it carries (some may be passed over).
+
+        Each projected, encoded record is cached by (seq, granted groups, encoding): sixteen
+        subscribers with the same agreement cost one projection and one encoding, not sixteen.
+        """
         need = [r.batch_id for r in rows if r.batch_id not in self._batch_cache]
         if need:
             if len(self._batch_cache) > 10_000:
                 self._batch_cache.clear()
             self._batch_cache.update(await self.store.batches(need))
-        granted_set = set(granted)
-        records: list[DeliveredRecord] = []
+        grant = frozenset(granted)
+        enc = _msgpack if binary else _json
+        cache = self._encoded
+        records: list[msgspec.Raw] = []
+        sent: list[StoredRecord] = []
         batch_ids: dict[int, None] = {}
         for r in rows:
-            body = _body.decode(r.body)
-            if body.completeness < min_completeness:
+            redelivered = r.seq <= max_sent
+            key = (r.seq, grant, binary)
+            raw = None if redelivered else cache.get(key)
+            if raw is None:
+                body = _body.decode(r.body)
+                if body.completeness < min_completeness:
+                    continue
+                raw = msgspec.Raw(enc.encode(_project(r, body, grant, redelivered)))
+                if not redelivered:
+                    cache[key] = raw
+                    if len(cache) > ENCODED_CACHE:
+                        del cache[next(iter(cache))]  # oldest first: dicts keep order
+            elif min_completeness and _body.decode(r.body).completeness < min_completeness:
                 continue
-            event = body.event
-            groups = body.commitments.keys()
-            if granted_set >= groups:
-                salts, withheld = body.salts, {}
-            else:
-                spec = datasets.get(event.dataset, event.schema_version)
-                keep = {f for g in granted_set for f in spec.groups.get(g, ())}
-                event = msgspec.structs.replace(event, data={
-                    f: v for f, v in event.data.items() if f in keep})
-                salts = {g: s for g, s in body.salts.items() if g in granted_set}
-                withheld = {g: c for g, c in body.commitments.items() if g not in granted_set}
             batch_ids[r.batch_id] = None
-            records.append(DeliveredRecord(
-                seq=r.seq, event=event, salts=salts, withheld=withheld, batch=r.batch_id,
-                index=r.index, path=body.path, accepted_at=r.accepted_at,
-                redelivered=r.seq <= max_sent))
+            records.append(raw)
+            sent.append(r)
         batches = [BatchRef(b, self._batch_cache[b].statement, self._batch_cache[b].signature)
                    for b in batch_ids]
-        return Records(batches=batches, records=records, head=self.hub.heads.get(
-            rows[-1].dataset, rows[-1].seq))
+        return _OutRecords(batches=batches, records=records, head=self.hub.heads.get(
+            rows[-1].dataset, rows[-1].seq)), sent
 
+
+#: how many encoded records the broker keeps for subscribers reading the same records
+ENCODED_CACHE = 20_000
+
+
+class _OutRecords(msgspec.Struct, frozen=True, tag="records"):
+    """``wire.Records`` as the broker sends it: records already encoded (``msgspec.Raw``)."""
+
+    batches: list[BatchRef]
+    records: list[msgspec.Raw]
+    head: int = 0
+
+
+def _project(r: StoredRecord, body: StoredBody, grant: frozenset[str],
+             redelivered: bool) -> DeliveredRecord:
+    """The record as this agreement may see it: granted groups with their salts, the others as
+    bare commitments."""
+    event = body.event
+    if grant >= body.commitments.keys():
+        salts, withheld = body.salts, {}
+    else:
+        spec = datasets.get(event.dataset, event.schema_version)
+        keep = {f for g in grant for f in spec.groups.get(g, ())}
+        event = msgspec.structs.replace(event, data={
+            f: v for f, v in event.data.items() if f in keep})
+        salts = {g: s for g, s in body.salts.items() if g in grant}
+        withheld = {g: c for g, c in body.commitments.items() if g not in grant}
+    return DeliveredRecord(seq=r.seq, event=event, salts=salts, withheld=withheld,
+                           batch=r.batch_id, index=r.index, path=body.path,
+                           accepted_at=r.accepted_at, redelivered=redelivered)
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)

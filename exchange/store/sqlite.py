@@ -54,7 +54,6 @@ CREATE TABLE IF NOT EXISTS records (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_dataset_seq ON records(dataset, seq);
-CREATE INDEX IF NOT EXISTS records_dataset_time ON records(dataset, accepted_at);
 CREATE TABLE IF NOT EXISTS current (
     dataset TEXT NOT NULL,
     key TEXT NOT NULL,
