@@ -441,7 +441,9 @@ class Agency:
             st.errors[err.code] += 1
             await self._notify()
             return None
-        rejected = {v.index: v.code for v in result.rejected}
+        rejected: dict[int | None, str] = {}
+        for v in result.rejected:  # a record may break several rules: count it by the first
+            rejected.setdefault(v.index, v.code)
         for i, p in enumerate(planned):
             code = rejected.get(i)
             seq = result.seqs[i] if i < len(result.seqs) else None

@@ -77,17 +77,18 @@ _CONTAINERS = (dict, list)
 
 
 def _too_deep(data: dict[str, Any], limit: int) -> bool:
-    """Whether a record's data nests deeper than ``limit`` levels (data itself is level 1).
+    """Whether a record's data nests deeper than ``limit`` levels: ``data`` is level 1, its
+    values level 2, an address's values level 3.
 
     Iterative and touching only containers: records are flat but for an address or a list of
     owners, so this costs well under a microsecond on the hot path.
     """
-    stack = [(v, 2) for v in data.values() if type(v) in _CONTAINERS]
+    stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
-        if depth > limit:
-            return True
         children = value.values() if type(value) is dict else value
+        if depth >= limit and len(children):
+            return True
         stack.extend((v, depth + 1) for v in children if type(v) in _CONTAINERS)
     return False
 

@@ -106,6 +106,9 @@ class PublishResult:
     #: seq of each accepted or duplicate record, by index; None for rejected ones
     seqs: list[int | None] = field(default_factory=list)
     receipts: list[SignedReceipt] = field(default_factory=list)
+    #: records whose batch got no receipt (broker unreachable, batch refused): not stored;
+    #: ``index`` into the records given, ``code`` the batch's error. Safe to publish again.
+    failed: list[Violation] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -211,11 +214,15 @@ class Node:
         return key
 
     async def _get_bytes(self, path: str) -> bytes:
-        async with self.session.get(self.url + path) as resp:
-            body = await resp.read()
-            if resp.status >= 400:
-                raise _problem(resp.status, body)
-            return body
+        try:
+            async with self.session.get(self.url + path) as resp:
+                body = await resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            raise UnavailableError(f"broker {self.url} unreachable: {err!r}",
+                                   code="broker_unreachable") from None
+        if resp.status >= 400:
+            raise _problem(resp.status, body)
+        return body
 
     async def get_json(self, path: str) -> Any:
         return msgspec.json.decode(await self._get_bytes(path))
@@ -249,6 +256,7 @@ class Node:
                 kind, value, receipt = await p.future
             except ExchangeError as err:
                 first_error = first_error or err
+                result.failed.append(Violation(err.code, err.message, "$", i))
                 result.seqs.append(None)
                 continue
             if not any(r is receipt for r in result.receipts):
@@ -260,7 +268,7 @@ class Node:
                 result.duplicates += 1
                 result.seqs.append(value)
             else:
-                result.rejected.append(msgspec.structs.replace(value, index=i))
+                result.rejected.extend(msgspec.structs.replace(v, index=i) for v in value)
                 result.seqs.append(None)
         if first_error is not None and not result.accepted and not result.duplicates:
             raise first_error
@@ -370,9 +378,9 @@ class Node:
     def _resolve(self, pending: list[_Pending], reply: PublishReply) -> None:
         assert reply.receipt is not None
         r = reply.receipt.receipt
-        rejected: dict[int | None, Violation] = {}
+        rejected: dict[int | None, list[Violation]] = {}
         for v in r.rejected:
-            rejected.setdefault(v.index, v)
+            rejected.setdefault(v.index, []).append(v)
         dups = {d.index: d.seq for d in r.duplicates}
         seq = r.first_seq
         signed = reply.receipt
@@ -440,6 +448,7 @@ class Subscription:
         self.dropped_duplicates = 0
         self.redelivered = 0
         self.reconnects = 0
+        self.handler_errors = 0
         #: records that failed verification: kept as evidence, never handed to the handler
         self.evidence: list[tuple[int, str]] = []
         self.hello: Hello | None = None
@@ -454,7 +463,8 @@ class Subscription:
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # a refusal has ended the task already, and was logged then; stopping is quiet
+            with contextlib.suppress(asyncio.CancelledError, ExchangeError):
                 await self._task
         if self in self.node._subs:
             self.node._subs.remove(self)
@@ -474,8 +484,22 @@ class Subscription:
                     raise
                 log.warning("subscription_error", dataset=self.dataset, code=err.code,
                             detail=err.message)
+            except aiohttp.WSServerHandshakeError as err:
+                if err.status in (401, 403, 404):
+                    # refused for good (no agreement, revoked, unknown dataset): say so and stop
+                    log.error("subscription_refused", dataset=self.dataset, status=err.status,
+                              detail=err.message)
+                    raise ExchangeError(f"subscription to {self.dataset} refused: "
+                                        f"{err.status} {err.message}",
+                                        code="subscription_refused") from None
+                log.info("subscription_reconnect", dataset=self.dataset, error=repr(err))
             except (aiohttp.ClientError, OSError, TimeoutError) as err:
                 log.info("subscription_reconnect", dataset=self.dataset, error=repr(err))
+            except Exception:
+                # the handler failed: its record is not acked, so it comes again after the
+                # reconnect; records handled before it are dropped as already seen
+                self.handler_errors += 1
+                log.exception("handler_failed", dataset=self.dataset, subscription=self.name)
             self.connected.clear()
             self.reconnects += 1
             self.node._fail_over()

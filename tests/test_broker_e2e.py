@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from exchange.errors import ExchangeError
 from exchange.generate import Generator
 from exchange.node import Delivery, Node, Record
 from tests.conftest import OWNERS, TODAY, Env
@@ -33,3 +36,36 @@ async def test_population_reaches_tax_verified_and_projected(env: Env) -> None:
     assert all(set(d.data) == {"permanent_address"} for d in got)
     assert all(d.withheld == {"identity", "civil_status", "ethnicity_religion"} for d in got)
     assert got[0].data["permanent_address"] == people[0]["permanent_address"]
+
+
+async def test_failing_handler_is_retried_and_refusal_stops(env: Env) -> None:
+    people = Generator(2, today=TODAY).population(5)
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def flaky(d: Delivery) -> None:
+        if d.seq == 2 and 2 not in seen:
+            seen.append(d.seq)
+            raise RuntimeError("the agency's database is down")
+        seen.append(d.seq)
+        if d.seq == 4:
+            done.set()
+
+    async with Node(env.node_config(OWNERS["population"])) as pop, \
+            Node(env.node_config(OWNERS["tax"])) as tax:
+        result = await pop.publish("population", [Record(p) for p in people])
+        assert result.accepted == 5 and not result.failed
+        sub = tax.subscribe("population", "flaky", flaky)
+        await asyncio.wait_for(done.wait(), 10)
+        assert sub.handler_errors == 1
+        # the failed record came again; nothing handled before it reached the handler twice
+        assert seen == [0, 1, 2, 2, 3, 4]
+        await sub.stop()
+        # the land registry has no agreement on tax: refused for good, not retried forever
+        async with Node(env.node_config(OWNERS["land"])) as land:
+            refused = land.subscribe("tax", "nope", flaky)
+            task = refused._task
+            assert task is not None
+            with pytest.raises(ExchangeError) as e:
+                await asyncio.wait_for(task, 10)
+            assert e.value.code == "subscription_refused"
