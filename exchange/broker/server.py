@@ -18,7 +18,7 @@ from exchange.errors import InputError
 from exchange.store.base import Store
 from exchange.store.sqlite import SqliteStore
 
-__all__ = ["make_store", "serve"]
+__all__ = ["make_store", "serve", "wire_store"]
 
 log = structlog.get_logger("exchange.broker")
 
@@ -26,8 +26,20 @@ log = structlog.get_logger("exchange.broker")
 def make_store(config: BrokerConfig) -> Store:
     if config.store in ("sqlite", ""):
         return SqliteStore(Path(config.data_dir) / "exchange.sqlite")
-    raise InputError(f"store {config.store!r} is not available; use sqlite",
-                     code="bad_config")
+    if config.store.startswith(("nats://", "tls://")):
+        from exchange.store.nats import NatsStore
+
+        return NatsStore(config.store)
+    raise InputError(f"store {config.store!r} is not available; use sqlite or "
+                     "nats://HOST:PORT[,HOST:PORT...]", code="bad_config")
+
+
+def wire_store(broker: Broker) -> None:
+    """A store shared with other broker processes wakes this one's live subscribers when any
+    of them appends (NATS); sqlite has one writer and needs nothing."""
+    watch = getattr(broker.store, "watch", None)
+    if watch is not None:
+        watch(broker.hub.appended)
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -43,6 +55,7 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
     """Serve until SIGTERM/SIGINT. Prints one JSON line with the bound port when listening."""
     tls = pki.ServerTLS(config.pki_dir)
     broker = Broker(config, make_store(config), config_path=config_path, tls=tls)
+    wire_store(broker)
     app = create_app(broker)
     runner = web.AppRunner(app, access_log=None,
                            keepalive_timeout=config.limits.idle_timeout_s)

