@@ -161,7 +161,8 @@ def check(
     return Checked(candidates, rejected)
 
 
-def decide(checked: Checked, current: Mapping[str, Current]) -> Decided:
+def decide(checked: Checked, current: Mapping[str, Current], *,
+           first_placeholder: int = 0) -> Decided:
     """Sort valid records by version against the store's current versions (in batch order)."""
     latest = dict(current)
     accepted: list[Candidate] = []
@@ -186,7 +187,7 @@ def decide(checked: Checked, current: Mapping[str, Current]) -> Decided:
                 continue
         # a negative seq -1-k marks "the k-th record accepted in this batch": the store assigns
         # the real seq, and the broker resolves such duplicates to it
-        latest[c.key] = Current(c.version, c.content, -1 - len(accepted))
+        latest[c.key] = Current(c.version, c.content, -1 - (first_placeholder + len(accepted)))
         accepted.append(c)
     rejected.sort(key=lambda v: v.index or 0)
     return Decided(accepted, duplicates, rejected)

@@ -23,7 +23,14 @@ from exchange.errors import (
     Violation,
 )
 from exchange.signing import Batch, Verifier
-from exchange.store.base import DeadLetter, QualityRow, Reference, StaleRead, Store
+from exchange.store.base import (
+    Append,
+    DeadLetter,
+    QualityRow,
+    Reference,
+    StaleRead,
+    Store,
+)
 from exchange.wire import RECEIPT_CONTEXT, Duplicate, Receipt, SignedReceipt
 
 __all__ = ["Outcome", "Publisher", "sign_receipt"]
@@ -41,6 +48,22 @@ STALE_READ_RETRIES = 20
 
 def sign_receipt(key: Ed25519PrivateKey, receipt: Receipt) -> SignedReceipt:
     return SignedReceipt(receipt, key.sign(RECEIPT_CONTEXT + _canon.encode(receipt)))
+
+
+#: most batches stored in one group commit
+MAX_GROUP = 64
+
+
+@dataclass
+class _Job:
+    """A checked batch waiting for the writer."""
+
+    node: str
+    dataset: str
+    spec: datasets.DatasetSpec
+    batch: Batch
+    checked: gate.Checked
+    future: asyncio.Future[Outcome]
 
 
 @dataclass
@@ -67,6 +90,8 @@ class Publisher:
         self.quality = quality
         # one writer: the version decision and the append must see the same state
         self._lock = asyncio.Lock()
+        self._pending: list[_Job] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def decode(self, body: bytes, content_type: str) -> Batch:
         dec = _msgpack_batch if content_type in ("application/msgpack",
@@ -113,6 +138,10 @@ class Publisher:
         except ExchangeError as err:
             await self.refuse(node, dataset, err, batch, body)
             raise
+        if hasattr(self.store, "append_group"):
+            loop = asyncio.get_running_loop()
+            return await self._grouped(_Job(node, dataset, spec, batch, checked,
+                                            loop.create_future()))
         now = time.time()
         async with self._lock:
             for attempt in range(STALE_READ_RETRIES + 1):
@@ -149,6 +178,15 @@ class Publisher:
                         raise UnavailableError("the keys kept changing under this batch; "
                                                "retry", code="contended") from None
             log_size, log_root = self.store.log_state()
+        return self._outcome(node, dataset, batch, decided, first, log_size, log_root)
+
+    def _outcome(self, node: str, dataset: str, batch: Batch, decided: gate.Decided,
+                 first: int, log_size: int, log_root: bytes) -> Outcome:
+        """The signed receipt (and problem, if anything was refused) for one stored batch.
+
+        A duplicate of a record accepted earlier in the same batch carries the placeholder seq
+        ``-1-k`` (the batch's k-th accepted record); ``first`` is the batch's first seq.
+        """
         last = first + len(decided.accepted) - 1
         if decided.accepted:
             self._on_append(dataset, last)
@@ -163,6 +201,92 @@ class Publisher:
         if not decided.rejected:
             return Outcome(receipt, 200, None, last)
         return Outcome(receipt, *self._problem(decided.rejected, receipt), last)
+
+    # -- group commit (stores that take several batches in one transaction) -----------------
+
+    async def _grouped(self, job: _Job) -> Outcome:
+        """Queue a checked batch for the writer; concurrent batches share one commit."""
+        self._pending.append(job)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        return await job.future
+
+    async def _write(self) -> None:
+        while self._pending:
+            jobs, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+            try:
+                outcomes = await self._commit(jobs)
+            except BaseException as err:
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(err if isinstance(err, Exception) else
+                                               UnavailableError("broker stopping",
+                                                                code="unavailable"))
+                if not isinstance(err, Exception):
+                    raise
+                continue
+            for j, o in zip(jobs, outcomes, strict=True):
+                if not j.future.done():  # the publisher may have gone away meanwhile
+                    j.future.set_result(o)
+
+    async def _commit(self, jobs: list[_Job]) -> list[Outcome]:
+        """Decide every batch in order against the store and each other, then store them all in
+        one transaction."""
+        group_store: Any = self.store
+        now = time.time()
+        wanted: dict[str, list[str]] = {}
+        for j in jobs:
+            wanted.setdefault(j.dataset, []).extend(c.key for c in j.checked.candidates)
+        latest = {ds: await self.store.current(ds, keys) for ds, keys in wanted.items()}
+        tracker = self.quality
+        saved = ({(j.dataset, j.node): tracker.snapshot(j.dataset, j.node) for j in jobs}
+                 if tracker is not None else {})
+        appends: list[Append] = []
+        decisions: list[gate.Decided] = []
+        offset = 0
+        try:
+            for j in jobs:
+                current = latest[j.dataset]
+                decided = gate.decide(j.checked, current, first_placeholder=offset)
+                for k, c in enumerate(decided.accepted):
+                    current[c.key] = gate.Current(c.version, c.content, -1 - (offset + k))
+                offset += len(decided.accepted)
+                dead = self._dead(j.node, j.dataset, j.batch, decided, now)
+                unresolved: list[Reference] = []
+                rows: list[QualityRow] = []
+                if tracker is not None:
+                    unresolved = await tracker.unresolved_for(j.spec, decided)
+                    rows = [tracker.gated(j.spec, j.node, j.checked, decided, now)]
+                appends.append(Append(j.node, j.dataset, j.batch, decided.accepted, dead,
+                                      unresolved, rows))
+                decisions.append(decided)
+            _, first = await group_store.append_group(appends, now)
+        except BaseException:
+            if tracker is not None:  # the counters follow what was committed
+                for (ds, node), snap in saved.items():
+                    tracker.restore(ds, node, snap)
+            raise
+        log_size, log_root = self.store.log_state()
+        outcomes = []
+        start = first
+        for j, decided in zip(jobs, decisions, strict=True):
+            # a duplicate of a record accepted earlier in this commit: -1-k is the commit's
+            # k-th record
+            dups = [Duplicate(d.index, first - 1 - d.seq) if d.seq < 0 else d
+                    for d in decided.duplicates]
+            outcomes.append(self._outcome(
+                j.node, j.dataset, j.batch, gate.Decided(decided.accepted, dups, decided.rejected),
+                start, log_size, log_root))
+            start += len(decided.accepted)
+        return outcomes
+
+    @staticmethod
+    def _dead(node: str, dataset: str, batch: Batch, decided: gate.Decided, now: float
+              ) -> list[DeadLetter]:
+        return [DeadLetter(publisher=node, dataset=dataset, received_at=now, index=v.index,
+                           code=v.code, path=v.path, message=v.message,
+                           record=_json.encode(batch.records[v.index or 0]))
+                for v in decided.rejected]
 
     def _problem(self, rejected: list[Violation], receipt: SignedReceipt
                  ) -> tuple[int, dict[str, Any]]:

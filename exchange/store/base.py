@@ -25,7 +25,8 @@ from exchange.errors import ConflictError
 from exchange.gate import Candidate, Current
 from exchange.signing import Batch, Statement
 
-__all__ = ["DeadLetter", "StaleRead", "Store", "StoredBody", "StoredRecord", "SubscriptionRow"]
+__all__ = ["Append", "DeadLetter", "StaleRead", "Store", "StoredBody", "StoredRecord",
+           "SubscriptionRow"]
 
 
 class StaleRead(ConflictError):
@@ -48,6 +49,20 @@ class StoredBody(msgspec.Struct, frozen=True, array_like=True):
     commitments: dict[str, bytes]
     path: list[bytes]
     completeness: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One batch's part of a (group) append: its accepted records and everything stored with
+    them in the same transaction."""
+
+    publisher: str
+    dataset: str
+    batch: Batch
+    accepted: Sequence[Candidate]
+    dead: Sequence[DeadLetter]
+    unresolved: Sequence[Reference] = ()
+    quality: Sequence[QualityRow] = ()
 
 
 @dataclass(frozen=True, slots=True)

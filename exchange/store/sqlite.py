@@ -22,6 +22,7 @@ from exchange.errors import UnavailableError
 from exchange.gate import Candidate, Current
 from exchange.signing import Batch, Statement
 from exchange.store.base import (
+    Append,
     BatchRow,
     DeadLetter,
     QualityRow,
@@ -206,60 +207,77 @@ class SqliteStore:
                      accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
                      now: float, *, unresolved: Sequence[Reference] = (),
                      quality: Sequence[QualityRow] = ()) -> tuple[int, int]:
-        async with self._writing:
-            return await self._append(publisher, dataset, batch, accepted, dead, now,
-                                      unresolved, quality)
+        (batch_id,), first = await self.append_group(
+            [Append(publisher, dataset, batch, accepted, dead, unresolved, quality)], now)
+        return batch_id, first
 
-    async def _append(self, publisher: str, dataset: str, batch: Batch,
-                      accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
-                      now: float, unresolved: Sequence[Reference],
-                      quality: Sequence[QualityRow]) -> tuple[int, int]:
-        db = self.db
-        first = self._head + 1
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            cur = await db.execute(
-                "INSERT INTO batches (publisher, dataset, statement, signature, received_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (publisher, dataset, _body.encode(batch.statement), batch.signature, now))
-            batch_id = cur.lastrowid
-            assert batch_id is not None
-            rows = []
-            cur_rows = []
-            for n, c in enumerate(accepted):
-                seq = first + n
-                body = _body.encode(StoredBody(c.record.event, c.record.salts, c.commitments,
-                                               c.path, c.completeness))
-                rows.append((seq, dataset, c.key, c.version, batch_id, c.index, now, c.digest,
-                             body))
-                cur_rows.append((dataset, c.key, c.version, c.content, seq))
-            await db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            # the log grows in the same transaction: a record is stored iff it is logged
+    async def append_group(self, group: Sequence[Append], now: float
+                           ) -> tuple[list[int], int]:
+        """Several batches in one transaction (group commit): one fsync for all of them.
+
+        Their accepted records take consecutive seqs in group order. Returns each batch's id
+        (0 for a batch with nothing accepted) and the seq of the group's first record.
+        """
+        async with self._writing:
+            db = self.db
+            first = self._head + 1
+            seq = first
             nodes: list[tuple[int, int, bytes]] = []
             tree = merkle.CompactRange(self._tree.size, self._tree.frontier,
                                        on_node=lambda lvl, idx, h: nodes.append((lvl, idx, h)))
-            root = batch.statement.root
             us = tlog.micros(now)
-            for n, c in enumerate(accepted):
-                tree.append(tlog.entry_leaf(first + n, dataset, publisher, c.digest, root, us))
-            await db.executemany("INSERT INTO tree VALUES (?, ?, ?)", nodes)
-            await db.executemany(
-                "INSERT INTO current VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset, key) DO UPDATE "
-                "SET version=excluded.version, content=excluded.content, seq=excluded.seq",
-                cur_rows)
-            await self._insert_dead(dead)
-            keys = [c.key for c in accepted]
-            await self._references(dataset, keys, unresolved)
-            await self._save_quality(quality)
-            await db.execute("COMMIT")
-        except BaseException:
-            # the batch is all-or-nothing; nothing already committed is touched
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
-            raise
-        self._head = first + len(accepted) - 1
-        self._tree = merkle.CompactRange(tree.size, tree.frontier)
-        return batch_id, first
+            ids: list[int] = []
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                for a in group:
+                    batch_id = 0
+                    if a.accepted:
+                        cur = await db.execute(
+                            "INSERT INTO batches (publisher, dataset, statement, signature, "
+                            "received_at) VALUES (?, ?, ?, ?, ?)",
+                            (a.publisher, a.dataset, _body.encode(a.batch.statement),
+                             a.batch.signature, now))
+                        assert cur.lastrowid is not None
+                        batch_id = cur.lastrowid
+                        rows = []
+                        cur_rows = []
+                        root = a.batch.statement.root
+                        for c in a.accepted:
+                            body = _body.encode(StoredBody(c.record.event, c.record.salts,
+                                                           c.commitments, c.path,
+                                                           c.completeness))
+                            rows.append((seq, a.dataset, c.key, c.version, batch_id, c.index,
+                                         now, c.digest, body))
+                            cur_rows.append((a.dataset, c.key, c.version, c.content, seq))
+                            # the log grows in the same transaction: stored iff logged
+                            tree.append(tlog.entry_leaf(seq, a.dataset, a.publisher, c.digest,
+                                                        root, us))
+                            seq += 1
+                        await db.executemany(
+                            "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                        await db.executemany(
+                            "INSERT INTO current VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset, "
+                            "key) DO UPDATE SET version=excluded.version, "
+                            "content=excluded.content, seq=excluded.seq", cur_rows)
+                    ids.append(batch_id)
+                    await self._insert_dead(a.dead)
+                    await self._replace_references(a.dataset, [c.key for c in a.accepted],
+                                                   a.unresolved)
+                    await self._save_quality(a.quality)
+                await db.executemany("INSERT INTO tree VALUES (?, ?, ?)", nodes)
+                # resolve last: a population record earlier in the group resolves a vehicle's
+                # owner reference added later in the same group
+                for a in group:
+                    await self._resolve_references(a.dataset, [c.key for c in a.accepted])
+                await db.execute("COMMIT")
+            except BaseException:
+                # all-or-nothing; nothing already committed is touched
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+            self._head = seq - 1
+            self._tree = merkle.CompactRange(tree.size, tree.frontier)
+            return ids, first
 
     async def _insert_dead(self, dead: Sequence[DeadLetter]) -> None:
         if dead:
@@ -307,21 +325,25 @@ class SqliteStore:
         note: str = row[0]
         return tlog.Checkpoint.parse(note.split("\n\n")[0] + "\n", note)
 
-    async def _references(self, dataset: str, keys: Sequence[str],
-                          unresolved: Sequence[Reference]) -> None:
-        """A new version replaces its key's old references; the accepted keys resolve every
-        reference that was waiting for them (a late population record, say)."""
+    async def _replace_references(self, dataset: str, keys: Sequence[str],
+                                  unresolved: Sequence[Reference]) -> None:
+        """A new version replaces its key's old unresolved references."""
         db = self.db
         for i in range(0, len(keys), 900):
             chunk = keys[i:i + 900]
-            marks = ",".join("?" * len(chunk))
-            await db.execute(f"DELETE FROM unresolved WHERE dataset=? AND key IN ({marks})",
-                             (dataset, *chunk))
-            await db.execute(f"DELETE FROM unresolved WHERE target_dataset=? AND target_key IN "
-                             f"({marks})", (dataset, *chunk))
+            await db.execute(f"DELETE FROM unresolved WHERE dataset=? AND key IN "
+                             f"({','.join('?' * len(chunk))})", (dataset, *chunk))
         if unresolved:
             await db.executemany("INSERT OR IGNORE INTO unresolved VALUES (?, ?, ?, ?)",
                                  unresolved)
+
+    async def _resolve_references(self, dataset: str, keys: Sequence[str]) -> None:
+        """The accepted keys resolve every reference that was waiting for them (a late
+        population record, say)."""
+        for i in range(0, len(keys), 900):
+            chunk = keys[i:i + 900]
+            await self.db.execute(f"DELETE FROM unresolved WHERE target_dataset=? AND target_key "
+                                  f"IN ({','.join('?' * len(chunk))})", (dataset, *chunk))
 
     async def _save_quality(self, rows: Sequence[QualityRow]) -> None:
         if rows:
