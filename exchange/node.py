@@ -301,14 +301,18 @@ class Node:
         try:
             items = []
             for p in pending:
-                data = dict(p.record.data)
                 if self.config.normalise:
-                    data, changed = normalise_record(data)
+                    data, changed = normalise_record(p.record.data)
                     if changed:
                         self.normalised += 1
-                result = spec.validate(data)
-                key = spec.key(result.record) if result.record is not None else _guess_key(
-                    spec, data)
+                else:
+                    data = dict(p.record.data)
+                # the key only: the broker's gate is the authority on schema and rules, and
+                # names every fault in its reply (`exchange schema validate` checks locally)
+                try:
+                    key = spec.key(msgspec.convert(data, spec.record_type))
+                except msgspec.ValidationError:
+                    key = _guess_key(spec, data)
                 items.append((key, p.record.version, data))
             batch = seal(self.identity.signing_key, self.config.node_id, spec, items,
                          os.urandom(32))
