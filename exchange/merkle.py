@@ -13,7 +13,7 @@ No I/O: the transparency log keeps nodes in a store and calls the functions here
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from exchange.errors import IntegrityError
 
@@ -160,8 +160,10 @@ def consistency_proof(node: NodeReader, old: int, new: int) -> list[bytes]:
     return proof
 
 
-def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
-    """The root implied by a leaf hash and its audit path (RFC 9162 §2.1.3.2)."""
+def _walk(leaf: bytes, index: int, size: int, proof: Sequence[bytes]
+          ) -> Iterator[tuple[bytes, int, int]]:
+    """RFC 9162 §2.1.3.2's walk up an audit path: each interior node reached, with its position
+    (``fn, sn``; ``sn`` fixes the level). Raises if the path is longer than the tree."""
     if not 0 <= index < size:
         raise IntegrityError(f"leaf index {index} outside tree of size {size}",
                              code="proof_invalid")
@@ -172,16 +174,23 @@ def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[byte
             raise IntegrityError("inclusion proof longer than the tree", code="proof_invalid")
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
         else:
             r = node_hash(r, p)
         fn >>= 1
         sn >>= 1
+        yield r, fn, sn
     if sn != 0:
         raise IntegrityError("inclusion proof shorter than the tree", code="proof_invalid")
+
+
+def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
+    """The root implied by a leaf hash and its audit path (RFC 9162 §2.1.3.2)."""
+    r = leaf
+    for node, _, _ in _walk(leaf, index, size, proof):
+        r = node
     return r
 
 
@@ -197,35 +206,17 @@ def verify_inclusion_shared(leaf: bytes, index: int, size: int, proof: Sequence[
     """``verify_inclusion`` for many leaves of one tree, sharing the work between them.
 
     ``known`` maps interior nodes already proven to lead to ``expected_root`` to their position
-    (``fn, sn`` of RFC 9162 §2.1.3.2's walk; ``sn`` fixes the level). A path that reaches a known
-    node at the same position is proven from there on, so neighbouring leaves of a batch cost
-    one or two hashes instead of log2(size). Start each tree with an empty dict.
+    in the walk. A path that reaches a known node at the same position is proven from there on,
+    so neighbouring leaves of a batch cost one or two hashes instead of log2(size). Start each
+    tree with an empty dict.
     """
-    if not 0 <= index < size:
-        raise IntegrityError(f"leaf index {index} outside tree of size {size}",
-                             code="proof_invalid")
-    fn, sn = index, size - 1
-    r = leaf
     walked: list[tuple[bytes, int, int]] = []
-    for p in proof:
-        if sn == 0:
-            raise IntegrityError("inclusion proof longer than the tree", code="proof_invalid")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
+    r = leaf
+    for r, fn, sn in _walk(leaf, index, size, proof):
         if known.get(r) == (fn, sn):
             break  # proven from here on: so is every node walked to reach it
         walked.append((r, fn, sn))
     else:
-        if sn != 0:
-            raise IntegrityError("inclusion proof shorter than the tree", code="proof_invalid")
         if r != expected_root:
             raise IntegrityError(f"inclusion proof for leaf {index} does not match the root",
                                  code="proof_invalid")

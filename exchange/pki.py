@@ -237,14 +237,8 @@ def load_signing_public_key(path: str | os.PathLike[str]) -> ed25519.Ed25519Publ
 
 def load_signing_registry(directory: str | os.PathLike[str]) -> dict[str, ed25519.Ed25519PublicKey]:
     """``nodes.json``: node id → Ed25519 public signing key, the broker included."""
-    path = _initialised(directory) / _REGISTRY
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as err:
-        raise PkiError(f"{path} is not valid JSON: {err}", code="pki_corrupt") from err
-    if not isinstance(data, dict):
-        raise PkiError(f"{path} must hold an object", code="pki_corrupt")
-    return {validate_node_id(k): decode_public_key(v) for k, v in data.items()}
+    registry = _read_registry(_initialised(directory))
+    return {validate_node_id(k): decode_public_key(v) for k, v in registry.items()}
 
 
 def signing_identity_from_cert(

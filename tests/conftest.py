@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from exchange import logs, pki
-from exchange.access import Agreement, BrokerConfig, DatasetConfig, Limits
+from exchange.access import BrokerConfig, DatasetConfig, Limits
+from exchange.agencies import AGREEMENTS, OWNERS
 from exchange.broker.app import Broker, create_app
 from exchange.node import NodeConfig
 from exchange.store.sqlite import SqliteStore
@@ -24,25 +25,8 @@ TODAY = dt.date(2026, 11, 22)
 # structured logs to stderr, warnings and up: stdout stays clean for the CLI's own output
 logs.configure("warning", json=True)
 
-OWNERS = {
-    "population": "vn.gov.mps.population",
-    "tax": "vn.gov.mof.tax",
-    "land": "vn.gov.mae.land",
-    "vehicle": "vn.gov.mps.vehicle",
-}
 OUTSIDER = "vn.gov.test.outsider"
 
-AGREEMENTS = [
-    Agreement(subscriber=OWNERS["tax"], dataset="population",
-              purpose="keep taxpayers' addresses and status current",
-              groups=["identity", "residence", "civil_status"]),
-    Agreement(subscriber=OWNERS["land"], dataset="population",
-              purpose="identify land users", groups=["residence"]),
-    Agreement(subscriber=OWNERS["vehicle"], dataset="population",
-              purpose="identify vehicle owners", groups=["identity", "residence"]),
-    Agreement(subscriber=OWNERS["vehicle"], dataset="tax",
-              purpose="identify organisations owning vehicles"),
-]
 
 
 @dataclass
