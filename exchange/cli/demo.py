@@ -354,20 +354,24 @@ async def _demo(data: Path, *, records: int, duration: float, faults: float | No
                        elapsed_s=time.monotonic() - t_start, data=data, caught_up=caught_up,
                        broker_exit=broker_exit, failures=failures)
     summary["interrupted"] = interrupted.is_set()
-    summary["quality"] = quality
+    summary["quality"] = {name: {k: entry["scores"][k] for k in
+                                 ("correct", "sufficient", "clean", "live")}
+                          for name, entry in sorted(quality.items())}
+    summary["latency_ms"] = {name: entry.get("latency_ms", {})
+                             for name, entry in sorted(quality.items())}
     summary["store_dir"] = str(data / "data")
     return summary
 
 
-async def _quality(node: Node) -> dict[str, dict[str, float]]:
-    """The four scores per dataset, as the broker measured them (definitions: README)."""
+async def _quality(node: Node) -> dict[str, Any]:
+    """The broker's quality report: per dataset the four scores (definitions: README) and the
+    publish→deliver latency per subscriber (ms, upper bounds of histogram buckets)."""
     try:
-        report = (await node.get_json("/v1/quality"))["datasets"]
+        report: dict[str, Any] = (await node.get_json("/v1/quality"))["datasets"]
     except (ExchangeError, OSError) as err:
         structlog.get_logger("exchange.demo").error("quality_unavailable", error=str(err))
         return {}
-    return {name: {k: entry["scores"][k] for k in ("correct", "sufficient", "clean", "live")}
-            for name, entry in sorted(report.items())}
+    return report
 
 
 async def _broker_lag(agents: Sequence[Agency], lag: Callable[[Node], Awaitable[dict[str, int]]],
@@ -513,6 +517,10 @@ def print_summary(s: dict[str, Any]) -> None:
         for name, q in s["quality"].items():
             print(f"    {name:<10} {q['correct']:>7.3f} {q['sufficient']:>10.3f} "
                   f"{q['clean']:>6.3f} {q['live']:>6.3f}")
+    for name, subscribers in s.get("latency_ms", {}).items():
+        for who, q in subscribers.items():
+            print(f"  latency      {name} → {who}: p50 ≤ {q.get('p50')} ms, "
+                  f"p99 ≤ {q.get('p99')} ms (publish→deliver)")
     where = "kept" if s.get("kept") else "temporary directory, remove it when done"
     print(f"\n  data         {s['data_dir']} ({where})")
     print(f"  logs         {s['broker_log']}, {s['nodes_log']}")
