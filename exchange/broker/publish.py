@@ -88,8 +88,7 @@ class Publisher:
         self._limits = limits
         self._on_append = on_append
         self.quality = quality
-        # one writer: the version decision and the append must see the same state
-        self._lock = asyncio.Lock()
+        # one writer task: the version decision and the append must see the same state
         self._pending: list[_Job] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -138,47 +137,9 @@ class Publisher:
         except ExchangeError as err:
             await self.refuse(node, dataset, err, batch, body)
             raise
-        if hasattr(self.store, "append_group"):
-            loop = asyncio.get_running_loop()
-            return await self._grouped(_Job(node, dataset, spec, batch, checked,
-                                            loop.create_future()))
-        now = time.time()
-        async with self._lock:
-            for attempt in range(STALE_READ_RETRIES + 1):
-                current = await self.store.current(dataset, [c.key for c in checked.candidates])
-                decided = gate.decide(checked, current)
-                dead = [DeadLetter(publisher=node, dataset=dataset, received_at=now,
-                                   index=v.index, code=v.code, path=v.path, message=v.message,
-                                   record=_json.encode(batch.records[v.index or 0]))
-                        for v in decided.rejected]
-                tracker = self.quality
-                unresolved: list[Reference] = []
-                rows: list[QualityRow] = []
-                saved = b""
-                if tracker is not None:
-                    saved = tracker.snapshot(dataset, node)
-                    unresolved = await tracker.unresolved_for(spec, decided)
-                    rows = [tracker.gated(spec, node, checked, decided, now)]
-                try:
-                    if not decided.accepted:
-                        await self.store.add_dead_letters(dead, quality=rows)
-                        first = 0
-                        break
-                    _, first = await self.store.append(node, dataset, batch, decided.accepted,
-                                                       dead, now, unresolved=unresolved,
-                                                       quality=rows)
-                    break
-                except BaseException as err:
-                    if tracker is not None:  # the counters follow what was committed
-                        tracker.restore(dataset, node, saved)
-                    if not isinstance(err, StaleRead):
-                        raise
-                    # another broker wrote one of these keys since `current`: decide again
-                    if attempt == STALE_READ_RETRIES:
-                        raise UnavailableError("the keys kept changing under this batch; "
-                                               "retry", code="contended") from None
-            log_size, log_root = self.store.log_state()
-        return self._outcome(node, dataset, batch, decided, first, log_size, log_root)
+        loop = asyncio.get_running_loop()
+        return await self._grouped(_Job(node, dataset, spec, batch, checked,
+                                        loop.create_future()))
 
     def _outcome(self, node: str, dataset: str, batch: Batch, decided: gate.Decided,
                  first: int, log_size: int, log_root: bytes) -> Outcome:
@@ -202,18 +163,22 @@ class Publisher:
             return Outcome(receipt, 200, None, last)
         return Outcome(receipt, *self._problem(decided.rejected, receipt), last)
 
-    # -- group commit (stores that take several batches in one transaction) -----------------
+    # -- the writer: one task decides and stores, in arrival order -------------------------
 
     async def _grouped(self, job: _Job) -> Outcome:
-        """Queue a checked batch for the writer; concurrent batches share one commit."""
+        """Queue a checked batch for the writer; concurrent batches share one commit where the
+        store can (group commit)."""
         self._pending.append(job)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
         return await job.future
 
     async def _write(self) -> None:
+        # a store that takes several batches in one transaction gets them in groups; another
+        # (NATS: one atomic batch per publish) gets them one by one
+        size = MAX_GROUP if hasattr(self.store, "append_group") else 1
         while self._pending:
-            jobs, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+            jobs, self._pending = self._pending[:size], self._pending[size:]
             try:
                 outcomes = await self._commit(jobs)
             except BaseException as err:
@@ -231,8 +196,18 @@ class Publisher:
 
     async def _commit(self, jobs: list[_Job]) -> list[Outcome]:
         """Decide every batch in order against the store and each other, then store them all in
-        one transaction."""
-        group_store: Any = self.store
+        one transaction. A store shared with other brokers may refuse a decision made on a stale
+        read (``StaleRead``): then read and decide again."""
+        for attempt in range(STALE_READ_RETRIES + 1):
+            try:
+                return await self._try_commit(jobs)
+            except StaleRead:
+                if attempt == STALE_READ_RETRIES:
+                    raise UnavailableError("the keys kept changing under this batch; retry",
+                                           code="contended") from None
+        raise AssertionError("unreachable")
+
+    async def _try_commit(self, jobs: list[_Job]) -> list[Outcome]:
         now = time.time()
         wanted: dict[str, list[str]] = {}
         for j in jobs:
@@ -260,7 +235,7 @@ class Publisher:
                 appends.append(Append(j.node, j.dataset, j.batch, decided.accepted, dead,
                                       unresolved, rows))
                 decisions.append(decided)
-            _, first = await group_store.append_group(appends, now)
+            first = await self._store(appends, now)
         except BaseException:
             if tracker is not None:  # the counters follow what was committed
                 for (ds, node), snap in saved.items():
@@ -279,6 +254,20 @@ class Publisher:
                 start, log_size, log_root))
             start += len(decided.accepted)
         return outcomes
+
+    async def _store(self, appends: list[Append], now: float) -> int:
+        """Store the group; return the seq of its first accepted record."""
+        group_store: Any = self.store
+        if hasattr(group_store, "append_group"):
+            _, first = await group_store.append_group(appends, now)
+            return int(first)
+        (a,) = appends
+        if not a.accepted:
+            await self.store.add_dead_letters(a.dead, quality=a.quality)
+            return 0
+        _, first = await self.store.append(a.publisher, a.dataset, a.batch, a.accepted, a.dead,
+                                           now, unresolved=a.unresolved, quality=a.quality)
+        return first
 
     @staticmethod
     def _dead(node: str, dataset: str, batch: Batch, decided: gate.Decided, now: float

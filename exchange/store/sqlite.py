@@ -270,10 +270,13 @@ class SqliteStore:
                 for a in group:
                     await self._resolve_references(a.dataset, [c.key for c in a.accepted])
                 await db.execute("COMMIT")
-            except BaseException:
+            except BaseException as err:
                 # all-or-nothing; nothing already committed is touched
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
+                if isinstance(err, sqlite3.Error):  # disk full, I/O error, locked database
+                    raise UnavailableError(f"the store could not commit: {err}",
+                                           code="store_unavailable") from None
                 raise
             self._head = seq - 1
             self._tree = merkle.CompactRange(tree.size, tree.frontier)
