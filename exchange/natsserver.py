@@ -46,11 +46,22 @@ def binary() -> str:
                            "$NATS_SERVER", code="nats_server_missing")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port nothing listens on now, and never one this process handed out before.
+
+    A port is only reserved while it is bound, so asking the kernel for port 0 several times in
+    a row may answer the same port twice (a 3-node cluster needs nine at once; two servers
+    given one route port made one of them exit with "address already in use")."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass

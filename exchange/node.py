@@ -193,8 +193,12 @@ class Node:
     def url(self) -> str:
         return self.config.brokers[self._broker % len(self.config.brokers)].rstrip("/")
 
-    def _fail_over(self) -> None:
-        self._broker = (self._broker + 1) % len(self.config.brokers)
+    def _fail_over(self, failed: str) -> None:
+        """Move to the next broker, unless another task has already moved away from
+        ``failed``: several batches in flight fail together, and each stepping on would
+        cycle the node straight back to the broker that failed."""
+        if self.url == failed:
+            self._broker = (self._broker + 1) % len(self.config.brokers)
 
     # -- keys: trusted through the exchange CA, fetched through the broker -------------------
 
@@ -214,11 +218,13 @@ class Node:
         return key
 
     async def _get_bytes(self, path: str) -> bytes:
+        url = self.url
         try:
-            async with self.session.get(self.url + path) as resp:
+            async with self.session.get(url + path) as resp:
                 body = await resp.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as err:
-            raise UnavailableError(f"broker {self.url} unreachable: {err!r}",
+            self._fail_over(url)  # the next request goes to the next broker
+            raise UnavailableError(f"broker {url} unreachable: {err!r}",
                                    code="broker_unreachable") from None
         if resp.status >= 400:
             raise _problem(resp.status, body)
@@ -338,8 +344,9 @@ class Node:
         ctype = "application/msgpack" if binary else "application/json"
         delay = 0.05
         for attempt in range(self.config.retries + 1):
+            url = self.url
             try:
-                async with self.session.post(f"{self.url}/v1/datasets/{dataset}/records",
+                async with self.session.post(f"{url}/v1/datasets/{dataset}/records",
                                              data=body, headers={"Content-Type": ctype}) as resp:
                     raw = await resp.read()
                     if resp.status == 200:
@@ -364,8 +371,8 @@ class Node:
                 if attempt == self.config.retries:
                     raise UnavailableError(f"no broker reachable: {err!r}",
                                            code="broker_unreachable") from None
-                log.warning("publish_retry", error=repr(err), broker=self.url, attempt=attempt)
-                self._fail_over()
+                log.warning("publish_retry", error=repr(err), broker=url, attempt=attempt)
+                self._fail_over(url)
                 await asyncio.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
@@ -459,6 +466,8 @@ class Subscription:
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: the broker this subscription last tried
+        self._url = node.url
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"subscribe:{self.dataset}:{self.name}")
@@ -506,7 +515,7 @@ class Subscription:
                 log.exception("handler_failed", dataset=self.dataset, subscription=self.name)
             self.connected.clear()
             self.reconnects += 1
-            self.node._fail_over()
+            self.node._fail_over(self._url)
             # backoff between reconnects, with jitter so many nodes do not reconnect in step
             await asyncio.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 2.0)
@@ -514,7 +523,8 @@ class Subscription:
     async def _session(self) -> None:
         node = self.node
         binary = node.config.encoding == "msgpack"
-        url = (f"{node.url}/v1/datasets/{self.dataset}/subscribe?name={self.name}"
+        self._url = node.url
+        url = (f"{self._url}/v1/datasets/{self.dataset}/subscribe?name={self.name}"
                f"&start={self.start_at}&encoding={'msgpack' if binary else 'json'}")
         dec = _server_msgpack if binary else _server_json
         async with node.session.ws_connect(url, heartbeat=30, max_msg_size=0,
