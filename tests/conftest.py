@@ -15,7 +15,8 @@ from aiohttp import web
 
 from exchange import logs, pki
 from exchange.access import BrokerConfig, DatasetConfig, Limits
-from exchange.agencies import AGREEMENTS, OWNERS
+from exchange.agencies import AGREEMENTS as AGREEMENTS  # re-exported for the suites
+from exchange.agencies import OWNERS as OWNERS
 from exchange.broker.app import Broker, create_app
 from exchange.node import NodeConfig
 from exchange.store.sqlite import SqliteStore
