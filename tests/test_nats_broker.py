@@ -88,6 +88,12 @@ async def test_two_brokers_race_on_one_key_exactly_one_wins(tmp_path: Path,
         await _settle(a[0], b[0], size=50)
         assert a[0].store.log_state() == b[0].store.log_state()
         assert a[0].store.log_state()[0] == 50
+        # either broker reports the exchange's quality, counted by both of them
+        for broker in (a[0], b[0]):
+            assert broker.quality is not None
+            counters = (await broker.quality.report("population"))["population"]["counters"]
+            conflicts = sum(counters["rejected"].values())
+            assert (counters["accepted"], conflicts, counters["received"]) == (50, 50, 100)
     finally:
         await a[1].cleanup()
         await b[1].cleanup()

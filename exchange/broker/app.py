@@ -377,6 +377,7 @@ async def metrics(request: web.Request) -> web.Response:
     tracker = _tracker(broker)
     tracker.lag = {(lag["dataset"], lag["node"], lag["name"]): (lag["lag"], lag["lag_s"])
                    for lag in await _lags(broker)}
+    tracker.scraped = await tracker.totals()
     body = generate_latest(tracker.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

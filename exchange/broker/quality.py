@@ -42,6 +42,8 @@ class QualityTracker:
             "exchange_delivery_latency_seconds", "Publish (acceptance) to delivery latency",
             ["dataset", "subscriber"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.lag: dict[tuple[str, str, str], tuple[int, float]] = {}
+        #: set by the metrics handler before each scrape (other brokers' counters included)
+        self.scraped: dict[tuple[str, str], quality.Counters] = {}
         self.registry.register(_Collector(self))
 
     async def load(self) -> None:
@@ -130,17 +132,27 @@ class QualityTracker:
         await self.store.save_quality([(d, p, _enc.encode(c))
                                        for (d, p), c in self.counters.items()])
 
+    async def totals(self) -> dict[tuple[str, str], quality.Counters]:
+        """This process's counters plus those of every other broker sharing the store."""
+        out = dict(self.counters)
+        for d, p, blob in await self.store.other_quality():
+            other = _dec.decode(blob)
+            mine = out.get((d, p))
+            out[(d, p)] = other if mine is None else mine.merge(other)
+        return out
+
     async def report(self, dataset: str | None = None, publisher: str | None = None
                      ) -> dict[str, Any]:
         """Scores per dataset and per publisher, with the counters behind them."""
         now = self.clock()
         unresolved = await self.store.unresolved_counts()
+        counters = await self.totals()
         out: dict[str, Any] = {}
-        names = [dataset] if dataset else sorted({d for d, _ in self.counters} |
+        names = [dataset] if dataset else sorted({d for d, _ in counters} |
                                                  set(self._owners()))
         for name in names:
             spec = datasets.get(name)
-            pubs = {p: c for (d, p), c in self.counters.items() if d == name and p
+            pubs = {p: c for (d, p), c in counters.items() if d == name and p
                     and (publisher is None or p == publisher)}
             total = quality.Counters()
             for c in pubs.values():
@@ -217,7 +229,7 @@ class _Collector(Collector):
         lag_s = GaugeMetricFamily("exchange_subscription_lag_seconds",
                                   "Age of the oldest record a subscription has not acked",
                                   labels=["dataset", "subscriber", "subscription"])
-        for (d, p), c in sorted(t.counters.items()):
+        for (d, p), c in sorted((t.scraped or t.counters).items()):
             records.add_metric([d, p, "accepted", ""], c.accepted)
             records.add_metric([d, p, "duplicate", ""], c.duplicates)
             for code, n in sorted(c.rejected.items()):

@@ -135,7 +135,13 @@ class Store(Protocol):
 
     async def save_quality(self, rows: Sequence[QualityRow]) -> None: ...
 
-    async def load_quality(self) -> list[QualityRow]: ...
+    async def load_quality(self) -> list[QualityRow]:
+        """The counters this broker continues from (its own, from before a restart)."""
+        ...
+
+    async def other_quality(self) -> list[QualityRow]:
+        """Counters of other broker processes sharing the store; the totals add them."""
+        ...
 
     async def unresolved_counts(self) -> dict[str, int]:
         """Unresolved references per referring dataset."""

@@ -185,6 +185,8 @@ class NatsStore:
         self.subs_bucket = f"{upper}_SUBS"
         self.quality_bucket = f"{upper}_QUALITY"
         self.timeout = request_timeout
+        # this process's quality counters are its own key: brokers never overwrite each other
+        self.instance = uuid.uuid4().hex
         self.idle_poll = idle_poll
         self._nc: Client | None = None
         self._watchers: list[Callable[[str, int], None]] = []
@@ -541,22 +543,31 @@ class NatsStore:
     # -- quality -------------------------------------------------------------------------------
 
     async def save_quality(self, rows: Sequence[QualityRow]) -> None:
-        """Each broker's counters per (dataset, publisher), last writer wins (see docs/nats.md)."""
+        """This broker process's counters per (dataset, publisher), under a key of its own:
+        the exchange's totals are the sum over every process that ever ran."""
         if not rows:
             return
         with _unavailable("saving quality counters"):
             kv = await self.nc.jetstream(timeout=self.timeout).key_value(self.quality_bucket)
             for dataset, publisher, blob in rows:
                 key = hashlib.sha256(f"{dataset}\0{publisher}".encode()).hexdigest()[:40]
-                await kv.put("q" + key,
+                await kv.put(f"{self.instance}.{key}",
                              _enc.encode((dataset, publisher, blob)))
 
     async def load_quality(self) -> list[QualityRow]:
+        """A new process counts from zero; what earlier ones counted is ``other_quality``."""
+        return []
+
+    async def other_quality(self) -> list[QualityRow]:
+        """The counters of every other broker process, live or gone."""
         msgs = await self._direct(f"KV_{self.quality_bucket}", {
             "multi_last": [f"$KV.{self.quality_bucket}.>"], "batch": 100_000}, batch=True)
         out: list[QualityRow] = []
+        own = f"$KV.{self.quality_bucket}.{self.instance}."
         for m in msgs:
-            if m.data:
+            # a direct get's reply names the message's own subject in a header
+            subject = (m.headers or {}).get("Nats-Subject", "")
+            if m.data and not subject.startswith(own):
                 d, p, blob = msgspec.msgpack.decode(m.data, type=tuple[str, str, bytes])
                 out.append((d, p, blob))
         return out

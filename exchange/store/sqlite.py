@@ -376,6 +376,10 @@ class SqliteStore:
         async with self.db.execute("SELECT dataset, publisher, counters FROM quality") as cur:
             return [(d, p, c) for d, p, c in await cur.fetchall()]
 
+    async def other_quality(self) -> list[QualityRow]:
+        """No other broker process writes this store."""
+        return []
+
     async def unresolved_counts(self) -> dict[str, int]:
         """Unresolved references per referring dataset."""
         async with self.db.execute(
