@@ -7,16 +7,14 @@ digest covers the commitments, not the plaintext, so a subscriber granted only s
 the others as bare commitments and still verifies the publisher's signature; a withheld group's
 commitment reveals nothing because its salt is random and never sent.
 
-Salts come from one random seed per batch: ``signing.seal`` stretches it with SHAKE-256 into every
-record's id and salts; ``derive_salts`` derives one record's salts alone through HKDF-Expand
-(RFC 5869 §2.3) with the record's index and the group name as ``info``. Either way: one system
+Salts come from one random seed per batch: ``signing.seal`` stretches it with SHAKE-256 (FIPS 202,
+an extendable-output function, used as the KDF) into every record's id and salts: one system
 random call per batch, not per field.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -28,7 +26,6 @@ __all__ = [
     "SALT_BYTES",
     "commit",
     "commitments",
-    "derive_salts",
     "opened_commitments",
     "project",
 ]
@@ -36,18 +33,6 @@ __all__ = [
 SALT_BYTES = 16
 COMMITMENT_BYTES = 32
 _canon = msgspec.json.Encoder(order="sorted")
-_INFO = b"vn-exchange/salt/v1\x00"
-
-
-def hkdf_expand_16(prk: bytes, info: bytes) -> bytes:
-    """HKDF-Expand(PRK, info, L=16) with SHA-256: one block, T(1) = HMAC(PRK, info ‖ 0x01)."""
-    return hmac.digest(prk, info + b"\x01", "sha256")[:SALT_BYTES]
-
-
-def derive_salts(seed: bytes, index: int, groups: Collection[str]) -> dict[str, bytes]:
-    """The salts of record ``index`` of a batch whose random seed is ``seed`` (≥ 32 bytes)."""
-    prefix = _INFO + index.to_bytes(8, "big")
-    return {g: hkdf_expand_16(seed, prefix + g.encode()) for g in groups}
 
 
 def commit(salt: bytes, group: str, data: Mapping[str, Any], fields: tuple[str, ...]) -> bytes:

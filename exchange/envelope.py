@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import uuid
 from typing import Annotated, Any
 
 import msgspec
@@ -88,10 +87,6 @@ def now_rfc3339(clock: dt.datetime | None = None) -> str:
     """UTC time as RFC 3339 with a ``Z``, the form the CloudEvents SDKs write back unchanged."""
     t = clock or dt.datetime.now(dt.UTC)
     return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 _canon = msgspec.json.Encoder(order="sorted")

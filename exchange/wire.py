@@ -18,7 +18,7 @@ Wire types evolve by adding fields with defaults (msgspec's schema-evolution rul
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
@@ -137,7 +137,3 @@ class Hello(msgspec.Struct, frozen=True, tag="hello"):
     granted: list[str]
     purpose: str
 
-
-ServerFrame = Records | Hello
-
-Encoding = Literal["json", "msgpack"]

@@ -22,6 +22,7 @@ from tests.conftest import (
     PROBLEM,
     Env,
     broker_config,
+    eventually,
     people,
     sealed,
     start_broker,
@@ -351,3 +352,28 @@ async def test_fuzz_publish_only_4xx_problems(env: Env) -> None:
         async with s.get("/healthz") as resp:
             assert resp.status == 200
     assert "malformed" in seen
+
+
+async def test_websockets_per_node_are_bounded_429(env: Env, tmp_path: Path) -> None:
+    config = broker_config(env.pki_dir, tmp_path / "few", max_connections_per_node=1)
+    broker, runner, url = await start_broker(config)
+    tax = OWNERS["tax"]
+    try:
+        async with session(env, tax, url=url) as s:
+            path = "/v1/datasets/population/subscribe?name="
+            async with s.ws_connect(path + "one") as first:
+                with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                    async with s.ws_connect(path + "two"):
+                        pass
+                assert e.value.status == 429
+                async with s.get(path + "two") as resp:  # the refusal, as problem+json
+                    assert resp.status == 429 and resp.content_type == PROBLEM
+                    assert (await resp.json(content_type=None))["code"] == \
+                        "too_many_connections"
+                await first.close()
+            # the slot is given back when the socket closes
+            await eventually(lambda: broker.sockets[tax] == 0, what="slot released")
+            async with s.ws_connect(path + "two") as again:
+                assert not again.closed
+    finally:
+        await runner.cleanup()

@@ -6,9 +6,11 @@ in ``exchange.broker.server`` runs it over TLS 1.3 with client certificates.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,14 @@ from exchange.broker.log import LogService
 from exchange.broker.publish import Publisher
 from exchange.broker.quality import QualityTracker
 from exchange.broker.subscribe import Subscriptions
-from exchange.errors import AuthError, ExchangeError, InputError, LimitExceeded, NotFound
+from exchange.errors import (
+    AuthError,
+    ExchangeError,
+    InputError,
+    LimitExceeded,
+    NotFound,
+    RateLimited,
+)
 from exchange.signing import Verifier
 from exchange.store.base import Store
 from exchange.wire import PublishReply
@@ -49,6 +58,8 @@ class Broker:
         self.identity = pki.load_broker_identity(self.pki_dir)
         self.hub = Hub()
         self.started = time.time()
+        #: open WebSockets per node, bounded by limits.max_connections_per_node
+        self.sockets: Counter[str] = Counter()
         self._apply(config)
         self.verifier = Verifier(lambda node: self.signing_keys.get(node))
         self.quality = (QualityTracker(store, owners=lambda: self.policy.owners)
@@ -215,11 +226,31 @@ async def post_records(request: web.Request) -> web.Response:
     return _ok(outcome.receipt)
 
 
+@contextlib.contextmanager
+def _socket_slot(broker: Broker, node: str) -> Iterator[None]:
+    """One of the node's bounded WebSocket slots, for as long as the socket is open."""
+    if broker.sockets[node] >= broker.limits.max_connections_per_node:
+        raise RateLimited(f"{node} has {broker.sockets[node]} WebSockets open; the limit is "
+                          f"{broker.limits.max_connections_per_node}",
+                          code="too_many_connections")
+    broker.sockets[node] += 1
+    try:
+        yield
+    finally:
+        broker.sockets[node] -= 1
+
+
 async def publish_ws(request: web.Request) -> web.StreamResponse:
     """A stream of batches on one WebSocket; one ``PublishReply`` per batch, in order."""
     broker = request.app[BROKER]
     node, dataset = request[NODE], request.match_info["dataset"]
     broker.policy.check_publish(node, dataset)
+    with _socket_slot(broker, node):
+        return await _publish_stream(request, broker, node, dataset)
+
+
+async def _publish_stream(request: web.Request, broker: Broker, node: str, dataset: str
+                          ) -> web.StreamResponse:
     limits = broker.limits
     ws = web.WebSocketResponse(heartbeat=limits.idle_timeout_s / 2,
                                max_msg_size=limits.max_body_bytes)
@@ -246,7 +277,8 @@ async def publish_ws(request: web.Request) -> web.StreamResponse:
 async def subscribe_ws(request: web.Request) -> web.StreamResponse:
     broker = request.app[BROKER]
     structlog.contextvars.bind_contextvars(dataset=request.match_info["dataset"])
-    return await broker.subscriptions.handle(request, request[NODE])
+    with _socket_slot(broker, request[NODE]):
+        return await broker.subscriptions.handle(request, request[NODE])
 
 
 async def list_subscriptions(request: web.Request) -> web.Response:
