@@ -75,7 +75,7 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     #: broker base URLs; the node fails over between them in order
     brokers: list[str]
     batch_size: int = 500
-    linger_s: float = 0.02
+    linger_s: float = 0.01
     #: most batches of one dataset awaiting their receipt at once
     max_in_flight: int = 4
     encoding: Literal["json", "msgpack"] = "msgpack"
