@@ -164,12 +164,10 @@ def _audit(db: sqlite3.Connection, trust: Trust,
             body = _body.decode(body_raw)
             ev = body.event
             spec = datasets.get(ev.dataset, ev.schema_version)
-            # re-derive the commitments of every group whose plaintext is still held; an erased
-            # group keeps only its commitment, which the digest covers
-            commitments = dict(body.commitments)
-            for g, fields in spec.groups.items():
-                if g in body.salts:
-                    commitments[g] = disclosure.commit(body.salts[g], g, ev.data, fields)
+            # re-derive the commitment of every group whose plaintext is held; an erased group
+            # keeps only its commitment (which the digest covers), and no field of its own
+            erased = {g: c for g, c in body.commitments.items() if g not in body.salts}
+            commitments = disclosure.opened_commitments(ev.data, spec.groups, body.salts, erased)
             d = digest(ev.attributes(), commitments)
         except (msgspec.DecodeError, msgspec.ValidationError, ExchangeError, KeyError) as err:
             return res.fail(seq, "record_changed", f"seq {seq} cannot be read: {err}")

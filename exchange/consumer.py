@@ -6,8 +6,8 @@ machine in one file; the WebSocket handler only feeds events in and sends what t
 - The client grants credits; each record sent spends one. The broker never sends without credit,
   so a client that grants nothing costs the broker nothing but the connection.
 - Acks are cumulative: ``ack(s)`` means every record up to ``s`` is processed.
-- Records sent but unacked for ``ack_timeout`` are sent again (go-back-N from the last ack); the
-  credit they took is given back, since the client never got to use it.
+- Records sent but unacked for ``ack_timeout`` are sent again (go-back-N from the last ack); they
+  spend credit again, which the client grants as it reads every frame.
 """
 
 from __future__ import annotations
@@ -46,7 +46,12 @@ class ConsumerState:
         return max(0, min(self.credits, limit))
 
     def sent(self, seqs: list[int], now: float) -> None:
-        """Record that these seqs (ascending, all after ``sent_upto``) went out."""
+        """Record that these seqs (ascending) went out.
+
+        Seqs at or below ``acked`` were acked while the frame was being read and sent (a late
+        ack for records sent before a rewind): they are done already, and spend nothing.
+        """
+        seqs = [s for s in seqs if s > self.acked]
         if not seqs:
             return
         if seqs[0] <= self.sent_upto or len(seqs) > self.credits:
@@ -79,9 +84,12 @@ class ConsumerState:
         return bool(self.inflight) and now - self.inflight[0][1] >= self.ack_timeout
 
     def rewind(self) -> int:
-        """Go back to the last ack so the unacked records are sent again; returns how many."""
+        """Go back to the last ack so the unacked records are sent again; returns how many.
+
+        No credit comes back: the client did receive those frames (one TCP stream) and grants
+        credit again for every frame it reads, redelivered ones included.
+        """
         n = len(self.inflight)
-        self.credits += n
         self.inflight.clear()
         self.sent_upto = self.acked
         self.redeliveries += n

@@ -351,7 +351,7 @@ class Node:
                     raw = await resp.read()
                     if resp.status == 200:
                         return PublishReply(receipt=await self._check_receipt(
-                            _receipt_json.decode(raw)))
+                            _receipt_json.decode(raw), batch))
                     try:
                         problem = msgspec.json.decode(raw) if raw else {}
                     except msgspec.DecodeError:
@@ -359,7 +359,7 @@ class Node:
                     # some records refused: the rest are receipted
                     if isinstance(problem, dict) and "receipt" in problem:
                         receipt = await self._check_receipt(
-                            msgspec.convert(problem["receipt"], SignedReceipt))
+                            msgspec.convert(problem["receipt"], SignedReceipt), batch)
                         return PublishReply(receipt=receipt, problem=problem)
                     if resp.status >= 500 and attempt < self.config.retries:
                         raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
@@ -377,10 +377,15 @@ class Node:
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
 
-    async def _check_receipt(self, signed: SignedReceipt) -> SignedReceipt:
-        key = await self.trust(signed.receipt.broker)
+    async def _check_receipt(self, signed: SignedReceipt, batch: Batch) -> SignedReceipt:
+        """The broker's signature, and that the receipt is for this batch from this node."""
+        r = signed.receipt
+        if r.batch_root != batch.statement.root or r.publisher != self.config.node_id:
+            raise IntegrityError("the receipt is for another batch or publisher",
+                                 code="receipt_invalid")
+        key = await self.trust(r.broker)
         try:
-            key.verify(signed.signature, RECEIPT_CONTEXT + _canon.encode(signed.receipt))
+            key.verify(signed.signature, RECEIPT_CONTEXT + _canon.encode(r))
         except Exception:
             raise IntegrityError("the broker's receipt signature does not verify",
                                  code="receipt_invalid") from None
@@ -560,7 +565,14 @@ class Subscription:
         node = self.node
         batches = {b.id: b for b in frame.batches}
         for b in frame.batches:
-            await node.trust(b.statement.node)
+            try:
+                await node.trust(b.statement.node)
+            except UnavailableError:
+                raise  # reconnect and try again: nothing was handled or acked
+            except ExchangeError as err:
+                # no certified key for this signer: its records fail verification below and
+                # are kept as evidence; the rest of the frame goes on
+                log.error("signer_untrusted", signer=b.statement.node, code=err.code)
         known: dict[int, dict[bytes, tuple[int, int]]] = {}
         types: dict[str, tuple[str, datasets.DatasetSpec]] = {}
         last: int | None = None
@@ -710,7 +722,7 @@ class LogMonitor:
 
     def check_later(self, seq: int, leaf: bytes) -> None:
         self._pending.append((seq, leaf))
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain())
         self._wake.set()
 
@@ -727,6 +739,11 @@ class LogMonitor:
                     log.error("inclusion_failed", seq=seq, code=err.code, detail=err.message)
                 except (aiohttp.ClientError, OSError, TimeoutError, UnavailableError):
                     self._pending.append((seq, leaf))  # try again with the next batch
+                except ExchangeError as err:
+                    # e.g. a broker behind the one that delivered the record (beyond_log)
+                    log.warning("inclusion_unchecked", seq=seq, code=err.code,
+                                detail=err.message)
+                    self._pending.append((seq, leaf))
 
     async def settle(self) -> None:
         """Check every queued inclusion now (for tests, audits and shutdown)."""

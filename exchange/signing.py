@@ -225,11 +225,13 @@ class Verifier:
         all_commitments: list[dict[str, bytes]] = []
         digests: list[bytes] = []
         for i, r in enumerate(batch.records):
-            try:
-                commitments = disclosure.commitments(r.event.data, groups, r.salts)
-            except KeyError as err:
-                raise IntegrityError(f"record {i} has no salt for group {err.args[0]!r}",
-                                     code="disclosure_invalid", index=i) from None
+            if r.salts.keys() != groups.keys():
+                # exactly one salt per group: a record the broker accepts must verify for
+                # every subscriber, whichever groups it is granted
+                raise IntegrityError(
+                    f"record {i} has salts for {sorted(r.salts)}; the schema's groups are "
+                    f"{sorted(groups)}", code="disclosure_invalid", index=i)
+            commitments = disclosure.commitments(r.event.data, groups, r.salts)
             all_commitments.append(commitments)
             digests.append(digest(r.event.attributes(), commitments))
         root, paths = merkle.inclusion_paths([merkle.leaf_hash(d) for d in digests])

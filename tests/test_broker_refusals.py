@@ -377,3 +377,56 @@ async def test_websockets_per_node_are_bounded_429(env: Env, tmp_path: Path) -> 
                 assert not again.closed
     finally:
         await runner.cleanup()
+
+
+async def test_an_agreement_narrowed_mid_stream_closes_the_subscription(env: Env) -> None:
+    """A live socket never keeps projecting with a grant the operator has narrowed."""
+    async with session(env, TAX) as s, \
+            s.ws_connect("/v1/datasets/population/subscribe?name=n") as ws:
+        hello = msgspec.json.decode(await ws.receive_str(timeout=10))
+        assert "identity" in hello["granted"]
+        config = env.broker.config
+        env.broker._apply(msgspec.structs.replace(config, agreements=[
+            msgspec.structs.replace(a, groups=["residence"]) if a.subscriber == TAX else a
+            for a in config.agreements]))
+        await ws.send_str('{"type": "credit", "n": 1}')  # wakes the pump, which re-checks
+        msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert (ws.close_code, msg.extra) == (4409, "agreement_changed")
+    # on reconnect the new grant applies
+    async with session(env, TAX) as s, \
+            s.ws_connect("/v1/datasets/population/subscribe?name=n") as ws:
+        hello = msgspec.json.decode(await ws.receive_str(timeout=10))
+        assert hello["granted"] == ["residence"]
+
+
+async def test_a_salt_for_no_group_refuses_the_batch(env: Env) -> None:
+    """Every group's salt and no other: otherwise a full-grant subscriber could not verify."""
+    batch = sealed(env, POP, people(3))
+    bad_record = msgspec.structs.replace(batch.records[1], salts={**batch.records[1].salts,
+                                                                  "zz": b"\x00" * 16})
+    bad = msgspec.structs.replace(batch, records=[batch.records[0], bad_record,
+                                                  batch.records[2]])
+    async with session(env, POP) as s:
+        status, code, _ = await post(s, bad)
+    assert (status, code) == (422, "disclosure_invalid")
+
+
+async def test_messagepack_extension_values_are_malformed_not_500(env: Env) -> None:
+    batch = msgspec.to_builtins(sealed(env, POP, people(1)), builtin_types=(bytes,))
+    batch["records"][0]["event"]["data"]["full_name"] = msgspec.msgpack.Ext(1, b"x")
+    async with session(env, POP) as s:
+        status, code, _ = await post_raw(s, msgspec.msgpack.encode(batch),
+                                         "application/msgpack")
+    assert (status, code) == (400, "malformed")
+    letters = await dead_letters(env, POP)
+    assert [d["code"] for d in letters] == ["malformed"]
+
+
+async def test_dead_letter_paging_refuses_no_limit(env: Env) -> None:
+    async with session(env, POP) as s:
+        for _ in range(3):
+            await post(s, sealed(env, POP, [{"id": "x"}]))
+        async with s.get("/v1/dead-letters?limit=-1") as resp:
+            assert resp.status == 200
+            assert len(await resp.json(content_type=None)) == 1

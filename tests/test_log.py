@@ -211,3 +211,47 @@ async def test_audit_cli_offline_and_online(env: Env, capsys: pytest.CaptureFixt
     _sql(env.data_dir, "DELETE FROM records WHERE seq=3")
     assert main(["audit", "--data", str(env.data_dir)]) == 1
     assert "FAILED at seq 3: record_missing" in capsys.readouterr().out
+
+
+async def test_audit_catches_tampering_disguised_as_an_erasure(env: Env, tmp_path: Path) -> None:
+    """Erasing a group keeps its commitment and drops its plaintext; changing the plaintext and
+    dropping the salt is not an erasure, and the audit says so."""
+    import msgspec
+
+    from exchange.store.base import StoredBody
+
+    data = await _stopped_data_dir(env)
+    d = _copy(data, tmp_path / "disguised")
+    db = sqlite3.connect(d / "exchange.sqlite")
+    (raw,) = db.execute("SELECT body FROM records WHERE seq=2").fetchone()
+    body = msgspec.msgpack.decode(raw, type=StoredBody)
+    salts = {g: s for g, s in body.salts.items() if g != "identity"}
+    event = msgspec.structs.replace(body.event, data={**body.event.data,
+                                                      "full_name": "Người Khác"})
+    forged = msgspec.structs.replace(body, event=event, salts=salts)
+    db.execute("UPDATE records SET body=? WHERE seq=2", (msgspec.msgpack.encode(forged),))
+    db.commit()
+    db.close()
+    r = audit.audit_data(d)
+    assert (r.first_bad_seq, r.problem) == (2, "record_changed")
+
+    # a real erasure (plaintext and salt of a group removed together) still audits clean
+    d = _copy(data, tmp_path / "erased")
+    db = sqlite3.connect(d / "exchange.sqlite")
+    (raw,) = db.execute("SELECT body FROM records WHERE seq=2").fetchone()
+    body = msgspec.msgpack.decode(raw, type=StoredBody)
+    identity = set(datasets_groups("identity"))
+    event = msgspec.structs.replace(body.event, data={
+        k: v for k, v in body.event.data.items() if k not in identity})
+    erased = msgspec.structs.replace(body, event=event, salts={
+        g: s for g, s in body.salts.items() if g != "identity"})
+    db.execute("UPDATE records SET body=? WHERE seq=2", (msgspec.msgpack.encode(erased),))
+    db.commit()
+    db.close()
+    assert audit.audit_data(d).ok
+
+
+def datasets_groups(group: str) -> tuple[str, ...]:
+    from exchange import datasets
+
+    return datasets.get("population").groups[group]

@@ -304,7 +304,7 @@ async def dead_letters(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     try:
         after = int(request.query.get("after", "0"))
-        limit = min(int(request.query.get("limit", "100")), 1000)
+        limit = max(1, min(int(request.query.get("limit", "100")), 1000))
     except ValueError:
         raise InputError("after and limit must be integers", code="bad_query") from None
     rows = await broker.store.dead_letters(request[NODE], after, limit)

@@ -46,6 +46,8 @@ class LogService:
         self.origin = origin
         self.interval = interval
         self.latest: tlog.Checkpoint | None = None
+        # one signer at a time: the timer and GET /v1/log/checkpoint may both call checkpoint()
+        self._signing = asyncio.Lock()
 
     async def start(self) -> None:
         self.latest = await self.store.latest_checkpoint()
@@ -76,6 +78,10 @@ class LogService:
 
     async def checkpoint(self) -> tlog.Checkpoint:
         """Sign the committed log if it grew since the last checkpoint."""
+        async with self._signing:
+            return await self._checkpoint()
+
+    async def _checkpoint(self) -> tlog.Checkpoint:
         size, root = self.store.log_state()
         last = self.latest
         if last is not None and size <= last.size:

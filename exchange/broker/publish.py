@@ -36,7 +36,13 @@ from exchange.wire import RECEIPT_CONTEXT, Duplicate, Receipt, SignedReceipt
 __all__ = ["Outcome", "Publisher", "sign_receipt"]
 
 _json_batch = msgspec.json.Decoder(Batch)
-_msgpack_batch = msgspec.msgpack.Decoder(Batch)
+def _no_ext(code: int, data: memoryview) -> Any:
+    # MessagePack extension types have no JSON form, so no canonical bytes: refuse them here
+    raise InputError(f"MessagePack extension type {code} is not allowed in records",
+                     code="malformed")
+
+
+_msgpack_batch = msgspec.msgpack.Decoder(Batch, ext_hook=_no_ext)
 _canon = msgspec.json.Encoder(order="sorted")
 _json = msgspec.json.Encoder()
 
@@ -130,10 +136,15 @@ class Publisher:
         limits = self._limits()
         batch: Batch | None = None
         try:
-            batch = self.decode(body, content_type)
-            checked = gate.check(batch, node=node, spec=spec, verifier=self.verifier,
-                                 limits=limits, ctx=datasets.RuleContext(),
-                                 scorer=quality.completeness if self.quality else None)
+            try:
+                batch = self.decode(body, content_type)
+                checked = gate.check(batch, node=node, spec=spec, verifier=self.verifier,
+                                     limits=limits, ctx=datasets.RuleContext(),
+                                     scorer=quality.completeness if self.quality else None)
+            except (TypeError, ValueError, OverflowError) as err:
+                # a value the canonical encoding cannot take: the publisher's fault, not ours
+                raise InputError(f"a record holds a value with no canonical form: {err}",
+                                 code="malformed") from None
         except ExchangeError as err:
             await self.refuse(node, dataset, err, batch, body)
             raise
@@ -181,18 +192,37 @@ class Publisher:
             jobs, self._pending = self._pending[:size], self._pending[size:]
             try:
                 outcomes = await self._commit(jobs)
-            except BaseException as err:
+            except Exception as err:
+                failed: Exception = err
+                if len(jobs) > 1:
+                    # one batch must not fail its neighbours: the first goes alone, the rest
+                    # back to the queue
+                    self._pending[:0] = jobs[1:]
+                    jobs = jobs[:1]
+                    try:
+                        outcomes = await self._commit(jobs)
+                    except Exception as single:
+                        failed = single
+                    else:
+                        self._resolve(jobs, outcomes)
+                        continue
                 for j in jobs:
                     if not j.future.done():
-                        j.future.set_exception(err if isinstance(err, Exception) else
-                                               UnavailableError("broker stopping",
-                                                                code="unavailable"))
-                if not isinstance(err, Exception):
-                    raise
+                        j.future.set_exception(failed)
                 continue
-            for j, o in zip(jobs, outcomes, strict=True):
-                if not j.future.done():  # the publisher may have gone away meanwhile
-                    j.future.set_result(o)
+            except BaseException:
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(UnavailableError("broker stopping",
+                                                                code="unavailable"))
+                raise
+            self._resolve(jobs, outcomes)
+
+    @staticmethod
+    def _resolve(jobs: list[_Job], outcomes: list[Outcome]) -> None:
+        for j, o in zip(jobs, outcomes, strict=True):
+            if not j.future.done():  # the publisher may have gone away meanwhile
+                j.future.set_result(o)
 
     async def _commit(self, jobs: list[_Job]) -> list[Outcome]:
         """Decide every batch in order against the store and each other, then store them all in

@@ -42,6 +42,7 @@ _msgpack = msgspec.msgpack.Encoder()
 #: WebSocket close codes in the private range (RFC 6455 §7.4.2)
 CLOSE_FORBIDDEN = 4403
 CLOSE_BAD_FRAME = 4400
+CLOSE_AGREEMENT_CHANGED = 4409
 
 
 def parse_start(start: str) -> tuple[str, Any]:
@@ -140,9 +141,16 @@ class Subscriptions:
         try:
             while not ws.closed and not reader.done():
                 try:
-                    self._policy().check_subscribe(node, dataset, _utcnow())
+                    agreement, now_granted = self._policy().check_subscribe(node, dataset,
+                                                                           _utcnow())
                 except Forbidden as err:
                     await ws.close(code=CLOSE_FORBIDDEN, message=err.code.encode())
+                    return
+                if (set(now_granted) != set(granted)
+                        or agreement.min_completeness != min_completeness):
+                    # the agreement changed under a live socket: never keep projecting with
+                    # the old grant; the node reconnects and gets the new one
+                    await ws.close(code=CLOSE_AGREEMENT_CHANGED, message=b"agreement_changed")
                     return
                 now = time.monotonic()
                 if state.overdue(now):
@@ -211,11 +219,16 @@ class Subscriptions:
         Each projected, encoded record is cached by (seq, granted groups, encoding): sixteen
         subscribers with the same agreement cost one projection and one encoding, not sixteen.
         """
-        need = [r.batch_id for r in rows if r.batch_id not in self._batch_cache]
+        # a local map: another pump may clear the shared cache while this one awaits the store
+        have = {r.batch_id: self._batch_cache[r.batch_id] for r in rows
+                if r.batch_id in self._batch_cache}
+        need = [r.batch_id for r in rows if r.batch_id not in have]
         if need:
+            fetched = await self.store.batches(need)
+            have.update(fetched)
             if len(self._batch_cache) > 10_000:
                 self._batch_cache.clear()
-            self._batch_cache.update(await self.store.batches(need))
+            self._batch_cache.update(fetched)
         grant = frozenset(granted)
         enc = _msgpack if binary else _json
         cache = self._encoded
@@ -240,8 +253,7 @@ class Subscriptions:
             batch_ids[r.batch_id] = None
             records.append(raw)
             sent.append(r)
-        batches = [BatchRef(b, self._batch_cache[b].statement, self._batch_cache[b].signature)
-                   for b in batch_ids]
+        batches = [BatchRef(b, have[b].statement, have[b].signature) for b in batch_ids]
         return _OutRecords(batches=batches, records=records, head=self.hub.heads.get(
             rows[-1].dataset, rows[-1].seq)), sent
 
@@ -264,7 +276,8 @@ def _project(r: StoredRecord, body: StoredBody, grant: frozenset[str],
     bare commitments."""
     event = body.event
     if grant >= body.commitments.keys():
-        salts, withheld = body.salts, {}
+        salts = {g: s for g, s in body.salts.items() if g in body.commitments}
+        withheld = {}
     else:
         spec = datasets.get(event.dataset, event.schema_version)
         keep = {f for g in grant for f in spec.groups.get(g, ())}

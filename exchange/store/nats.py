@@ -250,7 +250,7 @@ class NatsStore:
             try:
                 await self._create()
                 return
-            except nats.js.errors.APIError:
+            except (nats.js.errors.APIError, nats.errors.TimeoutError, TimeoutError):
                 if attempt == 9:
                     raise
                 await asyncio.sleep(0.1 * (attempt + 1))
