@@ -182,8 +182,9 @@ async def e2e(ctx: Context, *, subscribers: int = 1, duration: float = 5.0,
 
 async def _e2e(ctx: Context, broker: BrokerProcess, subscribers: int, duration: float,
                rate: float | None, per_record: bool, label: str) -> Result:
-    pub_kw: dict[str, Any] = {"batch_size": 1, "linger_s": 0.0, "max_in_flight": 64} \
-        if per_record else {}
+    # one signature per record: batches of one, streamed on the publish WebSocket
+    pub_kw: dict[str, Any] = {"batch_size": 1, "linger_s": 0.0, "max_in_flight": 64,
+                              "transport": "websocket"} if per_record else {}
     sink = Sink(subscribers=subscribers)
     stats = broker.stats
     async with Node(node_config(ctx.pki_dir, PUBLISHER, broker.url, **pub_kw)) as pub, \

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import os
 import random
@@ -62,6 +63,7 @@ _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
 _receipt_json = msgspec.json.Decoder(SignedReceipt)
 _reply_msgpack = msgspec.msgpack.Decoder(PublishReply)
+_reply_json = msgspec.json.Decoder(PublishReply)
 _server_msgpack = msgspec.msgpack.Decoder(Records | Hello)
 _server_json = msgspec.json.Decoder(Records | Hello)
 
@@ -79,6 +81,9 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     #: most batches of one dataset awaiting their receipt at once
     max_in_flight: int = 4
     encoding: Literal["json", "msgpack"] = "msgpack"
+    #: "http": one POST per batch; "websocket": a publish stream per dataset, many batches in
+    #: flight on one connection, replies in order (best for many small batches)
+    transport: Literal["http", "websocket"] = "http"
     #: apply NFC / whitespace / tone-mark normalisation before signing, and count it
     normalise: bool = True
     timeout_s: float = 30.0
@@ -152,6 +157,8 @@ class Node:
         self._subs: list[Subscription] = []
         self._keys: dict[str, Ed25519PublicKey] = {}
         self.verifier = Verifier(self._key)
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._stream_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.normalised = 0
         self.log = LogMonitor(self)
 
@@ -178,6 +185,9 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._flushers.clear()
+        for conn in list(self._streams.values()):
+            await conn.close()
+        self._streams.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -346,6 +356,17 @@ class Node:
         for attempt in range(self.config.retries + 1):
             url = self.url
             try:
+                if self.config.transport == "websocket":
+                    reply = await self._stream(url, dataset, body, binary)
+                    if reply.receipt is not None:
+                        return PublishReply(receipt=await self._check_receipt(reply.receipt,
+                                                                              batch),
+                                            problem=reply.problem)
+                    problem = reply.problem or {}
+                    status = int(problem.get("status", 500))
+                    if status >= 500 and attempt < self.config.retries:
+                        raise _StreamLost(f"broker answered {status}")
+                    raise _problem(status, _json.encode(problem))
                 async with self.session.post(f"{url}/v1/datasets/{dataset}/records",
                                              data=body, headers={"Content-Type": ctype}) as resp:
                     raw = await resp.read()
@@ -365,7 +386,7 @@ class Node:
                         raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
                     raise _problem(resp.status, raw)
             except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, TimeoutError,
-                    ssl.SSLError) as err:
+                    ssl.SSLError, _StreamLost) as err:
                 # Retrying is safe: a batch stored before the connection broke comes back as
                 # duplicates with the seqs it was given.
                 if attempt == self.config.retries:
@@ -376,6 +397,32 @@ class Node:
                 await asyncio.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
+
+    async def _stream(self, url: str, dataset: str, body: bytes, binary: bool) -> PublishReply:
+        """Send one batch on the dataset's publish WebSocket; its reply, in order."""
+        key = (url, dataset)
+        lock = self._stream_locks.setdefault(key, asyncio.Lock())
+        async with lock:  # one connection per broker and dataset; sends keep their order
+            conn = self._streams.get(key)
+            if conn is None or conn.ws.closed:
+                try:
+                    ws = await self.session.ws_connect(
+                        f"{url}/v1/datasets/{dataset}/publish", max_msg_size=0, heartbeat=30)
+                except aiohttp.WSServerHandshakeError as err:
+                    if err.status >= 500:
+                        raise
+                    refused = ExchangeError(f"publishing to {dataset} refused: {err.status} "
+                                            f"{err.message}", code="publish_refused")
+                    refused.status = err.status  # type: ignore[misc]
+                    raise refused from None
+                conn = self._streams[key] = _Stream(ws)
+            fut: asyncio.Future[PublishReply] = asyncio.get_running_loop().create_future()
+            conn.waiting.append(fut)
+            if binary:
+                await conn.ws.send_bytes(body)
+            else:
+                await conn.ws.send_str(body.decode())
+        return await fut
 
     async def _check_receipt(self, signed: SignedReceipt, batch: Batch) -> SignedReceipt:
         """The broker's signature, and that the receipt is for this batch from this node."""
@@ -423,6 +470,46 @@ class Node:
         out: list[dict[str, Any]] = await self.get_json(
             f"/v1/dead-letters?after={after}&limit={limit}")
         return out
+
+
+class _StreamLost(Exception):
+    """The publish WebSocket closed (or the broker failed) with batches awaiting replies."""
+
+
+class _Stream:
+    """One publish WebSocket: replies come back in the order the batches went out."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.waiting: collections.deque[asyncio.Future[PublishReply]] = collections.deque()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    reply = _reply_msgpack.decode(msg.data)
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    reply = _reply_json.decode(msg.data)
+                else:
+                    continue
+                if self.waiting:
+                    fut = self.waiting.popleft()
+                    if not fut.done():
+                        fut.set_result(reply)
+        finally:
+            # whatever was in flight has an unknown outcome: the caller retries, and a batch
+            # that was stored comes back as duplicates with its seqs
+            while self.waiting:
+                fut = self.waiting.popleft()
+                if not fut.done():
+                    fut.set_exception(_StreamLost("publish socket closed"))
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.reader
 
 
 def _guess_key(spec: datasets.DatasetSpec, data: Mapping[str, Any]) -> str:

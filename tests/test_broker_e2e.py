@@ -69,3 +69,31 @@ async def test_failing_handler_is_retried_and_refusal_stops(env: Env) -> None:
             with pytest.raises(ExchangeError) as e:
                 await asyncio.wait_for(task, 10)
             assert e.value.code == "subscription_refused"
+
+
+async def test_publishing_over_the_websocket_stream(env: Env) -> None:
+    """The SDK's WebSocket transport: many one-record batches in flight on one connection,
+    receipts in order, rejections and duplicates as over HTTP."""
+    import copy
+
+    people = Generator(3, today=TODAY).population(40)
+    bad = copy.deepcopy(people[5])
+    bad["permanent_address"]["ward_code"] = "99999"
+    config = env.node_config(OWNERS["population"], transport="websocket", batch_size=1,
+                             linger_s=0.0, max_in_flight=16)
+    async with Node(config) as pop:
+        records = [Record(p) for p in people[:5]] + [Record(bad)] + \
+            [Record(p) for p in people[6:]]
+        result = await pop.publish("population", records)
+        assert result.accepted == 39 and not result.failed
+        assert [v.code for v in result.rejected] == ["unknown_ward"]
+        assert result.rejected[0].index == 5
+        accepted = [s for s in result.seqs if s is not None]
+        assert sorted(accepted) == list(range(39))
+        again = await pop.publish("population", [Record(p) for p in people[:3]])
+        assert again.duplicates == 3 and again.seqs == result.seqs[:3]
+        assert len(pop._streams) == 1  # one connection carried every batch
+    async with Node(env.node_config(OWNERS["tax"], transport="websocket")) as tax:
+        with pytest.raises(ExchangeError) as e:
+            await tax.publish("population", [Record(people[0])])
+        assert e.value.code == "publish_refused" and e.value.status == 403

@@ -6,6 +6,7 @@ in ``exchange.broker.server`` runs it over TLS 1.3 with client certificates.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -249,28 +250,59 @@ async def publish_ws(request: web.Request) -> web.StreamResponse:
         return await _publish_stream(request, broker, node, dataset)
 
 
+#: batches a publish WebSocket may have in flight before the broker stops reading it
+PUBLISH_WINDOW = 64
+
+
 async def _publish_stream(request: web.Request, broker: Broker, node: str, dataset: str
                           ) -> web.StreamResponse:
+    """Batches are checked as they arrive and decided in arrival order by the one writer (and
+    committed together where the store groups them); replies go back in the same order. At
+    most ``PUBLISH_WINDOW`` are in flight: past that the broker stops reading the socket."""
     limits = broker.limits
     ws = web.WebSocketResponse(heartbeat=limits.idle_timeout_s / 2,
                                max_msg_size=limits.max_body_bytes)
     await ws.prepare(request)
-    async for msg in ws:
-        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-            continue
-        binary = msg.type == WSMsgType.BINARY
-        body = msg.data if binary else msg.data.encode()
+    replies: asyncio.Queue[tuple[asyncio.Task[PublishReply], bool] | None] = asyncio.Queue(
+        maxsize=PUBLISH_WINDOW)
+
+    async def one(body: bytes, binary: bool) -> PublishReply:
         try:
             broker.policy.check_publish(node, dataset)  # an agreement may change mid-stream
             outcome = await broker.publisher.publish(
                 node, dataset, body, "application/msgpack" if binary else "application/json")
-            reply = PublishReply(receipt=outcome.receipt, problem=outcome.problem)
+            return PublishReply(receipt=outcome.receipt, problem=outcome.problem)
         except ExchangeError as err:
-            reply = PublishReply(problem=err.problem(instance=request.path))
-        if binary:
-            await ws.send_bytes(_msgpack.encode(reply))
-        else:
-            await ws.send_str(_json.encode(reply).decode())
+            return PublishReply(problem=err.problem(instance=request.path))
+        except Exception:
+            log.exception("internal_error")
+            return PublishReply(problem=ExchangeError(
+                "internal error; the request id is in the log",
+                code="internal_error").problem(instance=request.path))
+
+    async def send_in_order() -> None:
+        while (item := await replies.get()) is not None:
+            task, binary = item
+            reply = await task
+            if ws.closed:
+                continue
+            if binary:
+                await ws.send_bytes(_msgpack.encode(reply))
+            else:
+                await ws.send_str(_json.encode(reply).decode())
+
+    sender = asyncio.create_task(send_in_order())
+    try:
+        async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            binary = msg.type == WSMsgType.BINARY
+            body = msg.data if binary else msg.data.encode()
+            await replies.put((asyncio.create_task(one(body, binary)), binary))
+    finally:
+        await replies.put(None)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await sender
     return ws
 
 
