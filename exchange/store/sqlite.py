@@ -134,6 +134,7 @@ class SqliteStore:
         self._durability = durability.upper()
         self._db: aiosqlite.Connection | None = None
         self._head = -1
+        self._last_batch = 0
         self._tree = merkle.CompactRange()
         self._writing = asyncio.Lock()
 
@@ -154,6 +155,9 @@ class SqliteStore:
             async with self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM records") as cur:
                 row = await cur.fetchone()
             self._head = int(row[0]) if row else -1
+            async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM batches") as cur:
+                row = await cur.fetchone()
+            self._last_batch = int(row[0]) if row else 0
             self._tree = await self._load_frontier(self._head + 1)
         except sqlite3.Error as err:
             raise UnavailableError(f"cannot open the store at {self.path}: {err}",
@@ -227,48 +231,64 @@ class SqliteStore:
                                        on_node=lambda lvl, idx, h: nodes.append((lvl, idx, h)))
             us = tlog.micros(now)
             ids: list[int] = []
+            batch_id = self._last_batch
+            # every statement once per group, not once per batch: one thread hop each
+            batch_rows: list[tuple[object, ...]] = []
+            rows: list[tuple[object, ...]] = []
+            cur_rows: list[tuple[str, str, int, bytes, int]] = []
+            dead: list[DeadLetter] = []
+            refs: dict[tuple[str, str], list[Reference]] = {}
+            quality: dict[tuple[str, str], QualityRow] = {}
+            for a in group:
+                if a.accepted:
+                    batch_id += 1
+                    batch_rows.append((batch_id, a.publisher, a.dataset,
+                                       _body.encode(a.batch.statement), a.batch.signature, now))
+                    root = a.batch.statement.root
+                    for c in a.accepted:
+                        body = _body.encode(StoredBody(c.record.event, c.record.salts,
+                                                       c.commitments, c.path, c.completeness))
+                        rows.append((seq, a.dataset, c.key, c.version, batch_id, c.index, now,
+                                     c.digest, body))
+                        cur_rows.append((a.dataset, c.key, c.version, c.content, seq))
+                        # the log grows in the same transaction: stored iff logged
+                        tree.append(tlog.entry_leaf(seq, a.dataset, a.publisher, c.digest, root,
+                                                    us))
+                        seq += 1
+                        # a key's new version replaces the references of its older ones
+                        refs[(a.dataset, c.key)] = []
+                    for ref in a.unresolved:
+                        refs.setdefault((ref[2], ref[3]), []).append(ref)
+                ids.append(batch_id if a.accepted else 0)
+                dead.extend(a.dead)
+                for row in a.quality:  # counters are totals: the last row of each pair wins
+                    quality[(row[0], row[1])] = row
             try:
                 await db.execute("BEGIN IMMEDIATE")
-                for a in group:
-                    batch_id = 0
-                    if a.accepted:
-                        cur = await db.execute(
-                            "INSERT INTO batches (publisher, dataset, statement, signature, "
-                            "received_at) VALUES (?, ?, ?, ?, ?)",
-                            (a.publisher, a.dataset, _body.encode(a.batch.statement),
-                             a.batch.signature, now))
-                        assert cur.lastrowid is not None
-                        batch_id = cur.lastrowid
-                        rows = []
-                        cur_rows = []
-                        root = a.batch.statement.root
-                        for c in a.accepted:
-                            body = _body.encode(StoredBody(c.record.event, c.record.salts,
-                                                           c.commitments, c.path,
-                                                           c.completeness))
-                            rows.append((seq, a.dataset, c.key, c.version, batch_id, c.index,
-                                         now, c.digest, body))
-                            cur_rows.append((a.dataset, c.key, c.version, c.content, seq))
-                            # the log grows in the same transaction: stored iff logged
-                            tree.append(tlog.entry_leaf(seq, a.dataset, a.publisher, c.digest,
-                                                        root, us))
-                            seq += 1
+                if rows:
+                    await db.executemany("INSERT INTO batches (id, publisher, dataset, statement,"
+                                         " signature, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                                         batch_rows)
+                    await db.executemany(
+                        "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    await db.executemany(
+                        "INSERT INTO current VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset, key) "
+                        "DO UPDATE SET version=excluded.version, content=excluded.content, "
+                        "seq=excluded.seq", cur_rows)
+                    await db.executemany("INSERT INTO tree VALUES (?, ?, ?)", nodes)
+                    await db.executemany("DELETE FROM unresolved WHERE dataset=? AND key=?",
+                                         list(refs))
+                    new_refs = [r for rs in refs.values() for r in rs]
+                    if new_refs:
                         await db.executemany(
-                            "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                        await db.executemany(
-                            "INSERT INTO current VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset, "
-                            "key) DO UPDATE SET version=excluded.version, "
-                            "content=excluded.content, seq=excluded.seq", cur_rows)
-                    ids.append(batch_id)
-                    await self._insert_dead(a.dead)
-                    await self._replace_references(a.dataset, [c.key for c in a.accepted],
-                                                   a.unresolved)
-                    await self._save_quality(a.quality)
-                await db.executemany("INSERT INTO tree VALUES (?, ?, ?)", nodes)
-                # resolve last: a population record earlier in the group resolves a vehicle's
-                # owner reference added later in the same group
-                for a in group:
-                    await self._resolve_references(a.dataset, [c.key for c in a.accepted])
+                            "INSERT OR IGNORE INTO unresolved VALUES (?, ?, ?, ?)", new_refs)
+                    # resolve last: a population record earlier in the group resolves a
+                    # vehicle's owner reference added later in the same group
+                    await db.executemany(
+                        "DELETE FROM unresolved WHERE target_dataset=? AND target_key=?",
+                        [(r[0], r[1]) for r in cur_rows])
+                await self._insert_dead(dead)
+                await self._save_quality(list(quality.values()))
                 await db.execute("COMMIT")
             except BaseException as err:
                 # all-or-nothing; nothing already committed is touched
@@ -279,6 +299,7 @@ class SqliteStore:
                                            code="store_unavailable") from None
                 raise
             self._head = seq - 1
+            self._last_batch = batch_id
             self._tree = merkle.CompactRange(tree.size, tree.frontier)
             return ids, first
 
@@ -327,26 +348,6 @@ class SqliteStore:
             return None
         note: str = row[0]
         return tlog.Checkpoint.parse(note.split("\n\n")[0] + "\n", note)
-
-    async def _replace_references(self, dataset: str, keys: Sequence[str],
-                                  unresolved: Sequence[Reference]) -> None:
-        """A new version replaces its key's old unresolved references."""
-        db = self.db
-        for i in range(0, len(keys), 900):
-            chunk = keys[i:i + 900]
-            await db.execute(f"DELETE FROM unresolved WHERE dataset=? AND key IN "
-                             f"({','.join('?' * len(chunk))})", (dataset, *chunk))
-        if unresolved:
-            await db.executemany("INSERT OR IGNORE INTO unresolved VALUES (?, ?, ?, ?)",
-                                 unresolved)
-
-    async def _resolve_references(self, dataset: str, keys: Sequence[str]) -> None:
-        """The accepted keys resolve every reference that was waiting for them (a late
-        population record, say)."""
-        for i in range(0, len(keys), 900):
-            chunk = keys[i:i + 900]
-            await self.db.execute(f"DELETE FROM unresolved WHERE target_dataset=? AND target_key "
-                                  f"IN ({','.join('?' * len(chunk))})", (dataset, *chunk))
 
     async def _save_quality(self, rows: Sequence[QualityRow]) -> None:
         if rows:
