@@ -11,9 +11,10 @@ exactly once: each handler sees strictly increasing seqs, and exactly the receip
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 from exchange.agencies import OWNERS
 from exchange.errors import ExchangeError
 from exchange.natsserver import NatsCluster, free_port
-from exchange.node import Delivery, Node, NodeConfig, PublishResult, Record
+from exchange.node import Delivery, Node, NodeConfig, PublishResult, Record, Subscription
 from tests.conftest import broker_config, eventually, make_pki, people
 from tests.nats_fixtures import prefix
 from tests.test_broker_crash import BrokerProcess
@@ -167,20 +168,27 @@ async def records_leader(cluster: NatsCluster, stream: str) -> str:
     return info.cluster.leader
 
 
+@contextlib.asynccontextmanager
+async def loaded(pki_dir: Path, urls: list[str], *, seed: int
+                 ) -> AsyncIterator[tuple[Load, list[Node], list[Subscription]]]:
+    """The publisher and the three entitled subscribers, connected, with the load to drive."""
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(Node(node_config(pki_dir, n, urls)))
+                 for n in (POP, *SUBSCRIBERS)]
+        load = Load(nodes[0], people(POOL, seed=seed))
+        subs = [n.subscribe("population", "faults", load.handler(n.config.node_id), credits=200)
+                for n in nodes[1:]]
+        await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in subs)), 30)
+        yield load, nodes, subs
+
+
 async def test_nats_server_killed_and_restarted_under_load(tmp_path: Path,
                                                            cluster: NatsCluster) -> None:
     p = prefix()
     pki_dir, brokers = await start_brokers(tmp_path, f"{cluster.url}?prefix={p}", 1)
     urls = [f"https://127.0.0.1:{brokers[0].port}"]
     try:
-        async with Node(node_config(pki_dir, POP, urls)) as pop, \
-                Node(node_config(pki_dir, SUBSCRIBERS[0], urls)) as n0, \
-                Node(node_config(pki_dir, SUBSCRIBERS[1], urls)) as n1, \
-                Node(node_config(pki_dir, SUBSCRIBERS[2], urls)) as n2:
-            load = Load(pop, people(POOL, seed=71))
-            subs = [n.subscribe("population", "faults", load.handler(n.config.node_id),
-                                credits=200) for n in (n0, n1, n2)]
-            await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in subs)), 30)
+        async with loaded(pki_dir, urls, seed=71) as (load, _, subs):
             task = asyncio.create_task(load.publish())
             await load.receipts(5)
             # the server leading the records stream: its loss forces an election
@@ -195,7 +203,7 @@ async def test_nats_server_killed_and_restarted_under_load(tmp_path: Path,
                 await s.stop()
             # the transparency log came through too: a checkpoint covering every receipt, once
             # the checkpoints stream has a leader again (stopping the broker signs none then)
-            await eventually(lambda: checkpointed(pop, max(load.receipted()) + 1), within=30,
+            await eventually(lambda: checkpointed(load.pop, max(load.receipted()) + 1), within=30,
                              what="a checkpoint covering every receipted record")
     finally:
         await stop_brokers(brokers)
@@ -207,20 +215,13 @@ async def test_broker_killed_nodes_fail_over(tmp_path: Path, cluster: NatsCluste
     pki_dir, brokers = await start_brokers(tmp_path, f"{cluster.url}?prefix={prefix()}", 2)
     urls = [f"https://127.0.0.1:{b.port}" for b in brokers]
     try:
-        async with Node(node_config(pki_dir, POP, urls)) as pop, \
-                Node(node_config(pki_dir, SUBSCRIBERS[0], urls)) as n0, \
-                Node(node_config(pki_dir, SUBSCRIBERS[1], urls)) as n1, \
-                Node(node_config(pki_dir, SUBSCRIBERS[2], urls)) as n2:
-            load = Load(pop, people(POOL, seed=72))
-            subs = [n.subscribe("population", "faults", load.handler(n.config.node_id),
-                                credits=200) for n in (n0, n1, n2)]
-            await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in subs)), 30)
+        async with loaded(pki_dir, urls, seed=72) as (load, nodes, subs):
             task = asyncio.create_task(load.publish())
             await load.receipts(5)
             # everyone is on the first broker (the first URL): kill it, a batch on the wire
             assert await brokers[0].kill(signal.SIGKILL) == -signal.SIGKILL
             await run_until_caught_up(load, task, extra=6)
-            for node, s in zip((pop, n0, n1, n2), (None, *subs), strict=True):
+            for node, s in zip(nodes, (None, *subs), strict=True):
                 assert node.url == urls[1]
                 if s is not None:
                     assert s.reconnects >= 1

@@ -121,9 +121,6 @@ class DatasetSpec:
         """CloudEvents ``dataschema`` attribute: where the broker serves the JSON Schema."""
         return f"/v1/schemas/{self.name}/{self.version}"
 
-    def group_of(self) -> dict[str, str]:
-        return {f: g for g, fields in self.groups.items() for f in fields}
-
     def json_schema(self) -> dict[str, Any]:
         """JSON Schema 2020-12 of the record ``data``, with the disclosure groups annotated."""
         schema: dict[str, Any] = msgspec.json.schema(self.record_type)
