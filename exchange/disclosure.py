@@ -43,8 +43,35 @@ def commit(salt: bytes, group: str, data: Mapping[str, Any], fields: tuple[str, 
 
 def commitments(data: Mapping[str, Any], groups: Mapping[str, tuple[str, ...]],
                 salts: Mapping[str, bytes]) -> dict[str, bytes]:
-    """Commitments of every group of a full record."""
-    return {g: commit(salts[g], g, data, fields) for g, fields in groups.items()}
+    """Commitments of every group of a full record (the same bytes as ``commit`` per group).
+
+    The hot path of sealing and of the gate: one pass over the record's fields, not one per
+    group. Fields outside every group are not committed (the schema refuses them).
+    """
+    owner, prefixes = _layout(groups)
+    parts: dict[str, dict[str, Any]] = {g: {} for g in groups}
+    for f, v in data.items():
+        g = owner.get(f)
+        if g is not None:
+            parts[g][f] = v
+    sha = hashlib.sha256
+    enc = _canon.encode
+    return {g: sha(salts[g] + prefixes[g] + enc(part)).digest() for g, part in parts.items()}
+
+
+_layouts: dict[int, tuple[Mapping[str, tuple[str, ...]], dict[str, str], dict[str, bytes]]] = {}
+
+
+def _layout(groups: Mapping[str, tuple[str, ...]]) -> tuple[dict[str, str], dict[str, bytes]]:
+    """Field -> group, and group -> hash prefix, for a dataset's groups (computed once)."""
+    hit = _layouts.get(id(groups))
+    if hit is None or hit[0] is not groups:
+        hit = (groups, {f: g for g, fields in groups.items() for f in fields},
+               {g: g.encode() + b"\x00" for g in groups})
+        if len(_layouts) > 64:
+            _layouts.clear()
+        _layouts[id(groups)] = hit
+    return hit[1], hit[2]
 
 
 def project(data: Mapping[str, Any], groups: Mapping[str, tuple[str, ...]],

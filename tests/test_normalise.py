@@ -76,3 +76,30 @@ def test_idempotent_and_is_normalised_agrees(s: str) -> None:
     assert is_normalised(n)
     assert is_normalised(s) == (n == s)
     assert unicodedata.is_normalized("NFC", n)
+
+
+_VALUES = st.recursive(
+    st.one_of(st.none(), st.integers(), _VIET, st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.sampled_from("abc"), inner, max_size=3)),
+    max_leaves=8)
+
+
+@given(st.dictionaries(st.sampled_from(["name", "street", "tags", "address"]), _VALUES,
+                       max_size=4))
+def test_normalise_record_fast_path_agrees_with_the_walk(data: dict[str, object]) -> None:
+    # the fast path (nothing to change) must give what normalising every string gives
+    new, changed = normalise_record(data)
+
+    def each(v: object) -> object:
+        if isinstance(v, str):
+            return normalise_text(v)
+        if isinstance(v, dict):
+            return {k: each(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [each(x) for x in v]
+        return v
+
+    assert new == each(data)
+    assert (changed == []) == (new == data)
+    assert normalise_record(new) == (new, [])

@@ -71,7 +71,7 @@ def _fix_tone(match: re.Match[str]) -> str:
 
 
 def _misplaced_tone(s: str) -> bool:
-    return any(m.group(0) in _TONE_TABLE for m in _TONE_RE.finditer(s))
+    return any(pair in _TONE_TABLE for pair in _TONE_RE.findall(s))
 
 
 def _ascii_clean(s: str) -> bool:
@@ -162,6 +162,16 @@ def normalisation_notes(data: Any, text_fields: Iterable[str]) -> list[Violation
     return notes
 
 
+def _all_normalised(value: Any) -> bool:
+    for v in value.values() if isinstance(value, Mapping) else value:
+        if isinstance(v, str):
+            if not is_normalised(v):
+                return False
+        elif isinstance(v, Mapping | list) and not _all_normalised(v):
+            return False
+    return True
+
+
 def normalise_record(
     data: Mapping[str, Any], code_fields: Iterable[str] = ()
 ) -> tuple[dict[str, Any], list[str]]:
@@ -171,6 +181,10 @@ def normalise_record(
     apply this before signing.
     """
     codes = frozenset(code_fields)
+    if not codes and _all_normalised(data):
+        # the common case, a record already in canonical form: one pass of C string tests,
+        # no paths built
+        return dict(data), []
     changed: list[str] = []
 
     def walk(value: Any, dotted: str, path: str) -> Any:
