@@ -76,7 +76,7 @@ class Subscriptions:
         self._policy = policy
         self._limits = limits
         self._batch_cache: dict[int, BatchRow] = {}
-        self._encoded: dict[tuple[int, frozenset[str], bool], msgspec.Raw] = {}
+        self._encoded: dict[tuple[int, str, bool], msgspec.Raw] = {}
         self.live: dict[tuple[str, str, str], ConsumerState] = {}
 
     async def handle(self, request: web.Request, node: str) -> web.StreamResponse:
@@ -230,6 +230,8 @@ class Subscriptions:
                 self._batch_cache.clear()
             self._batch_cache.update(fetched)
         grant = frozenset(granted)
+        # a key of atomic values: the cache's tuples leave the cycle collector's sight
+        grant_key = ",".join(sorted(grant))
         enc = _msgpack if binary else _json
         cache = self._encoded
         records: list[msgspec.Raw] = []
@@ -237,7 +239,7 @@ class Subscriptions:
         batch_ids: dict[int, None] = {}
         for r in rows:
             redelivered = r.seq <= max_sent
-            key = (r.seq, grant, binary)
+            key = (r.seq, grant_key, binary)
             raw = None if redelivered else cache.get(key)
             if raw is None:
                 body = _body.decode(r.body)

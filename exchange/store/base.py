@@ -13,6 +13,7 @@ reads ``current`` again and decides again. The sqlite store has one writer and n
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,7 +27,7 @@ from exchange.gate import Candidate, Current
 from exchange.signing import Batch, Statement
 
 __all__ = ["Append", "DeadLetter", "StaleRead", "Store", "StoredBody", "StoredRecord",
-           "SubscriptionRow"]
+           "SubscriptionRow", "Tail"]
 
 
 class StaleRead(ConflictError):
@@ -65,8 +66,10 @@ class Append:
     quality: Sequence[QualityRow] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
+class StoredRecord(msgspec.Struct, frozen=True):
+    """One stored record's columns. Only atomic values: msgspec leaves such a Struct out of the
+    cycle collector, so the broker's in-memory tail and caches add nothing to its pauses."""
+
     seq: int
     dataset: str
     key: str
@@ -102,11 +105,60 @@ class SubscriptionRow:
     created_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class BatchRow:
+class BatchRow(msgspec.Struct, frozen=True):
     id: int
     statement: Statement
     signature: bytes
+
+
+class Tail:
+    """The newest committed records of each dataset and their batches, in memory.
+
+    Live subscribers read just behind the head: serving them from here spares a query that
+    would wait behind the next group commit on the store's connection, and the decoding of
+    bodies the store has just encoded. Holds at most ``capacity`` records per dataset; every
+    record of a dataset with seq >= ``since(dataset)`` is here, so a read from there on is
+    complete without the store.
+    """
+
+    def __init__(self, head: int, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._start = head + 1  # nothing older than the store's head at open is held
+        self._records: dict[str, list[StoredRecord]] = {}
+        self._since: dict[str, int] = {}
+        self._batches: dict[int, BatchRow] = {}
+
+    def since(self, dataset: str) -> int:
+        return self._since.get(dataset, self._start)
+
+    def add(self, records: Sequence[StoredRecord], batches: Sequence[BatchRow]) -> None:
+        """Records just committed, in seq order (called after the commit, never before)."""
+        for r in records:
+            held = self._records.get(r.dataset)
+            if held is None:
+                held = self._records[r.dataset] = []
+            held.append(r)
+        for ds, held in self._records.items():
+            if len(held) > self.capacity:
+                drop = len(held) - self.capacity // 2  # trim in halves: amortised O(1)
+                self._since[ds] = held[drop - 1].seq + 1
+                del held[:drop]
+        for b in batches:
+            self._batches[b.id] = b
+        if len(self._batches) > self.capacity:
+            for bid in list(self._batches)[:len(self._batches) - self.capacity // 2]:
+                del self._batches[bid]
+
+    def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord] | None:
+        """Records of ``dataset`` with seq > ``after``, or None if the tail cannot tell."""
+        if after + 1 < self.since(dataset):
+            return None
+        held = self._records.get(dataset, [])
+        i = bisect.bisect_right(held, after, key=lambda r: r.seq)
+        return held[i:i + limit]
+
+    def batches(self, ids: Sequence[int]) -> dict[int, BatchRow]:
+        return {i: b for i in ids if (b := self._batches.get(i)) is not None}
 
 
 class Store(Protocol):

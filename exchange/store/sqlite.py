@@ -10,8 +10,10 @@ speed where the disk is battery-backed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiosqlite
@@ -30,6 +32,7 @@ from exchange.store.base import (
     StoredBody,
     StoredRecord,
     SubscriptionRow,
+    Tail,
 )
 
 __all__ = ["SqliteStore"]
@@ -119,17 +122,65 @@ _stmt_dec = msgspec.msgpack.Decoder(Statement)
 _json = msgspec.json.Encoder()
 
 
-class SqliteStore:
-    """``Store`` on one sqlite file. One writer connection; the broker serialises appends.
+def _commit_group(batch_rows: list[tuple[object, ...]], rows: list[tuple[object, ...]],
+                  cur_rows: list[tuple[str, str, int, bytes, int]],
+                  nodes: list[tuple[int, int, bytes]],
+                  refs: dict[tuple[str, str], list[Reference]],
+                  dead_rows: list[tuple[object, ...]], quality: list[QualityRow],
+                  db: sqlite3.Connection) -> None:
+    """One group append as one transaction, run on the writer's thread: all or nothing."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        if rows:
+            db.executemany("INSERT INTO batches (id, publisher, dataset, statement, signature, "
+                           "received_at) VALUES (?, ?, ?, ?, ?, ?)", batch_rows)
+            db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT INTO current VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset, key) "
+                "DO UPDATE SET version=excluded.version, content=excluded.content, "
+                "seq=excluded.seq", cur_rows)
+            db.executemany("INSERT INTO tree VALUES (?, ?, ?)", nodes)
+            db.executemany("DELETE FROM unresolved WHERE dataset=? AND key=?", list(refs))
+            new_refs = [r for rs in refs.values() for r in rs]
+            if new_refs:
+                db.executemany("INSERT OR IGNORE INTO unresolved VALUES (?, ?, ?, ?)",
+                               new_refs)
+            # resolve last: a population record earlier in the group resolves a vehicle's
+            # owner reference added later in the same group
+            db.executemany("DELETE FROM unresolved WHERE target_dataset=? AND target_key=?",
+                           [(r[0], r[1]) for r in cur_rows])
+        if dead_rows:
+            db.executemany(_INSERT_DEAD, dead_rows)
+        if quality:
+            db.executemany(_UPSERT_QUALITY, quality)
+        db.execute("COMMIT")
+    except BaseException:
+        # all-or-nothing; nothing already committed is touched
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
-    Every statement shares that connection, so between an append's ``BEGIN`` and ``COMMIT``
-    other statements run inside its transaction: reads are bounded by ``_head`` (the last
-    committed seq) so a subscriber never receives a record that may yet be rolled back or lost
-    to a crash, and the other writes wait for the append (``_writing``) so a rollback cannot
-    take a dead letter or an ack with it.
+
+_INSERT_DEAD = ("INSERT INTO dead_letters (publisher, dataset, received_at, idx, code, path, "
+                "message, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_UPSERT_QUALITY = ("INSERT INTO quality VALUES (?, ?, ?) ON CONFLICT(dataset, publisher) "
+                   "DO UPDATE SET counters=excluded.counters")
+
+
+class SqliteStore:
+    """``Store`` on one sqlite file (WAL). The broker serialises appends.
+
+    Two connections: appends run each group's whole transaction in one hop to a writer thread
+    of their own; reads and the small writes (acks, dead letters, checkpoints) use the
+    aiosqlite connection. Every write on either holds ``_writing``, so they never contend and a
+    rollback cannot take a dead letter or an ack with it. Reads are bounded by ``_head`` (the
+    last committed seq), and live reads just behind the head come from an in-memory ``Tail``
+    filled after each commit, so a subscriber never receives a record that may yet be rolled
+    back or lost to a crash.
     """
 
-    def __init__(self, path: str | Path, *, durability: str = "full") -> None:
+    def __init__(self, path: str | Path, *, durability: str = "full",
+                 tail_records: int = 10_000) -> None:
         self.path = Path(path)
         self._durability = durability.upper()
         self._db: aiosqlite.Connection | None = None
@@ -137,6 +188,10 @@ class SqliteStore:
         self._last_batch = 0
         self._tree = merkle.CompactRange()
         self._writing = asyncio.Lock()
+        self._tail_records = tail_records
+        self._writer: sqlite3.Connection | None = None
+        self._writer_pool: ThreadPoolExecutor | None = None
+        self._tail = Tail(-1, tail_records)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -151,10 +206,17 @@ class SqliteStore:
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute(f"PRAGMA synchronous={self._durability}")
             await self._db.execute("PRAGMA foreign_keys=ON")
+            await self._db.execute("PRAGMA busy_timeout=10000")
             await self._db.executescript(SCHEMA)
             async with self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM records") as cur:
                 row = await cur.fetchone()
             self._head = int(row[0]) if row else -1
+            self._tail = Tail(self._head, self._tail_records)
+            # appends commit on a connection of their own, each in one hop to its thread;
+            # every write on either connection holds ``_writing``, so they never contend
+            self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+            self._writer = await asyncio.get_running_loop().run_in_executor(
+                self._writer_pool, self._connect_writer)
             async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM batches") as cur:
                 row = await cur.fetchone()
             self._last_batch = int(row[0]) if row else 0
@@ -179,7 +241,19 @@ class SqliteStore:
                                    code="log_damaged")
         return merkle.CompactRange(size, [nodes[c] for c in coords])
 
+    def _connect_writer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA synchronous={self._durability}")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
     async def close(self) -> None:
+        if self._writer is not None and self._writer_pool is not None:
+            writer, pool = self._writer, self._writer_pool
+            self._writer = self._writer_pool = None
+            await asyncio.get_running_loop().run_in_executor(pool, writer.close)
+            pool.shutdown()
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -223,7 +297,6 @@ class SqliteStore:
         (0 for a batch with nothing accepted) and the seq of the group's first record.
         """
         async with self._writing:
-            db = self.db
             first = self._head + 1
             seq = first
             nodes: list[tuple[int, int, bytes]] = []
@@ -234,6 +307,8 @@ class SqliteStore:
             batch_id = self._last_batch
             # every statement once per group, not once per batch: one thread hop each
             batch_rows: list[tuple[object, ...]] = []
+            tail: list[StoredRecord] = []
+            tail_batches: list[BatchRow] = []
             rows: list[tuple[object, ...]] = []
             cur_rows: list[tuple[str, str, int, bytes, int]] = []
             dead: list[DeadLetter] = []
@@ -245,11 +320,15 @@ class SqliteStore:
                     batch_rows.append((batch_id, a.publisher, a.dataset,
                                        _body.encode(a.batch.statement), a.batch.signature, now))
                     root = a.batch.statement.root
+                    tail_batches.append(BatchRow(batch_id, a.batch.statement,
+                                                 a.batch.signature))
                     for c in a.accepted:
                         body = _body.encode(StoredBody(c.record.event, c.record.salts,
                                                        c.commitments, c.path, c.completeness))
-                        rows.append((seq, a.dataset, c.key, c.version, batch_id, c.index, now,
-                                     c.digest, body))
+                        record = (seq, a.dataset, c.key, c.version, batch_id, c.index, now,
+                                  c.digest, body)
+                        rows.append(record)
+                        tail.append(StoredRecord(*record))
                         cur_rows.append((a.dataset, c.key, c.version, c.content, seq))
                         # the log grows in the same transaction: stored iff logged
                         tree.append(tlog.entry_leaf(seq, a.dataset, a.publisher, c.digest, root,
@@ -263,51 +342,47 @@ class SqliteStore:
                 dead.extend(a.dead)
                 for row in a.quality:  # counters are totals: the last row of each pair wins
                     quality[(row[0], row[1])] = row
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                if rows:
-                    await db.executemany("INSERT INTO batches (id, publisher, dataset, statement,"
-                                         " signature, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                                         batch_rows)
-                    await db.executemany(
-                        "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                    await db.executemany(
-                        "INSERT INTO current VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset, key) "
-                        "DO UPDATE SET version=excluded.version, content=excluded.content, "
-                        "seq=excluded.seq", cur_rows)
-                    await db.executemany("INSERT INTO tree VALUES (?, ?, ?)", nodes)
-                    await db.executemany("DELETE FROM unresolved WHERE dataset=? AND key=?",
-                                         list(refs))
-                    new_refs = [r for rs in refs.values() for r in rs]
-                    if new_refs:
-                        await db.executemany(
-                            "INSERT OR IGNORE INTO unresolved VALUES (?, ?, ?, ?)", new_refs)
-                    # resolve last: a population record earlier in the group resolves a
-                    # vehicle's owner reference added later in the same group
-                    await db.executemany(
-                        "DELETE FROM unresolved WHERE target_dataset=? AND target_key=?",
-                        [(r[0], r[1]) for r in cur_rows])
-                await self._insert_dead(dead)
-                await self._save_quality(list(quality.values()))
-                await db.execute("COMMIT")
-            except BaseException as err:
-                # all-or-nothing; nothing already committed is touched
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                if isinstance(err, sqlite3.Error):  # disk full, I/O error, locked database
-                    raise UnavailableError(f"the store could not commit: {err}",
-                                           code="store_unavailable") from None
-                raise
+            dead_rows: list[tuple[object, ...]] = [
+                (d.publisher, d.dataset, d.received_at, d.index, d.code, d.path, d.message,
+                 d.record) for d in dead]
+            job = functools.partial(_commit_group, batch_rows, rows, cur_rows, nodes, refs,
+                                    dead_rows, list(quality.values()))
+            cancelled = await self._in_writer(job)
             self._head = seq - 1
+            self._tail.add(tail, tail_batches)
             self._last_batch = batch_id
             self._tree = merkle.CompactRange(tree.size, tree.frontier)
+            if cancelled:
+                raise asyncio.CancelledError
             return ids, first
+
+    async def _in_writer(self, job: Callable[[sqlite3.Connection], None]) -> bool:
+        """Run one whole transaction on the writer connection, in one hop to its thread.
+
+        Cancelling the caller does not cancel the transaction: it is waited for, and True is
+        returned, so the caller records what was committed before it stops."""
+        if self._writer is None or self._writer_pool is None:
+            raise UnavailableError("store is not open", code="store_closed")
+        fut = asyncio.get_running_loop().run_in_executor(self._writer_pool, job, self._writer)
+        cancelled = False
+        while True:
+            try:
+                await asyncio.shield(fut)
+                return cancelled
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    return True
+                if fut.done():
+                    raise
+                cancelled = True
+            except sqlite3.Error as err:  # disk full, I/O error, locked database
+                raise UnavailableError(f"the store could not commit: {err}",
+                                       code="store_unavailable") from None
 
     async def _insert_dead(self, dead: Sequence[DeadLetter]) -> None:
         if dead:
             await self.db.executemany(
-                "INSERT INTO dead_letters (publisher, dataset, received_at, idx, code, path, "
-                "message, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _INSERT_DEAD,
                 [(d.publisher, d.dataset, d.received_at, d.index, d.code, d.path, d.message,
                   d.record) for d in dead])
 
@@ -351,9 +426,7 @@ class SqliteStore:
 
     async def _save_quality(self, rows: Sequence[QualityRow]) -> None:
         if rows:
-            await self.db.executemany(
-                "INSERT INTO quality VALUES (?, ?, ?) ON CONFLICT(dataset, publisher) "
-                "DO UPDATE SET counters=excluded.counters", rows)
+            await self.db.executemany(_UPSERT_QUALITY, rows)
 
     async def add_dead_letters(self, dead: Sequence[DeadLetter], *,
                                quality: Sequence[QualityRow] = ()) -> None:
@@ -397,6 +470,9 @@ class SqliteStore:
         return [StoredRecord(*r) for r in rows]
 
     async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]:
+        recent = self._tail.read(dataset, after, limit)
+        if recent is not None:
+            return recent
         async with self.db.execute(
             "SELECT seq, dataset, key, version, batch_id, idx, accepted_at, digest, body "
             "FROM records WHERE dataset=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
@@ -418,8 +494,8 @@ class SqliteStore:
         return int(row[0]) if row else -1
 
     async def batches(self, ids: Sequence[int]) -> dict[int, BatchRow]:
-        out: dict[int, BatchRow] = {}
-        unique = list(dict.fromkeys(ids))
+        out = self._tail.batches(ids)
+        unique = [i for i in dict.fromkeys(ids) if i not in out]
         for i in range(0, len(unique), 900):
             chunk = unique[i:i + 900]
             async with self.db.execute(
