@@ -227,6 +227,27 @@ def test_tampered_projection_fails() -> None:
             pytest.fail(f"{name} verified")
 
 
+def test_tampered_full_record_fails() -> None:
+    # every group disclosed: the verifier's one-pass path refuses the same tampering
+    _, [(event, salts, withheld, proof), (_, salts2, _, _)] = _one(set(SPEC.groups))
+    assert not withheld
+    VERIFIER.verify_record(event, SPEC.groups, salts, withheld, proof)
+    cases = {
+        "altered field": (msgspec.structs.replace(event, data={**event.data, "ward": "00008"}),
+                          salts),
+        "field outside every group": (
+            msgspec.structs.replace(event, data={**event.data, "nickname": "X"}), salts),
+        "removed field": (msgspec.structs.replace(
+            event, data={k: v for k, v in event.data.items() if k != "name"}), salts),
+        "another record's salt": (event, {**salts, "identity": salts2["identity"]}),
+        "short salt": (event, {**salts, "extra": salts["extra"][:8]}),
+    }
+    for name, (ev, sl) in cases.items():
+        with pytest.raises(IntegrityError):
+            VERIFIER.verify_record(ev, SPEC.groups, sl, {}, proof)
+            pytest.fail(f"{name} verified")
+
+
 def test_other_nodes_key_and_forged_signature_fail() -> None:
     batch, [(event, salts, withheld, proof), _] = _one(set(SPEC.groups))
     other = Ed25519PrivateKey.generate()

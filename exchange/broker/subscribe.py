@@ -28,7 +28,7 @@ from exchange.errors import ConflictError, ExchangeError, Forbidden, InputError
 from exchange.store.base import BatchRow, Store, StoredBody, StoredRecord
 from exchange.wire import Ack, BatchRef, ClientFrame, Credit, DeliveredRecord, Hello
 
-__all__ = ["Subscriptions", "parse_start"]
+__all__ = ["Subscriptions", "encode_record", "parse_start"]
 
 log = structlog.get_logger("exchange.subscribe")
 
@@ -232,7 +232,6 @@ class Subscriptions:
         grant = frozenset(granted)
         # a key of atomic values: the cache's tuples leave the cycle collector's sight
         grant_key = ",".join(sorted(grant))
-        enc = _msgpack if binary else _json
         cache = self._encoded
         records: list[msgspec.Raw] = []
         sent: list[StoredRecord] = []
@@ -242,15 +241,15 @@ class Subscriptions:
             key = (r.seq, grant_key, binary)
             raw = None if redelivered else cache.get(key)
             if raw is None:
-                body = _body.decode(r.body)
-                if body.completeness < min_completeness:
+                raw = encode_record(r, grant, redelivered, binary, min_completeness)
+                if raw is None:
                     continue
-                raw = msgspec.Raw(enc.encode(_project(r, body, grant, redelivered)))
                 if not redelivered:
                     cache[key] = raw
                     if len(cache) > ENCODED_CACHE:
                         del cache[next(iter(cache))]  # oldest first: dicts keep order
-            elif min_completeness and _body.decode(r.body).completeness < min_completeness:
+            elif (min_completeness
+                  and _body_parts.decode(r.body).completeness < min_completeness):
                 continue
             batch_ids[r.batch_id] = None
             records.append(raw)
@@ -270,6 +269,50 @@ class _OutRecords(msgspec.Struct, frozen=True, tag="records"):
     batches: list[BatchRef]
     records: list[msgspec.Raw]
     head: int = 0
+
+
+class _BodyParts(msgspec.Struct, frozen=True, array_like=True):
+    """``StoredBody`` with its parts left as MessagePack: decoding it builds no record."""
+
+    event: msgspec.Raw
+    salts: msgspec.Raw
+    commitments: dict[str, msgspec.Raw]
+    path: msgspec.Raw
+    completeness: float = 1.0
+
+
+class _Spliced(msgspec.Struct, frozen=True, kw_only=True):
+    """``wire.DeliveredRecord`` of a fully granted record, its parts spliced from the store
+    (the gate stores one salt per committed group, so the stored salts are all disclosed)."""
+
+    seq: int
+    event: msgspec.Raw
+    salts: msgspec.Raw
+    withheld: dict[str, bytes] = {}
+    batch: int
+    index: int
+    path: msgspec.Raw
+    accepted_at: float
+    redelivered: bool = False
+
+
+_body_parts = msgspec.msgpack.Decoder(_BodyParts)
+
+
+def encode_record(r: StoredRecord, grant: frozenset[str], redelivered: bool, binary: bool,
+                  min_completeness: float = 0.0) -> msgspec.Raw | None:
+    """One stored record as its agreement may see it, encoded for the wire (None: it is below
+    the agreement's completeness)."""
+    parts = _body_parts.decode(r.body)
+    if parts.completeness < min_completeness:
+        return None
+    if binary and grant >= parts.commitments.keys():
+        # every group granted: splice the stored MessagePack, decode nothing
+        return msgspec.Raw(_msgpack.encode(_Spliced(
+            seq=r.seq, event=parts.event, salts=parts.salts, batch=r.batch_id, index=r.index,
+            path=parts.path, accepted_at=r.accepted_at, redelivered=redelivered)))
+    projected = _project(r, _body.decode(r.body), grant, redelivered)
+    return msgspec.Raw((_msgpack if binary else _json).encode(projected))
 
 
 def _project(r: StoredRecord, body: StoredBody, grant: frozenset[str],

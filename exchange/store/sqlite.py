@@ -140,15 +140,18 @@ def _commit_group(batch_rows: list[tuple[object, ...]], rows: list[tuple[object,
                 "DO UPDATE SET version=excluded.version, content=excluded.content, "
                 "seq=excluded.seq", cur_rows)
             db.executemany("INSERT INTO tree VALUES (?, ?, ?)", nodes)
-            db.executemany("DELETE FROM unresolved WHERE dataset=? AND key=?", list(refs))
             new_refs = [r for rs in refs.values() for r in rs]
-            if new_refs:
-                db.executemany("INSERT OR IGNORE INTO unresolved VALUES (?, ?, ?, ?)",
-                               new_refs)
-            # resolve last: a population record earlier in the group resolves a vehicle's
-            # owner reference added later in the same group
-            db.executemany("DELETE FROM unresolved WHERE target_dataset=? AND target_key=?",
-                           [(r[0], r[1]) for r in cur_rows])
+            # with no unresolved reference stored and none new, there is nothing to replace or
+            # resolve: two index probes per record saved
+            if new_refs or db.execute("SELECT 1 FROM unresolved LIMIT 1").fetchone():
+                db.executemany("DELETE FROM unresolved WHERE dataset=? AND key=?", list(refs))
+                if new_refs:
+                    db.executemany("INSERT OR IGNORE INTO unresolved VALUES (?, ?, ?, ?)",
+                                   new_refs)
+                # resolve last: a population record earlier in the group resolves a
+                # vehicle's owner reference added later in the same group
+                db.executemany("DELETE FROM unresolved WHERE target_dataset=? AND target_key=?",
+                               [(r[0], r[1]) for r in cur_rows])
         if dead_rows:
             db.executemany(_INSERT_DEAD, dead_rows)
         if quality:

@@ -1,0 +1,64 @@
+"""The broker's subscribe encoding: a fully granted record spliced from the stored MessagePack is
+byte for byte what decoding, projecting and encoding it gives."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from exchange import datasets
+from exchange.broker.subscribe import _project, encode_record
+from exchange.signing import Verifier, seal
+from exchange.store.base import StoredBody, StoredRecord
+from exchange.wire import DeliveredRecord
+from tests.conftest import people
+
+NODE = "vn.gov.mps.population"
+SPEC = datasets.get("population")
+
+
+def stored(completeness: float = 1.0) -> list[StoredRecord]:
+    key = Ed25519PrivateKey.generate()
+    batch = seal(key, NODE, SPEC, [(p["id"], 3, p) for p in people(5, seed=4)],
+                 os.urandom(32))
+    commitments, digests, paths = Verifier({NODE: key.public_key()}).verify_batch(
+        batch, SPEC.groups)
+    return [StoredRecord(100 + i, "population", r.event.subject, 3, 7, i, 1.5e9, digests[i],
+                         msgspec.msgpack.encode(StoredBody(r.event, r.salts, commitments[i],
+                                                           paths[i], completeness)))
+            for i, r in enumerate(batch.records)]
+
+
+@pytest.mark.parametrize("redelivered", [False, True])
+def test_spliced_full_grant_is_the_projected_record(redelivered: bool) -> None:
+    full = frozenset(SPEC.groups)
+    for r in stored():
+        raw = encode_record(r, full, redelivered, binary=True)
+        assert raw is not None
+        body = msgspec.msgpack.decode(r.body, type=StoredBody)
+        assert bytes(raw) == msgspec.msgpack.encode(_project(r, body, full, redelivered))
+        got = msgspec.msgpack.decode(bytes(raw), type=DeliveredRecord)
+        assert got.event == body.event and got.salts == body.salts and not got.withheld
+
+
+def test_partial_grants_and_json_are_projected() -> None:
+    part = frozenset({"residence"})
+    for r in stored():
+        body = msgspec.msgpack.decode(r.body, type=StoredBody)
+        raw = encode_record(r, part, False, binary=True)
+        assert raw is not None
+        got = msgspec.msgpack.decode(bytes(raw), type=DeliveredRecord)
+        assert set(got.salts) == {"residence"} and set(got.withheld) == set(SPEC.groups) - part
+        assert set(got.event.data) == {"permanent_address"}
+        as_json = encode_record(r, frozenset(SPEC.groups), False, binary=False)
+        assert as_json is not None
+        assert msgspec.json.decode(bytes(as_json), type=DeliveredRecord).event == body.event
+
+
+def test_below_the_agreements_completeness_is_passed_over() -> None:
+    r = stored(completeness=0.5)[0]
+    assert encode_record(r, frozenset(SPEC.groups), False, True, min_completeness=0.9) is None
+    assert encode_record(r, frozenset(SPEC.groups), False, True, min_completeness=0.5)
