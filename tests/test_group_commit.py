@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+from typing import Any
 
 import msgspec
+import pytest
 
 from exchange import datasets, pki
 from exchange.generate import Generator
@@ -62,3 +64,28 @@ async def test_a_reference_resolves_within_the_same_commit(env: Env) -> None:
         publisher.publish(POP, "population", _body(env, person), "application/msgpack"))
     assert v.status == 200 and p.status == 200
     assert await env.broker.store.unresolved_counts() == {}
+
+
+async def test_a_group_holds_at_most_max_group_records(env: Env,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # past its first batch, a group stops before it would exceed the record cap
+    from exchange.broker import publish as publish_mod
+
+    monkeypatch.setattr(publish_mod, "MAX_GROUP_RECORDS", 5)
+    store: Any = env.broker.store
+    sizes: list[list[int]] = []
+    append_group = store.append_group
+
+    async def counted(group: Any, now: float) -> Any:
+        sizes.append([len(a.accepted) for a in group])
+        return await append_group(group, now)
+
+    monkeypatch.setattr(store, "append_group", counted)
+    bodies = [_body(env, people(3, seed=30 + i)) for i in range(4)] + [
+        _body(env, people(7, seed=40))]
+    outcomes = await asyncio.gather(*(env.broker.publisher.publish(
+        POP, "population", body, "application/msgpack") for body in bodies))
+    firsts = [o.receipt.receipt.first_seq for o in outcomes]
+    assert firsts == [0, 3, 6, 9, 12]  # arrival order kept across groups
+    assert all(sum(g) <= 5 or len(g) == 1 for g in sizes)  # a lone batch may be larger
+    assert sum(sum(g) for g in sizes) == 19 and len(sizes) >= 4

@@ -58,6 +58,8 @@ def sign_receipt(key: Ed25519PrivateKey, receipt: Receipt) -> SignedReceipt:
 
 #: most batches stored in one group commit
 MAX_GROUP = 64
+#: most records in one group commit (past its first batch): bounds the rows built in memory
+MAX_GROUP_RECORDS = 8192
 
 
 @dataclass
@@ -189,7 +191,15 @@ class Publisher:
         # (NATS: one atomic batch per publish) gets them one by one
         size = MAX_GROUP if hasattr(self.store, "append_group") else 1
         while self._pending:
-            jobs, self._pending = self._pending[:size], self._pending[size:]
+            # at most MAX_GROUP batches and, past the first, MAX_GROUP_RECORDS records: a
+            # group's rows are built in memory before its one transaction
+            k, records = 1, len(self._pending[0].batch.records)
+            while k < min(size, len(self._pending)):
+                records += len(self._pending[k].batch.records)
+                if records > MAX_GROUP_RECORDS:
+                    break
+                k += 1
+            jobs, self._pending = self._pending[:k], self._pending[k:]
             try:
                 outcomes = await self._commit(jobs)
             except Exception as err:
