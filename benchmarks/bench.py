@@ -106,7 +106,7 @@ async def run(opts: Options) -> dict[str, Any]:
     # out of the cycle collector's full passes, as a long-running node would
     gc.collect()
     gc.freeze()
-    steps = 7 + len(opts.subscribers) + (1 if opts.scale else 0) + (2 if quick else 4)
+    steps = 8 + len(opts.subscribers) + (1 if opts.scale else 0) + (2 if quick else 4)
     step = 0
     results: list[Result] = []
 
@@ -141,6 +141,12 @@ async def run(opts: Options) -> dict[str, Any]:
             r = await scenarios.replay(ctx, broker, r.records)
             results.append(r)
             progress.done(f"{r.records_per_s:,.0f} rec/s")
+            begin("publish only, per-record sigs")
+            ingest_per_record = await scenarios.publish_only(
+                ctx, broker, 2_000 if quick else 12_000, batch=1, window=64,
+                label="publish only, per-record sigs")
+            results.append(ingest_per_record)
+            progress.done(f"{ingest_per_record.records_per_s:,.0f} rec/s")
         finally:
             broker.stop()
 
@@ -216,6 +222,9 @@ async def run(opts: Options) -> dict[str, Any]:
         "verify_limit_per_s": round(verify, 1),
         "per_record_sig_records_per_s": round(per_record.records_per_s, 1),
         "ratio_per_record_vs_verify_limit": round(per_record.records_per_s / verify, 3),
+        "ingest_per_record_sig_records_per_s": round(ingest_per_record.records_per_s, 1),
+        "ratio_ingest_per_record_vs_verify_limit": round(
+            ingest_per_record.records_per_s / verify, 3),
         "validate_limit_per_s": round(validate, 1),
         "ratio_e2e_vs_validate_limit": round(e2e.records_per_s / validate, 3),
         "sqlite_insert_limit_per_s": round(sqlite_rate, 1),
@@ -268,6 +277,10 @@ def table(report: dict[str, Any]) -> str:
         f"| per-record signatures | {_fmt(r['per_record_sig_records_per_s'])}/s | Ed25519 "
         f"verify {_fmt(r['verify_limit_per_s'])}/s | "
         f"{r['ratio_per_record_vs_verify_limit']:.2f}× |",
+        f"| broker ingest, per-record signatures | "
+        f"{_fmt(r['ingest_per_record_sig_records_per_s'])}/s | Ed25519 verify "
+        f"{_fmt(r['verify_limit_per_s'])}/s | {r['ratio_ingest_per_record_vs_verify_limit']:.2f}× "
+        "|",
         f"| publish only (broker ingest) | {_fmt(r['publish_only_records_per_s'])}/s | sqlite "
         f"inserts {_fmt(r['sqlite_insert_limit_per_s'])}/s | "
         f"{r['ratio_publish_vs_sqlite_limit']:.2f}× |",

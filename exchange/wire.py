@@ -65,10 +65,19 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     log_root: bytes = b""
 
 
-class SignedReceipt(msgspec.Struct, frozen=True):
+class SignedReceipt(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A receipt and the broker's signature, alone or over its group commit (``receipts``).
+
+    ``group_size`` 1: Ed25519 over ``RECEIPT_CONTEXT ‖ canonical(receipt)``. Otherwise the
+    receipts of one group commit are the leaves of an RFC 6962 tree and the signature covers
+    its root (``receipts.ReceiptGroup``); ``index`` and ``path`` place this receipt in it.
+    """
+
     receipt: Receipt
-    #: Ed25519 by the broker's signing key over ``RECEIPT_CONTEXT ‖ canonical(receipt)``
     signature: Signature
+    group_size: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)] = 1
+    index: Annotated[int, msgspec.Meta(ge=0)] = 0
+    path: Annotated[list[Bytes32], msgspec.Meta(max_length=32)] = []
 
 
 RECEIPT_CONTEXT = b"vn-exchange/receipt/v1\n"

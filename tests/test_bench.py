@@ -40,7 +40,8 @@ def test_bench_quick_json(tmp_path: Path) -> None:
     for key in ("e2e_records_per_s", "p99_ms_at_half_load", "jetstream_baseline_records_per_s",
                 "ratio_vs_jetstream", "verify_limit_per_s", "replay_records_per_s",
                 "broker_peak_rss_mb", "per_record_sig_records_per_s", "validate_limit_per_s",
-                "sqlite_insert_limit_per_s", "publish_only_records_per_s"):
+                "sqlite_insert_limit_per_s", "publish_only_records_per_s",
+                "ingest_per_record_sig_records_per_s"):
         assert report[key] is not None and report[key] > 0, key
     assert report["ratio_vs_jetstream"] == pytest.approx(
         report["e2e_records_per_s"] / report["jetstream_baseline_records_per_s"],
@@ -48,8 +49,12 @@ def test_bench_quick_json(tmp_path: Path) -> None:
     assert report["ratio_per_record_vs_verify_limit"] == pytest.approx(
         report["per_record_sig_records_per_s"] / report["verify_limit_per_s"],
         rel=0.01, abs=1e-3)
+    assert report["ratio_ingest_per_record_vs_verify_limit"] == pytest.approx(
+        report["ingest_per_record_sig_records_per_s"] / report["verify_limit_per_s"],
+        rel=0.01, abs=1e-3)
     names = [s["scenario"] for s in report["scenarios"]]
     assert "publish only" in names and "replay from seq 0" in names
+    assert "publish only, per-record sigs" in names
     assert {s["subscribers"] for s in report["scenarios"]} >= {1, 4}
     for s in report["scenarios"]:
         assert s["records"] > 0 and s["records_per_s"] > 0, s

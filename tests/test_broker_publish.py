@@ -14,16 +14,15 @@ import msgspec
 import pytest
 from cryptography.exceptions import InvalidSignature
 
-from exchange import pki
+from exchange import pki, receipts
 from exchange.generate import fault
 from exchange.signing import Batch
-from exchange.wire import RECEIPT_CONTEXT, PublishReply, SignedReceipt
+from exchange.wire import PublishReply, SignedReceipt
 from tests.conftest import OWNERS, PROBLEM, Env, eventually, people, sealed
 
 POP = OWNERS["population"]
 TAX = OWNERS["tax"]
 RECORDS = "/v1/datasets/population/records"
-_canon = msgspec.json.Encoder(order="sorted")
 _receipt = msgspec.json.Decoder(SignedReceipt)
 
 
@@ -43,7 +42,7 @@ def check_receipt(env: Env, raw: Any) -> SignedReceipt:
     """Decode a receipt and verify it with the broker's signing key."""
     signed = msgspec.convert(raw, SignedReceipt)
     key = pki.load_broker_identity(env.pki_dir).signing_key.public_key()
-    key.verify(signed.signature, RECEIPT_CONTEXT + _canon.encode(signed.receipt))
+    key.verify(signed.signature, receipts.signed_message(signed))
     return signed
 
 
@@ -64,10 +63,11 @@ async def test_receipt_with_a_forged_byte_does_not_verify(env: Env) -> None:
     async with session(env, POP) as s:
         _, _, body = await post(s, sealed(env, POP, people(1)))
     signed = check_receipt(env, body)
-    forged = msgspec.structs.replace(signed.receipt, accepted=2)
+    forged = msgspec.structs.replace(signed, receipt=msgspec.structs.replace(signed.receipt,
+                                                                            accepted=2))
     key = pki.load_broker_identity(env.pki_dir).signing_key.public_key()
     with pytest.raises(InvalidSignature):
-        key.verify(signed.signature, RECEIPT_CONTEXT + _canon.encode(forged))
+        key.verify(forged.signature, receipts.signed_message(forged))
 
 
 @pytest.mark.parametrize("msgpack", [False, True], ids=["json", "msgpack"])

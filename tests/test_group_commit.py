@@ -14,6 +14,7 @@ import pytest
 
 from exchange import datasets, pki
 from exchange.generate import Generator
+from exchange.receipts import ReceiptChecker
 from exchange.signing import seal
 from tests.conftest import OWNERS, TODAY, Env, people, sealed
 
@@ -46,6 +47,14 @@ async def test_concurrent_batches_share_one_commit(env: Env) -> None:
     assert env.broker.store.log_state()[0] == before + 8
     # every receipt carries the log as committed, covering its own records
     assert all(r.log_size >= r.last_seq + 1 for r in receipts)
+    # and the group's receipts share one broker signature, each verifiable alone
+    signed = [o.receipt for o in outcomes]
+    assert {s.group_size for s in signed} == {4} and len({s.signature for s in signed}) == 1
+    key = pki.load_broker_identity(env.pki_dir).signing_key.public_key()
+    checker = ReceiptChecker()
+    for s in signed:
+        checker.check(key, s)
+    assert checker.verifications == 1
 
 
 async def test_a_reference_resolves_within_the_same_commit(env: Env) -> None:

@@ -22,6 +22,7 @@ from exchange.errors import (
     UnavailableError,
     Violation,
 )
+from exchange.receipts import sign as sign_receipts
 from exchange.signing import Batch, Verifier
 from exchange.store.base import (
     Append,
@@ -31,9 +32,9 @@ from exchange.store.base import (
     StaleRead,
     Store,
 )
-from exchange.wire import RECEIPT_CONTEXT, Duplicate, Receipt, SignedReceipt
+from exchange.wire import Duplicate, Receipt, SignedReceipt
 
-__all__ = ["Outcome", "Publisher", "sign_receipt"]
+__all__ = ["Outcome", "Publisher"]
 
 _json_batch = msgspec.json.Decoder(Batch)
 def _no_ext(code: int, data: memoryview) -> Any:
@@ -43,17 +44,12 @@ def _no_ext(code: int, data: memoryview) -> Any:
 
 
 _msgpack_batch = msgspec.msgpack.Decoder(Batch, ext_hook=_no_ext)
-_canon = msgspec.json.Encoder(order="sorted")
 _json = msgspec.json.Encoder()
 
 #: conflicts alone make a 409; any other rejection makes the reply a 422
 CONFLICT_CODES = frozenset({"version_conflict", "stale_version"})
 #: decide again at most this often when another broker wrote the same keys meanwhile (NATS)
 STALE_READ_RETRIES = 20
-
-
-def sign_receipt(key: Ed25519PrivateKey, receipt: Receipt) -> SignedReceipt:
-    return SignedReceipt(receipt, key.sign(RECEIPT_CONTEXT + _canon.encode(receipt)))
 
 
 #: most batches stored in one group commit
@@ -154,9 +150,9 @@ class Publisher:
         return await self._grouped(_Job(node, dataset, spec, batch, checked,
                                         loop.create_future()))
 
-    def _outcome(self, node: str, dataset: str, batch: Batch, decided: gate.Decided,
-                 first: int, log_size: int, log_root: bytes) -> Outcome:
-        """The signed receipt (and problem, if anything was refused) for one stored batch.
+    def _receipt(self, node: str, dataset: str, batch: Batch, decided: gate.Decided,
+                 first: int, log_size: int, log_root: bytes) -> Receipt:
+        """The receipt for one stored batch (signed with the rest of its group).
 
         A duplicate of a record accepted earlier in the same batch carries the placeholder seq
         ``-1-k`` (the batch's k-th accepted record); ``first`` is the batch's first seq.
@@ -166,15 +162,19 @@ class Publisher:
             self._on_append(dataset, last)
         duplicates = [Duplicate(d.index, first - 1 - d.seq if d.seq < 0 else d.seq)
                       for d in decided.duplicates]
-        receipt = sign_receipt(self.key, Receipt(
+        return Receipt(
             broker=self.broker_id, publisher=node, dataset=dataset,
             batch_root=batch.statement.root, first_seq=first if decided.accepted else 0,
             last_seq=last if decided.accepted else -1, accepted=len(decided.accepted),
             duplicates=duplicates, rejected=decided.rejected, time=now_rfc3339(),
-            log_size=log_size, log_root=log_root))
-        if not decided.rejected:
-            return Outcome(receipt, 200, None, last)
-        return Outcome(receipt, *self._problem(decided.rejected, receipt), last)
+            log_size=log_size, log_root=log_root)
+
+    def _outcome(self, signed: SignedReceipt) -> Outcome:
+        """The reply for one batch: its signed receipt, and the problem if anything was refused."""
+        r = signed.receipt
+        if not r.rejected:
+            return Outcome(signed, 200, None, r.last_seq)
+        return Outcome(signed, *self._problem(r.rejected, signed), r.last_seq)
 
     # -- the writer: one task decides and stores, in arrival order -------------------------
 
@@ -282,18 +282,19 @@ class Publisher:
                     tracker.restore(ds, node, snap)
             raise
         log_size, log_root = self.store.log_state()
-        outcomes = []
+        receipts = []
         start = first
         for j, decided in zip(jobs, decisions, strict=True):
             # a duplicate of a record accepted earlier in this commit: -1-k is the commit's
             # k-th record
             dups = [Duplicate(d.index, first - 1 - d.seq) if d.seq < 0 else d
                     for d in decided.duplicates]
-            outcomes.append(self._outcome(
+            receipts.append(self._receipt(
                 j.node, j.dataset, j.batch, gate.Decided(decided.accepted, dups, decided.rejected),
                 start, log_size, log_root))
             start += len(decided.accepted)
-        return outcomes
+        # one signature for the group's receipts, as publishers sign their batches
+        return [self._outcome(s) for s in sign_receipts(self.key, receipts)]
 
     async def _store(self, appends: list[Append], now: float) -> int:
         """Store the group; return the seq of its first accepted record."""
