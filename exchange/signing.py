@@ -152,25 +152,6 @@ class Verifier:
         self._cache_size = cache_size
         self.verifications = 0  # signature checks actually performed (cache misses)
 
-    def unverified(self, statement: Statement, signature: bytes
-                   ) -> tuple[Ed25519PublicKey, bytes] | None:
-        """The key and message still to check for this statement, or None if it has verified
-        (or has no enrolled key: ``verify_statement`` says so). With ``remember``, lets a
-        caller run the signature check elsewhere, e.g. on a thread: it releases the GIL."""
-        body = statement_bytes(statement)
-        if body + signature in self._cache:
-            return None
-        public = self._lookup(statement.node)
-        return None if public is None else (public, body)
-
-    def remember(self, statement: Statement, signature: bytes) -> None:
-        """Record a statement whose signature the caller has just verified with the key and
-        message ``unverified`` gave."""
-        self.verifications += 1
-        self._cache[statement_bytes(statement) + signature] = None
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-
     def verify_statement(self, statement: Statement, signature: bytes) -> None:
         body = statement_bytes(statement)
         cache_key = body + signature

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange import datasets, gate, quality
 from exchange.access import Limits
@@ -75,22 +71,6 @@ class _Job:
 
 
 @dataclass
-class _Slot:
-    """A batch's place in arrival order: ready once checked (job) or refused (no job)."""
-
-    ready: bool = False
-    job: _Job | None = None
-
-
-def _verifies(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
-    try:
-        public.verify(signature, message)
-    except InvalidSignature:
-        return False
-    return True
-
-
-@dataclass
 class Outcome:
     """What a publish produced: the signed receipt, and the problem when something was refused."""
 
@@ -112,12 +92,8 @@ class Publisher:
         self._limits = limits
         self._on_append = on_append
         self.quality = quality
-        # one writer task: the version decision and the append must see the same state;
-        # concurrent batches share one commit where the store can (group commit)
-        self._intake: collections.deque[_Slot] = collections.deque()
+        # one writer task: the version decision and the append must see the same state
         self._pending: list[_Job] = []
-        self._crypto = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
-                                          thread_name_prefix="verify")
         self._writer: asyncio.Task[None] | None = None
 
     def decode(self, body: bytes, content_type: str) -> Batch:
@@ -157,13 +133,9 @@ class Publisher:
         spec = datasets.get(dataset)
         limits = self._limits()
         batch: Batch | None = None
-        # arrival order is decision order, even when a later batch's checks finish first
-        slot = _Slot()
-        self._intake.append(slot)
         try:
             try:
                 batch = self.decode(body, content_type)
-                await self._verify_signature(batch)
                 checked = gate.check(batch, node=node, spec=spec, verifier=self.verifier,
                                      limits=limits, ctx=datasets.RuleContext(),
                                      scorer=quality.completeness if self.quality else None)
@@ -171,41 +143,12 @@ class Publisher:
                 # a value the canonical encoding cannot take: the publisher's fault, not ours
                 raise InputError(f"a record holds a value with no canonical form: {err}",
                                  code="malformed") from None
-        except BaseException as err:
-            slot.ready = True  # nothing to store: let the batches behind it go on
-            self._drain()
-            if isinstance(err, ExchangeError):
-                await self.refuse(node, dataset, err, batch, body)
+        except ExchangeError as err:
+            await self.refuse(node, dataset, err, batch, body)
             raise
-        slot.job = _Job(node, dataset, spec, batch, checked,
-                        asyncio.get_running_loop().create_future())
-        slot.ready = True
-        self._drain()
-        return await slot.job.future
-
-    async def _verify_signature(self, batch: Batch) -> None:
-        """Check the batch's signature on a worker thread (Ed25519 releases the GIL), so one
-        signature per small batch does not stall the event loop; the gate then finds it
-        verified. A failure is left to the gate, which refuses the batch with its reason."""
-        todo = self.verifier.unverified(batch.statement, batch.signature)
-        if todo is None:
-            return
-        public, message = todo
-        if await asyncio.get_running_loop().run_in_executor(
-                self._crypto, _verifies, public, batch.signature, message):
-            self.verifier.remember(batch.statement, batch.signature)
-
-    def _drain(self) -> None:
-        """Hand the writer every checked batch at the front of the intake, in arrival order."""
-        intake = self._intake
-        moved = False
-        while intake and intake[0].ready:
-            job = intake.popleft().job
-            if job is not None:
-                self._pending.append(job)
-                moved = True
-        if moved and (self._writer is None or self._writer.done()):
-            self._writer = asyncio.create_task(self._write())
+        loop = asyncio.get_running_loop()
+        return await self._grouped(_Job(node, dataset, spec, batch, checked,
+                                        loop.create_future()))
 
     def _receipt(self, node: str, dataset: str, batch: Batch, decided: gate.Decided,
                  first: int, log_size: int, log_root: bytes) -> Receipt:
@@ -234,6 +177,14 @@ class Publisher:
         return Outcome(signed, *self._problem(r.rejected, signed), r.last_seq)
 
     # -- the writer: one task decides and stores, in arrival order -------------------------
+
+    async def _grouped(self, job: _Job) -> Outcome:
+        """Queue a checked batch for the writer; concurrent batches share one commit where the
+        store can (group commit)."""
+        self._pending.append(job)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        return await job.future
 
     async def _write(self) -> None:
         # a store that takes several batches in one transaction gets them in groups; another
