@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from exchange import pki
+from exchange.natsserver import NatsCluster
 
 __all__ = ["PUBLISHER", "SUBSCRIBER", "BrokerProcess", "ProcStats", "make_pki"]
 
@@ -87,6 +88,8 @@ class BrokerProcess:
     limits: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
+    #: ``store="nats"``: a single JetStream server of its own (R1), fresh with the broker
+    nats: NatsCluster | None = None
 
     @property
     def url(self) -> str:
@@ -102,7 +105,7 @@ class BrokerProcess:
             "listen": "127.0.0.1:0",
             "data_dir": str(self.root / "data"),
             "pki_dir": str(self.pki_dir),
-            "store": self.store,
+            "store": self.nats.url if self.nats is not None else self.store,
             "limits": {"max_frame_records": 2000, "max_batch_records": 5000, **self.limits},
             "datasets": [{"name": "population", "owner": PUBLISHER}],
             "agreements": [{"subscriber": SUBSCRIBER, "dataset": "population",
@@ -113,6 +116,12 @@ class BrokerProcess:
         if fresh and (self.root / "data").exists():
             shutil.rmtree(self.root / "data")
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.store == "nats" and self.nats is None:
+            if fresh and (self.root / "nats").exists():
+                shutil.rmtree(self.root / "nats")
+            self.nats = NatsCluster(self.root / "nats")
+            self.nats.start()
+            self.nats.wait_healthy_sync(timeout)
         path = self.root / "broker.json"
         path.write_text(json.dumps(self.config()), encoding="utf-8")
         self.proc = subprocess.Popen(
@@ -139,8 +148,14 @@ class BrokerProcess:
         return self
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
+        if self.proc is not None:
+            self._stop_broker()
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+
+    def _stop_broker(self) -> None:
+        assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -13,7 +13,7 @@ import pytest
 from exchange import datasets, gate, merkle, pki, tlog
 from exchange.access import Limits
 from exchange.signing import Batch, Verifier, seal
-from exchange.store.base import DeadLetter, Store
+from exchange.store.base import Append, DeadLetter, Store
 from exchange.store.nats import NatsStore
 from exchange.store.sqlite import SqliteStore
 from tests import nats_fixtures
@@ -231,3 +231,31 @@ async def test_checkpoints_and_reopen(opener: Callable[[], Store], store: Store,
         assert [r.seq for r in await other.read("population", 5, 100)] == [6, 7, 8, 9]
     finally:
         await other.close()
+
+
+async def test_group_append_is_one_commit_in_group_order(store: Store, pki_dir: Path) -> None:
+    # every store takes a group of batches (the broker's group commit): consecutive seqs in
+    # group order, an id per batch with records, 0 for one with none, its dead letters kept
+    verifier = Verifier(pki.load_signing_registry(pki_dir))
+    ps = people(7, seed=61)
+    batches = [batch_of(pki_dir, ps[:3], seed=1), batch_of(pki_dir, ps[3:4], seed=2),
+               batch_of(pki_dir, ps[4:], seed=3)]
+    appends = []
+    for i, b in enumerate(batches):
+        checked = gate.check(b, node=POP, spec=SPEC, verifier=verifier, limits=Limits(),
+                             ctx=datasets.RuleContext())
+        accepted = [] if i == 1 else gate.decide(checked, {}).accepted
+        appends.append(Append(POP, "population", b, accepted, [dead(i)] if i == 1 else []))
+    group_store: Any = store
+    ids, first = await group_store.append_group(appends, time.time())
+    assert first == 0 and ids[1] == 0 and ids[0] and ids[2] and ids[0] != ids[2]
+    rows = await store.read("population", -1, 10)
+    assert [r.seq for r in rows] == list(range(6))
+    assert [r.key for r in rows] == [p["id"] for p in ps[:3] + ps[4:]]
+    assert [r.batch_id for r in rows] == [ids[0]] * 3 + [ids[2]] * 3
+    assert [r.index for r in rows] == [0, 1, 2, 0, 1, 2]
+    got = await store.batches([ids[0], ids[2]])
+    assert got[ids[0]].statement.root == batches[0].statement.root
+    assert got[ids[2]].statement.root == batches[2].statement.root
+    assert store.log_state()[0] == 6
+    assert [d.message for d in await store.dead_letters(POP, 0, 10)] == ["refused 1"]

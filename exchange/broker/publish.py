@@ -192,11 +192,15 @@ class Publisher:
         size = MAX_GROUP if hasattr(self.store, "append_group") else 1
         while self._pending:
             # at most MAX_GROUP batches and, past the first, MAX_GROUP_RECORDS records: a
-            # group's rows are built in memory before its one transaction
+            # group's rows are built in memory before its one transaction. A store whose group
+            # is one atomic batch of bounded size (NATS) takes at most a batch's worth.
+            cap = MAX_GROUP_RECORDS
+            if getattr(self.store, "atomic_batch_bounded", False):
+                cap = min(cap, self._limits().max_batch_records)
             k, records = 1, len(self._pending[0].batch.records)
             while k < min(size, len(self._pending)):
                 records += len(self._pending[k].batch.records)
-                if records > MAX_GROUP_RECORDS:
+                if records > cap:
                     break
                 k += 1
             jobs, self._pending = self._pending[:k], self._pending[k:]

@@ -14,8 +14,10 @@ What lives where (``P`` is the prefix, ``exchange`` by default; stream names upp
 
 Correctness under several brokers comes from JetStream alone, no lock of ours:
 
-- A publish is one atomic batch (ADR-50: ``Nats-Batch-Id``/``-Sequence``/``-Commit``, stream
-  ``allow_atomic``), so a batch's accepted records are all stored or none are.
+- A group commit (the concurrent batches the broker decided together, at most
+  ``limits.max_batch_records`` records) is one atomic batch (ADR-50: ``Nats-Batch-Id``/
+  ``-Sequence``/``-Commit``, stream ``allow_atomic``), so its accepted records are all stored
+  or none are.
 - Each record carries ``Nats-Expected-Last-Subject-Sequence``: the stream sequence of the key's
   current version when the broker decided (0: none). If another broker wrote the key in between,
   the server refuses the whole batch (10071 "wrong last sequence"); the store raises ``StaleRead``
@@ -70,6 +72,7 @@ from exchange.errors import InputError, IntegrityError, UnavailableError
 from exchange.gate import Candidate, Current
 from exchange.signing import Batch, Statement
 from exchange.store.base import (
+    Append,
     BatchRow,
     DeadLetter,
     QualityRow,
@@ -170,6 +173,9 @@ def _unavailable(what: str) -> Iterator[None]:
 class NatsStore:
     """``Store`` on a NATS JetStream cluster (see the module docstring)."""
 
+    #: a group commit is one atomic NATS batch: at most the server's batch limit of messages
+    atomic_batch_bounded = True
+
     def __init__(self, url: str, *, request_timeout: float = 5.0, idle_poll: float = 1.0
                  ) -> None:
         self.servers, params = parse_url(url)
@@ -207,6 +213,7 @@ class NatsStore:
         self._next_token = 0
         self._batch_cache: dict[int, BatchRow] = {}
         self._subs_seen: dict[str, tuple[int, SubValue]] = {}
+        self._buckets: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -289,6 +296,7 @@ class NatsStore:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), self.timeout)
             self._nc = None
+        self._buckets.clear()
 
     async def _on_error(self, err: Exception) -> None:
         log.warning("nats_error", error=repr(err))
@@ -494,43 +502,69 @@ class NatsStore:
                      accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
                      now: float, *, unresolved: Sequence[Reference] = (),
                      quality: Sequence[QualityRow] = ()) -> tuple[int, int]:
+        (batch_id,), first = await self.append_group(
+            [Append(publisher, dataset, batch, accepted, dead, unresolved, quality)], now)
+        return batch_id, first
+
+    async def append_group(self, group: Sequence[Append], now: float
+                           ) -> tuple[list[int], int]:
+        """Several batches as one atomic NATS batch (group commit): all stored or none.
+
+        Their records take consecutive seqs in group order; each key's expected last subject
+        sequence is checked once, at its first record in the group. Returns each batch's id
+        (the stream sequence of its first record; 0 for a batch with nothing accepted) and the
+        seq of the group's first record. The caller keeps a group within the server's atomic
+        batch limit (``limits.max_batch_records``)."""
         self._check_connected()
-        read = self._read.get(dataset, {})
-        refs: dict[str, list[tuple[str, str]]] = {}
-        for target, target_key, _, key in unresolved:
-            refs.setdefault(key, []).append((target, target_key))
-        stmt = _enc.encode(batch.statement)
         msgs: list[tuple[str, bytes, dict[str, str]]] = []
-        seen: set[str] = set()
-        for n, c in enumerate(accepted):
-            body = _enc.encode(StoredBody(c.record.event, c.record.salts, c.commitments,
-                                          c.path, c.completeness))
-            entry = Entry(dataset, c.key, c.version, n, c.index, now, c.digest, c.content,
-                          publisher, batch.statement.root, body,
-                          stmt if n == 0 else b"", batch.signature if n == 0 else b"",
-                          refs.get(c.key, []))
-            headers = {}
-            if c.key not in seen:
-                seen.add(c.key)
-                expected = read.get(c.key)
-                if expected is None:
-                    cur = self._current.get((dataset, c.key))
-                    expected = cur.seq + 1 if cur is not None else 0
-                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
-            msgs.append((self._subject(dataset, c.key), _enc.encode(entry), headers))
-        try:
-            last_stream_seq = await self._atomic(msgs)
-        except StaleRead:
-            # another broker wrote one of these keys: read up to it so the retry decides anew
-            await self._catch_up()
-            raise
-        first = last_stream_seq - len(msgs)  # seq of the first record (stream seq - 1)
-        last = last_stream_seq - 1
-        with _unavailable("announcing an append"):
-            await self.nc.publish(f"{self.prefix}.appended.{dataset}", str(last).encode())
-        await self.add_dead_letters(dead, quality=quality)
-        await self._wait_applied(last + 1)
-        return first + 1, first
+        seen: set[tuple[str, str]] = set()
+        offsets: list[int | None] = []
+        dead: list[DeadLetter] = []
+        quality: dict[tuple[str, str], QualityRow] = {}
+        for a in group:
+            read = self._read.get(a.dataset, {})
+            refs: dict[str, list[tuple[str, str]]] = {}
+            for target, target_key, _, key in a.unresolved:
+                refs.setdefault(key, []).append((target, target_key))
+            stmt = _enc.encode(a.batch.statement)
+            offsets.append(len(msgs) if a.accepted else None)
+            for n, c in enumerate(a.accepted):
+                body = _enc.encode(StoredBody(c.record.event, c.record.salts, c.commitments,
+                                              c.path, c.completeness))
+                entry = Entry(a.dataset, c.key, c.version, n, c.index, now, c.digest,
+                              c.content, a.publisher, a.batch.statement.root, body,
+                              stmt if n == 0 else b"", a.batch.signature if n == 0 else b"",
+                              refs.get(c.key, []))
+                headers = {}
+                if (a.dataset, c.key) not in seen:
+                    seen.add((a.dataset, c.key))
+                    expected = read.get(c.key)
+                    if expected is None:
+                        cur = self._current.get((a.dataset, c.key))
+                        expected = cur.seq + 1 if cur is not None else 0
+                    headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+                msgs.append((self._subject(a.dataset, c.key), _enc.encode(entry), headers))
+            dead.extend(a.dead)
+            for row in a.quality:  # counters are totals: the last row of each pair wins
+                quality[(row[0], row[1])] = row
+        first = self._tree.size
+        if msgs:
+            try:
+                last_stream_seq = await self._atomic(msgs)
+            except StaleRead:
+                # another broker wrote one of these keys: read up to it so the retry decides
+                # anew
+                await self._catch_up()
+                raise
+            first = last_stream_seq - len(msgs)  # seq of the first record (stream seq - 1)
+            with _unavailable("announcing an append"):
+                for dataset in dict.fromkeys(a.dataset for a in group if a.accepted):
+                    await self.nc.publish(f"{self.prefix}.appended.{dataset}",
+                                          str(last_stream_seq - 1).encode())
+        await self.add_dead_letters(dead, quality=list(quality.values()))
+        if msgs:
+            await self._wait_applied(first + len(msgs))
+        return [0 if o is None else first + o + 1 for o in offsets], first
 
     async def add_dead_letters(self, dead: Sequence[DeadLetter], *,
                                quality: Sequence[QualityRow] = ()) -> None:
@@ -548,7 +582,7 @@ class NatsStore:
         if not rows:
             return
         with _unavailable("saving quality counters"):
-            kv = await self.nc.jetstream(timeout=self.timeout).key_value(self.quality_bucket)
+            kv = await self._bucket(self.quality_bucket)
             for dataset, publisher, blob in rows:
                 key = hashlib.sha256(f"{dataset}\0{publisher}".encode()).hexdigest()[:40]
                 await kv.put(f"{self.instance}.{key}",
@@ -688,7 +722,15 @@ class NatsStore:
 
     async def _kv(self) -> Any:
         with _unavailable("opening the subscriptions bucket"):
-            return await self.nc.jetstream(timeout=self.timeout).key_value(self.subs_bucket)
+            return await self._bucket(self.subs_bucket)
+
+    async def _bucket(self, name: str) -> Any:
+        """A KV bucket's handle, looked up once (each lookup is a stream-info round trip)."""
+        kv = self._buckets.get(name)
+        if kv is None:
+            kv = self._buckets[name] = await self.nc.jetstream(
+                timeout=self.timeout).key_value(name)
+        return kv
 
     async def subscription(self, node: str, dataset: str, name: str) -> SubscriptionRow | None:
         v = await self._sub_get(await self._kv(), self._sub_key(node, dataset, name))
