@@ -13,11 +13,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from exchange.natsserver import NatsCluster
 from exchange.signing import Statement
 from exchange.store.base import BatchRow, StoredRecord, Tail
+from exchange.store.nats import NatsStore
 from exchange.store.sqlite import SqliteStore
+from tests import nats_fixtures
 from tests.conftest import make_pki, people
+from tests.nats_fixtures import store_url
 from tests.test_store_contract import batch_of, publish
+
+nats_single = nats_fixtures.nats_single
 
 
 def _rec(seq: int, dataset: str) -> StoredRecord:
@@ -120,3 +126,28 @@ async def test_a_cancelled_append_still_records_what_it_committed(tmp_path: Path
         assert [r.seq for r in await again.read("population", -1, 10)] == list(range(6))
     finally:
         await again.close()
+
+
+async def test_nats_live_reads_match_the_stream(tmp_path: Path,
+                                                nats_single: NatsCluster) -> None:
+    # the NATS store's tailer fills the same in-memory tail; reads from it give what direct
+    # gets from the stream give
+    pki_dir = make_pki(tmp_path / "pki")
+    url = store_url(nats_single)
+    store = NatsStore(url)
+    await store.open()
+    try:
+        ps = people(20, seed=8)
+        for i in range(0, 20, 3):
+            await publish(store, pki_dir, batch_of(pki_dir, ps[i:i + 3], seed=i + 1))
+        head = await store.head()
+        assert head == 19
+        live = {a: await store.read("population", a, 4) for a in range(-1, head + 1)}
+        batch_ids = sorted({r.batch_id for rows in live.values() for r in rows})
+        live_batches = await store.batches(batch_ids)
+        store._recent = Tail(head)  # forget the tail: reads go to the stream
+        for after, rows in live.items():
+            assert rows == await store.read("population", after, 4)
+        assert live_batches == await store.batches(batch_ids)
+    finally:
+        await store.close()

@@ -81,6 +81,7 @@ from exchange.store.base import (
     StoredBody,
     StoredRecord,
     SubscriptionRow,
+    Tail,
 )
 
 __all__ = ["NatsStore", "parse_url"]
@@ -214,6 +215,7 @@ class NatsStore:
         self._batch_cache: dict[int, BatchRow] = {}
         self._subs_seen: dict[str, tuple[int, SubValue]] = {}
         self._buckets: dict[str, Any] = {}
+        self._recent = Tail(-1)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -368,6 +370,8 @@ class NatsStore:
         msgs = await self._direct(self.records_stream, {"seq": size + 1, "batch": PAGE},
                                   batch=True)
         touched: dict[str, int] = {}
+        recent: list[StoredRecord] = []
+        batches: list[BatchRow] = []
         for m in msgs:
             assert m.headers is not None
             stream_seq = int(m.headers["Nats-Sequence"])
@@ -377,6 +381,13 @@ class NatsStore:
             e = _entry.decode(m.data)
             self._apply(stream_seq - 1, e)
             touched[e.dataset] = stream_seq - 1
+            recent.append(StoredRecord(stream_seq - 1, e.dataset, e.key, e.version,
+                                       stream_seq - e.n, e.index, e.accepted_at, e.digest,
+                                       e.body))
+            if e.n == 0 and e.statement:
+                batches.append(BatchRow(stream_seq, _stmt.decode(e.statement), e.signature))
+        # live subscribers read the newest records from memory, not from the stream
+        self._recent.add(recent, batches)
         if msgs:
             self._applied.set()
             self._applied = asyncio.Event()
@@ -644,6 +655,9 @@ class NatsStore:
         return []
 
     async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]:
+        recent = self._recent.read(dataset, after, limit)
+        if recent is not None:
+            return recent
         seqs = self._seqs.get(dataset)
         if not seqs or limit <= 0:
             return []
@@ -685,7 +699,11 @@ class NatsStore:
         return len(seqs) - bisect.bisect_right(seqs, seq) if seqs else 0
 
     async def batches(self, ids: Sequence[int]) -> dict[int, BatchRow]:
-        unique = [i for i in dict.fromkeys(ids) if i not in self._batch_cache]
+        recent = self._recent.batches(ids)
+        if len(recent) == len(set(ids)):
+            return recent
+        unique = [i for i in dict.fromkeys(ids) if i not in self._batch_cache
+                  and i not in recent]
 
         async def one(bid: int) -> None:
             for m in await self._direct(self.records_stream, {"seq": bid}, batch=False):
@@ -698,7 +716,7 @@ class NatsStore:
             if len(self._batch_cache) > 100_000:
                 self._batch_cache.clear()
             await asyncio.gather(*(one(b) for b in unique))
-        return {i: self._batch_cache[i] for i in ids if i in self._batch_cache}
+        return {**recent, **{i: self._batch_cache[i] for i in ids if i in self._batch_cache}}
 
     # -- dead letters --------------------------------------------------------------------------
 
