@@ -52,6 +52,7 @@ from exchange.wire import (
     Hello,
     PublishReply,
     Records,
+    RecordsIn,
     SignedReceipt,
 )
 
@@ -63,8 +64,9 @@ _msgpack = msgspec.msgpack.Encoder()
 _receipt_json = msgspec.json.Decoder(SignedReceipt)
 _reply_msgpack = msgspec.msgpack.Decoder(PublishReply)
 _reply_json = msgspec.json.Decoder(PublishReply)
-_server_msgpack = msgspec.msgpack.Decoder(Records | Hello)
-_server_json = msgspec.json.Decoder(Records | Hello)
+# subscriber-side types: the attribute formats are the gate's to check (see DeliveredEvent)
+_server_msgpack = msgspec.msgpack.Decoder(RecordsIn | Hello)
+_server_json = msgspec.json.Decoder(RecordsIn | Hello)
 
 
 class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from exchange.envelope import Envelope
+from exchange.envelope import SPECVERSION, Envelope
 from exchange.errors import Violation
 from exchange.signing import Bytes32, Signature, Statement
 
@@ -31,10 +31,13 @@ __all__ = [
     "BatchRef",
     "ClientFrame",
     "Credit",
+    "DeliveredEvent",
     "DeliveredRecord",
+    "DeliveredRecordIn",
     "PublishReply",
     "Receipt",
     "Records",
+    "RecordsIn",
     "SignedReceipt",
 ]
 
@@ -134,6 +137,33 @@ class Records(msgspec.Struct, frozen=True, tag="records"):
     records: list[DeliveredRecord]
     #: the dataset's head seq when the frame was sent (lets the client see its own lag)
     head: int = 0
+
+
+class DeliveredEvent(Envelope, frozen=True, kw_only=True):
+    """``Envelope`` as a subscriber decodes it: the same fields, without re-running the
+    attribute formats (patterns cost ~1.5 µs a record). The broker's gate checked them, and the
+    publisher's signature covers every attribute, so a changed one fails verification anyway."""
+
+    specversion: str = SPECVERSION
+    id: str
+    source: str
+    type: str
+    subject: str
+    time: str
+    dataschema: str
+    version: int
+
+
+class DeliveredRecordIn(DeliveredRecord, frozen=True, kw_only=True):
+    """``DeliveredRecord`` as a subscriber decodes it."""
+
+    event: DeliveredEvent
+
+
+class RecordsIn(Records, frozen=True, tag="records"):
+    """``Records`` as a subscriber decodes it."""
+
+    records: list[DeliveredRecordIn]  # type: ignore[assignment]
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello"):

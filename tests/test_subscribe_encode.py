@@ -11,9 +11,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange import datasets
 from exchange.broker.subscribe import _project, encode_record
-from exchange.signing import Verifier, seal
+from exchange.errors import IntegrityError
+from exchange.signing import BatchProof, Verifier, seal
 from exchange.store.base import StoredBody, StoredRecord
-from exchange.wire import DeliveredRecord
+from exchange.wire import BatchRef, DeliveredRecord, RecordsIn
 from tests.conftest import people
 
 NODE = "vn.gov.mps.population"
@@ -62,3 +63,25 @@ def test_below_the_agreements_completeness_is_passed_over() -> None:
     r = stored(completeness=0.5)[0]
     assert encode_record(r, frozenset(SPEC.groups), False, True, min_completeness=0.9) is None
     assert encode_record(r, frozenset(SPEC.groups), False, True, min_completeness=0.5)
+
+
+def test_subscriber_side_decoding_leaves_format_checks_to_the_signature() -> None:
+    # the SDK decodes deliveries without the attribute patterns; an attribute changed in
+    # transit, well-formed or not, still fails verification against the publisher's signature
+    key = Ed25519PrivateKey.generate()
+    batch = seal(key, NODE, SPEC, [(p["id"], 1, p) for p in people(2, seed=6)], os.urandom(32))
+    verifier = Verifier({NODE: key.public_key()})
+    _, _, paths = verifier.verify_batch(batch, SPEC.groups)
+    rec = batch.records[0]
+    frame = {"type": "records", "batches": [BatchRef(1, batch.statement, batch.signature)],
+             "records": [DeliveredRecord(seq=0, event=rec.event, salts=rec.salts, batch=1,
+                                         index=0, path=paths[0], accepted_at=1.0)]}
+    good = msgspec.msgpack.decode(msgspec.msgpack.encode(frame), type=RecordsIn)
+    d = good.records[0]
+    proof = BatchProof(batch.statement, batch.signature, 0, d.path)
+    verifier.verify_record(d.event, SPEC.groups, d.salts, d.withheld, proof)
+    for attr, value in (("time", "yesterday"), ("time", "2026-01-01T00:00:00Z"),
+                        ("source", "VN.GOV.X"), ("specversion", "0.3")):
+        bad = msgspec.structs.replace(d.event, **{attr: value})
+        with pytest.raises(IntegrityError):
+            verifier.verify_record(bad, SPEC.groups, d.salts, d.withheld, proof)
