@@ -23,7 +23,7 @@ import contextlib
 import os
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,7 +44,7 @@ from exchange.errors import (
     Violation,
 )
 from exchange.receipts import ReceiptChecker
-from exchange.signing import Batch, BatchProof, Verifier, seal
+from exchange.signing import Batch, BatchProof, Verifier, check_signer, record_digest, seal
 from exchange.wire import (
     Ack,
     Credit,
@@ -660,6 +660,7 @@ class Subscription:
                 log.error("signer_untrusted", signer=b.statement.node, code=err.code)
         known: dict[int, dict[bytes, tuple[int, int]]] = {}
         types: dict[str, tuple[str, datasets.DatasetSpec]] = {}
+        whole = self._verify_whole(frame.records, batches, types)
         last: int | None = None
         for rec in frame.records:
             if rec.seq <= self.last_seq:
@@ -669,7 +670,10 @@ class Subscription:
             if rec.redelivered:
                 self.redelivered += 1
             try:
-                dataset, digest = self._verify(rec, batches, known, types)
+                done = whole.get(rec.seq)
+                if isinstance(done, ExchangeError):
+                    raise done
+                dataset, digest = done or self._verify(rec, batches, known, types)
             except ExchangeError as err:
                 # loudly: a record that does not verify means someone altered it in transit
                 log.error("record_verification_failed", seq=rec.seq, code=err.code,
@@ -691,6 +695,46 @@ class Subscription:
             self.last_seq = rec.seq
             last = rec.seq
         return last
+
+    def _verify_whole(self, records: Sequence[DeliveredRecord], batches: Mapping[int, Any],
+                      types: dict[str, tuple[str, datasets.DatasetSpec]]
+                      ) -> dict[int, tuple[str, bytes] | ExchangeError]:
+        """Records that came without audit paths: the broker sends a batch so only when the
+        frame holds all of it, and its root is rebuilt from them. Per seq, (dataset, digest) or
+        why the batch failed (all of its records fail together: which one was altered cannot
+        be told)."""
+        pathless: dict[int, list[DeliveredRecord]] = {}
+        for rec in records:
+            if not rec.path:
+                pathless.setdefault(rec.batch, []).append(rec)
+        out: dict[int, tuple[str, bytes] | ExchangeError] = {}
+        for bid, recs in pathless.items():
+            try:
+                ref = batches.get(bid)
+                if ref is None:
+                    raise IntegrityError(f"batch {bid} arrived without its statement",
+                                         code="signature_invalid")
+                st = ref.statement
+                if sorted(r.index for r in recs) != list(range(st.size)):
+                    raise IntegrityError(f"batch {bid} came without audit paths but not whole",
+                                         code="signature_invalid")
+                recs.sort(key=lambda r: r.index)
+                found = []
+                for rec in recs:
+                    ev = rec.event
+                    parsed = types.get(ev.type)
+                    if parsed is None:
+                        name, version = parse_type(ev.type)
+                        parsed = types[ev.type] = (name, datasets.get(name, version))
+                    check_signer(ev, st, parsed[0])
+                    found.append((parsed[0], record_digest(ev, parsed[1].groups, rec.salts,
+                                                           rec.withheld)))
+                self.node.verifier.verify_whole(st, ref.signature, [d for _, d in found])
+            except ExchangeError as err:
+                out.update((r.seq, err) for r in recs)
+                continue
+            out.update((r.seq, f) for r, f in zip(recs, found, strict=True))
+        return out
 
     def _verify(self, rec: DeliveredRecord, batches: Mapping[int, Any],
                 known: dict[int, dict[bytes, tuple[int, int]]],

@@ -29,6 +29,7 @@ __all__ = [
     "PublishedRecord",
     "Statement",
     "Verifier",
+    "check_signer",
     "record_digest",
     "seal",
     "statement_bytes",
@@ -88,6 +89,16 @@ def record_digest(event: Envelope, groups: Mapping[str, tuple[str, ...]],
     """Digest of a full or projected record: attributes plus every group's commitment."""
     commitments = disclosure.opened_commitments(event.data, groups, salts, withheld or {})
     return digest(event.attributes(), commitments)
+
+
+def check_signer(event: Envelope, statement: Statement, dataset: str | None = None) -> None:
+    """A record is its signer's and of the signed dataset (``dataset``: its parsed type)."""
+    if event.source != statement.node:
+        raise IntegrityError(f"record source {event.source!r} is not the signer "
+                             f"{statement.node!r}", code="signature_invalid")
+    if (dataset or event.dataset) != statement.dataset:
+        raise IntegrityError("record type does not match the signed dataset",
+                             code="signature_invalid")
 
 
 def seal(
@@ -185,12 +196,7 @@ class Verifier:
 
         Returns the record's digest (what the transparency log's entry binds)."""
         st = proof.statement
-        if event.source != st.node:
-            raise IntegrityError(f"record source {event.source!r} is not the signer {st.node!r}",
-                                 code="signature_invalid")
-        if (dataset or event.dataset) != st.dataset:
-            raise IntegrityError("record type does not match the signed dataset",
-                                 code="signature_invalid")
+        check_signer(event, st, dataset)
         d = record_digest(event, groups, salts, withheld)
         if known is None:
             try:
@@ -210,6 +216,18 @@ class Verifier:
             raise IntegrityError("record is not in the signed batch (digest or path altered)",
                                  code="signature_invalid") from None
         return d
+
+    def verify_whole(self, statement: Statement, signature: bytes, digests: Sequence[bytes]
+                     ) -> None:
+        """Verify every record of a batch delivered together, by digest in index order: their
+        Merkle root must be the signed one, so no audit path is needed."""
+        if len(digests) != statement.size:
+            raise IntegrityError(f"statement says {statement.size} records, "
+                                 f"{len(digests)} arrived", code="signature_invalid")
+        if merkle.root([merkle.leaf_hash(d) for d in digests]) != statement.root:
+            raise IntegrityError("the records do not make the signed batch root (a record was "
+                                 "altered)", code="signature_invalid")
+        self.verify_statement(statement, signature)
 
     def verify_batch(self, batch: Batch, groups: Mapping[str, tuple[str, ...]]
                      ) -> tuple[list[dict[str, bytes]], list[bytes], list[list[bytes]]]:

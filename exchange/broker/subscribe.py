@@ -8,6 +8,7 @@ broker hold nothing for it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import re
@@ -76,7 +77,7 @@ class Subscriptions:
         self._policy = policy
         self._limits = limits
         self._batch_cache: dict[int, BatchRow] = {}
-        self._encoded: dict[tuple[int, str, bool], msgspec.Raw] = {}
+        self._encoded: dict[tuple[int, str, bool, bool], msgspec.Raw] = {}
         self.live: dict[tuple[str, str, str], ConsumerState] = {}
 
     async def handle(self, request: web.Request, node: str) -> web.StreamResponse:
@@ -162,8 +163,9 @@ class Subscriptions:
                 if want:
                     rows = await self.store.read(dataset, state.sent_upto, want)
                     if rows:
-                        frame, sent = await self._frame(rows, granted, state.max_sent,
-                                                        min_completeness, binary)
+                        frame, sent, upto = await self._frame(
+                            rows, granted, state.max_sent, min_completeness, binary,
+                            full=len(rows) == want)
                         if sent:
                             await self._send(ws, binary, frame)
                             state.sent([r.seq for r in sent], time.monotonic())
@@ -171,7 +173,7 @@ class Subscriptions:
                                 self.quality.delivered(dataset, node,
                                                        [r.accepted_at for r in sent], time.time())
                         # records below the agreement's completeness are passed over
-                        state.skip_to(rows[-1].seq)
+                        state.skip_to(upto)
                         continue
                 wake.clear()
                 deadline = state.next_deadline()
@@ -212,12 +214,19 @@ class Subscriptions:
             wake.set()
 
     async def _frame(self, rows: list[StoredRecord], granted: list[str], max_sent: int,
-                     min_completeness: float, binary: bool
-                     ) -> tuple[_OutRecords, list[StoredRecord]]:
-        """One frame for these rows, and the rows it carries (some may be passed over).
+                     min_completeness: float, binary: bool, *, full: bool = False
+                     ) -> tuple[_OutRecords, list[StoredRecord], int]:
+        """One frame for these rows: the frame, the rows it carries (some may be passed over)
+        and the last seq it accounts for.
 
-        Each projected, encoded record is cached by (seq, granted groups, encoding): sixteen
-        subscribers with the same agreement cost one projection and one encoding, not sixteen.
+        A batch whose every stored record is in the frame travels without audit paths: the
+        subscriber rebuilds its root from the records themselves. When the read was ``full``
+        (more may follow) and cut the last batch, that batch waits for the next frame, so
+        frames keep to batch boundaries where they can.
+
+        Each projected, encoded record is cached by (seq, granted groups, encoding, paths or
+        not): sixteen subscribers with the same agreement cost one projection and one encoding,
+        not sixteen.
         """
         # a local map: another pump may clear the shared cache while this one awaits the store
         have = {r.batch_id: self._batch_cache[r.batch_id] for r in rows
@@ -229,6 +238,12 @@ class Subscriptions:
             if len(self._batch_cache) > 10_000:
                 self._batch_cache.clear()
             self._batch_cache.update(fetched)
+        counts = collections.Counter(r.batch_id for r in rows)
+        whole = set() if min_completeness else {
+            b for b, n in counts.items() if n == have[b].statement.size}
+        last = rows[-1].batch_id
+        if full and last not in whole and len(counts) > 1:
+            rows = rows[:len(rows) - counts[last]]
         grant = frozenset(granted)
         # a key of atomic values: the cache's tuples leave the cycle collector's sight
         grant_key = ",".join(sorted(grant))
@@ -238,10 +253,12 @@ class Subscriptions:
         batch_ids: dict[int, None] = {}
         for r in rows:
             redelivered = r.seq <= max_sent
-            key = (r.seq, grant_key, binary)
+            with_path = r.batch_id not in whole
+            key = (r.seq, grant_key, binary, with_path)
             raw = None if redelivered else cache.get(key)
             if raw is None:
-                raw = encode_record(r, grant, redelivered, binary, min_completeness)
+                raw = encode_record(r, grant, redelivered, binary, min_completeness,
+                                    with_path=with_path)
                 if raw is None:
                     continue
                 if not redelivered:
@@ -256,7 +273,7 @@ class Subscriptions:
             sent.append(r)
         batches = [BatchRef(b, have[b].statement, have[b].signature) for b in batch_ids]
         return _OutRecords(batches=batches, records=records, head=self.hub.heads.get(
-            rows[-1].dataset, rows[-1].seq)), sent
+            rows[-1].dataset, rows[-1].seq)), sent, rows[-1].seq
 
 
 #: how many encoded records the broker keeps for subscribers reading the same records
@@ -300,9 +317,10 @@ _body_parts = msgspec.msgpack.Decoder(_BodyParts)
 
 
 def encode_record(r: StoredRecord, grant: frozenset[str], redelivered: bool, binary: bool,
-                  min_completeness: float = 0.0) -> msgspec.Raw | None:
+                  min_completeness: float = 0.0, *, with_path: bool = True
+                  ) -> msgspec.Raw | None:
     """One stored record as its agreement may see it, encoded for the wire (None: it is below
-    the agreement's completeness)."""
+    the agreement's completeness). Without its audit path when its whole batch travels along."""
     parts = _body_parts.decode(r.body)
     if parts.completeness < min_completeness:
         return None
@@ -310,9 +328,15 @@ def encode_record(r: StoredRecord, grant: frozenset[str], redelivered: bool, bin
         # every group granted: splice the stored MessagePack, decode nothing
         return msgspec.Raw(_msgpack.encode(_Spliced(
             seq=r.seq, event=parts.event, salts=parts.salts, batch=r.batch_id, index=r.index,
-            path=parts.path, accepted_at=r.accepted_at, redelivered=redelivered)))
+            path=parts.path if with_path else _NO_PATH, accepted_at=r.accepted_at,
+            redelivered=redelivered)))
     projected = _project(r, _body.decode(r.body), grant, redelivered)
+    if not with_path:
+        projected = msgspec.structs.replace(projected, path=[])
     return msgspec.Raw((_msgpack if binary else _json).encode(projected))
+
+
+_NO_PATH = msgspec.Raw(_msgpack.encode([]))
 
 
 def _project(r: StoredRecord, body: StoredBody, grant: frozenset[str],

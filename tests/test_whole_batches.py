@@ -1,0 +1,91 @@
+"""Batches delivered whole travel without audit paths: the SDK rebuilds their root from the
+records, delivers them when it matches, and keeps every record of the batch as evidence when it
+does not (which record was altered cannot be told)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import msgspec
+
+from exchange import datasets, pki
+from exchange.node import Delivery, Node
+from exchange.signing import Batch, Verifier, seal
+from exchange.wire import BatchRef, DeliveredRecord, RecordsIn
+from tests.conftest import OWNERS, Env, people
+
+POP = OWNERS["population"]
+SPEC = datasets.get("population")
+
+
+def _batch(env: Env, n: int) -> tuple[Batch, list[list[bytes]]]:
+    key = pki.load_node_identity(env.pki_dir, POP).signing_key
+    batch = seal(key, POP, SPEC, [(p["id"], 1, p) for p in people(n, seed=71)],
+                 os.urandom(32))
+    _, _, paths = Verifier({POP: key.public_key()}).verify_batch(batch, SPEC.groups)
+    return batch, paths
+
+
+def _frame(batch: Batch, records: list[DeliveredRecord]) -> RecordsIn:
+    raw = msgspec.msgpack.encode({"type": "records", "records": records, "batches": [
+        BatchRef(9, batch.statement, batch.signature)]})
+    return msgspec.msgpack.decode(raw, type=RecordsIn)
+
+
+def _delivered(batch: Batch, paths: list[list[bytes]] | None, *, first: int = 0,
+               only: range | None = None) -> list[DeliveredRecord]:
+    return [DeliveredRecord(seq=first + i, event=r.event, salts=r.salts, batch=9, index=i,
+                            path=paths[i] if paths else [], accepted_at=1.0)
+            for i, r in enumerate(batch.records) if only is None or i in only]
+
+
+async def test_whole_batches_verify_and_altered_ones_are_evidence(env: Env) -> None:
+    batch, paths = _batch(env, 5)
+    got: list[Delivery] = []
+
+    async def handler(d: Delivery) -> None:
+        got.append(d)
+
+    async with Node(env.node_config(OWNERS["tax"])) as node:
+        sub: Any = node.subscribe("population", "whole", handler)
+        await sub.stop()  # drive its frame handling directly, no socket
+        # whole, no paths: delivered, one signature check
+        assert await sub._frame(_frame(batch, _delivered(batch, None))) == 4
+        assert [d.seq for d in got] == [0, 1, 2, 3, 4] and not sub.evidence
+        # the same batch again, one record altered: nothing of it delivered, all kept
+        bad = _delivered(batch, None, first=10)
+        ev = bad[2].event
+        bad[2] = msgspec.structs.replace(bad[2], event=msgspec.structs.replace(
+            ev, data={**ev.data, "full_name": "Someone Else"}))
+        assert await sub._frame(_frame(batch, bad)) == 14
+        assert len(got) == 5
+        assert [s for s, _ in sub.evidence] == [10, 11, 12, 13, 14]
+        assert {c for _, c in sub.evidence} == {"signature_invalid"}
+        # without paths but not whole: refused; with paths, part of a batch verifies alone
+        sub.evidence.clear()
+        await sub._frame(_frame(batch, _delivered(batch, None, first=20, only=range(3))))
+        assert [s for s, _ in sub.evidence] == [20, 21, 22]
+        await sub._frame(_frame(batch, _delivered(batch, paths, first=30, only=range(3))))
+        assert [d.seq for d in got[5:]] == [30, 31, 32]
+
+
+async def test_the_broker_sends_paths_only_for_batches_a_frame_cuts(env: Env) -> None:
+    # batches of 4 and 6; a credit of 7 cuts the second: the first (whole) comes without paths,
+    # the cut one with them; the read was full, so the broker keeps to the batch boundary
+    from tests.test_subscribe import TAX, publish, session, subscribe
+
+    first = await publish(env, people(4, seed=81), seed=1)
+    second = await publish(env, people(6, seed=82), seed=2)
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "paths")
+        await sub.hello()
+        await sub.credit(7)
+        got = await sub.records(4)
+        assert [r.seq for r in got] == first and all(not r.path for r in got)
+        got = await sub.records(3)  # the rest of the credit: part of the second batch
+        assert [r.seq for r in got] == second[:3] and all(r.path for r in got)
+        await sub.credit(10)
+        got = await sub.records(3)
+        assert [r.seq for r in got] == second[3:] and all(r.path for r in got)
+        await sub.ws.close()
