@@ -670,7 +670,8 @@ class Subscription:
             if rec.redelivered:
                 self.redelivered += 1
             try:
-                done = whole.get(rec.seq)
+                # by identity: a record with a path, whatever its seq, is verified on its own
+                done = whole.get(id(rec)) if not rec.path else None
                 if isinstance(done, ExchangeError):
                     raise done
                 dataset, digest = done or self._verify(rec, batches, known, types)
@@ -700,9 +701,9 @@ class Subscription:
                       types: dict[str, tuple[str, datasets.DatasetSpec]]
                       ) -> dict[int, tuple[str, bytes] | ExchangeError]:
         """Records that came without audit paths: the broker sends a batch so only when the
-        frame holds all of it, and its root is rebuilt from them. Per seq, (dataset, digest) or
-        why the batch failed (all of its records fail together: which one was altered cannot
-        be told)."""
+        frame holds all of it, and its root is rebuilt from them. Per record (``id()`` of the
+        decoded record, alive as long as the frame), (dataset, digest) or why the batch failed
+        (all of its records fail together: which one was altered cannot be told)."""
         pathless: dict[int, list[DeliveredRecord]] = {}
         for rec in records:
             if not rec.path:
@@ -731,9 +732,9 @@ class Subscription:
                                                            rec.withheld)))
                 self.node.verifier.verify_whole(st, ref.signature, [d for _, d in found])
             except ExchangeError as err:
-                out.update((r.seq, err) for r in recs)
+                out.update((id(r), err) for r in recs)
                 continue
-            out.update((r.seq, f) for r, f in zip(recs, found, strict=True))
+            out.update((id(r), f) for r, f in zip(recs, found, strict=True))
         return out
 
     def _verify(self, rec: DeliveredRecord, batches: Mapping[int, Any],

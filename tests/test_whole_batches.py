@@ -89,3 +89,25 @@ async def test_the_broker_sends_paths_only_for_batches_a_frame_cuts(env: Env) ->
         got = await sub.records(3)
         assert [r.seq for r in got] == second[3:] and all(r.path for r in got)
         await sub.ws.close()
+
+
+async def test_a_record_with_a_path_never_rides_on_a_whole_batch(env: Env) -> None:
+    # a forged record with a made-up path and the seq of a record in a whole batch must be
+    # verified on its own (and fail), not take that batch's result
+    batch, _ = _batch(env, 3)
+    got: list[Delivery] = []
+
+    async def handler(d: Delivery) -> None:
+        got.append(d)
+
+    async with Node(env.node_config(OWNERS["tax"])) as node:
+        sub: Any = node.subscribe("population", "forged", handler)
+        await sub.stop()
+        genuine = _delivered(batch, None)
+        ev = genuine[0].event
+        forged = msgspec.structs.replace(genuine[0], path=[b"\x00" * 32], event=(
+            msgspec.structs.replace(ev, data={**ev.data, "full_name": "FORGED"})))
+        await sub._frame(_frame(batch, [forged, *genuine]))
+        assert [s for s, _ in sub.evidence] == [0]
+        assert [(d.seq, d.data["full_name"]) for d in got] == [
+            (r.seq, r.event.data["full_name"]) for r in genuine]
