@@ -372,22 +372,27 @@ class NatsStore:
         touched: dict[str, int] = {}
         recent: list[StoredRecord] = []
         batches: list[BatchRow] = []
-        for m in msgs:
-            assert m.headers is not None
-            stream_seq = int(m.headers["Nats-Sequence"])
-            if stream_seq != self._tree.size + 1:
-                raise UnavailableError(f"records stream has a gap at {self._tree.size + 1}",
-                                       code="log_damaged")
-            e = _entry.decode(m.data)
-            self._apply(stream_seq - 1, e)
-            touched[e.dataset] = stream_seq - 1
-            recent.append(StoredRecord(stream_seq - 1, e.dataset, e.key, e.version,
-                                       stream_seq - e.n, e.index, e.accepted_at, e.digest,
-                                       e.body))
-            if e.n == 0 and e.statement:
-                batches.append(BatchRow(stream_seq, _stmt.decode(e.statement), e.signature))
-        # live subscribers read the newest records from memory, not from the stream
-        self._recent.add(recent, batches)
+        try:
+            for m in msgs:
+                assert m.headers is not None
+                stream_seq = int(m.headers["Nats-Sequence"])
+                if stream_seq != self._tree.size + 1:
+                    raise UnavailableError(f"records stream has a gap at {self._tree.size + 1}",
+                                           code="log_damaged")
+                e = _entry.decode(m.data)
+                batch = (BatchRow(stream_seq, _stmt.decode(e.statement), e.signature)
+                         if e.n == 0 and e.statement else None)
+                self._apply(stream_seq - 1, e)
+                touched[e.dataset] = stream_seq - 1
+                recent.append(StoredRecord(stream_seq - 1, e.dataset, e.key, e.version,
+                                           stream_seq - e.n, e.index, e.accepted_at, e.digest,
+                                           e.body))
+                if batch is not None:
+                    batches.append(batch)
+        finally:
+            # live subscribers read the newest records from memory, not from the stream:
+            # every record applied goes there, even when a later one of the page fails
+            self._recent.add(recent, batches)
         if msgs:
             self._applied.set()
             self._applied = asyncio.Event()

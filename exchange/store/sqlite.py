@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import msgspec
@@ -173,13 +174,13 @@ _UPSERT_QUALITY = ("INSERT INTO quality VALUES (?, ?, ?) ON CONFLICT(dataset, pu
 class SqliteStore:
     """``Store`` on one sqlite file (WAL). The broker serialises appends.
 
-    Two connections: appends run each group's whole transaction in one hop to a writer thread
-    of their own; reads and the small writes (acks, dead letters, checkpoints) use the
-    aiosqlite connection. Every write on either holds ``_writing``, so they never contend and a
-    rollback cannot take a dead letter or an ack with it. Reads are bounded by ``_head`` (the
-    last committed seq), and live reads just behind the head come from an in-memory ``Tail``
-    filled after each commit, so a subscriber never receives a record that may yet be rolled
-    back or lost to a crash.
+    Two connections. Every write (a group append, an ack, dead letters, a checkpoint) is one
+    transaction run whole, in one hop, on a writer connection with a thread of its own, under
+    ``_writing``. The aiosqlite connection only reads, each query in one hop, so no statement
+    stays open to pin it to an old snapshot. Reads are bounded by ``_head`` (the last committed
+    seq), and live reads just behind the head come from an in-memory ``Tail`` filled after each
+    commit, so a subscriber never receives a record that may yet be rolled back or lost to a
+    crash.
     """
 
     def __init__(self, path: str | Path, *, durability: str = "full",
@@ -211,22 +212,23 @@ class SqliteStore:
             await self._db.execute("PRAGMA foreign_keys=ON")
             await self._db.execute("PRAGMA busy_timeout=10000")
             await self._db.executescript(SCHEMA)
-            async with self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM records") as cur:
-                row = await cur.fetchone()
+            row = await self._one("SELECT COALESCE(MAX(seq), -1) FROM records")
             self._head = int(row[0]) if row else -1
             self._tail = Tail(self._head, self._tail_records)
-            # appends commit on a connection of their own, each in one hop to its thread;
-            # every write on either connection holds ``_writing``, so they never contend
+            # every write runs on a connection of its own, each transaction in one hop to its
+            # thread; the aiosqlite connection only reads
             self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._writer = await asyncio.get_running_loop().run_in_executor(
                 self._writer_pool, self._connect_writer)
-            async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM batches") as cur:
-                row = await cur.fetchone()
+            row = await self._one("SELECT COALESCE(MAX(id), 0) FROM batches")
             self._last_batch = int(row[0]) if row else 0
             self._tree = await self._load_frontier(self._head + 1)
-        except sqlite3.Error as err:
-            raise UnavailableError(f"cannot open the store at {self.path}: {err}",
-                                   code="store_unavailable") from None
+        except BaseException as err:
+            await self.close()
+            if isinstance(err, sqlite3.Error):
+                raise UnavailableError(f"cannot open the store at {self.path}: {err}",
+                                       code="store_unavailable") from None
+            raise
 
     async def _load_frontier(self, size: int) -> merkle.CompactRange:
         """The log's right edge from stored nodes: one node per set bit of ``size``."""
@@ -252,10 +254,11 @@ class SqliteStore:
         return db
 
     async def close(self) -> None:
-        if self._writer is not None and self._writer_pool is not None:
-            writer, pool = self._writer, self._writer_pool
-            self._writer = self._writer_pool = None
-            await asyncio.get_running_loop().run_in_executor(pool, writer.close)
+        writer, pool = self._writer, self._writer_pool
+        self._writer = self._writer_pool = None
+        if pool is not None:
+            if writer is not None:  # after any transaction still queued on its thread
+                await asyncio.get_running_loop().run_in_executor(pool, writer.close)
             pool.shutdown()
         if self._db is not None:
             await self._db.close()
@@ -264,10 +267,9 @@ class SqliteStore:
     async def head(self, dataset: str | None = None) -> int:
         if dataset is None:
             return self._head
-        async with self.db.execute(
-                "SELECT COALESCE(MAX(seq), -1) FROM records WHERE dataset=? AND seq<=?",
-                (dataset, self._head)) as cur:
-            row = await cur.fetchone()
+        row = await self._one(
+            "SELECT COALESCE(MAX(seq), -1) FROM records WHERE dataset=? AND seq<=?",
+            (dataset, self._head))
         return int(row[0]) if row else -1
 
     async def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]:
@@ -277,11 +279,10 @@ class SqliteStore:
         for i in range(0, len(unique), 900):
             chunk = unique[i:i + 900]
             marks = ",".join("?" * len(chunk))
-            async with self.db.execute(
-                f"SELECT key, version, content, seq FROM current WHERE dataset=? AND key IN "
-                f"({marks})", (dataset, *chunk)) as cur:
-                async for key, version, content, seq in cur:
-                    out[key] = Current(version, content, seq)
+            for key, version, content, seq in await self._rows(
+                    f"SELECT key, version, content, seq FROM current WHERE dataset=? AND key IN "
+                    f"({marks})", (dataset, *chunk)):
+                out[key] = Current(version, content, seq)
         return out
 
     async def append(self, publisher: str, dataset: str, batch: Batch,
@@ -345,9 +346,7 @@ class SqliteStore:
                 dead.extend(a.dead)
                 for row in a.quality:  # counters are totals: the last row of each pair wins
                     quality[(row[0], row[1])] = row
-            dead_rows: list[tuple[object, ...]] = [
-                (d.publisher, d.dataset, d.received_at, d.index, d.code, d.path, d.message,
-                 d.record) for d in dead]
+            dead_rows = self._dead_rows(dead)
             job = functools.partial(_commit_group, batch_rows, rows, cur_rows, nodes, refs,
                                     dead_rows, list(quality.values()))
             cancelled = await self._in_writer(job)
@@ -379,15 +378,48 @@ class SqliteStore:
                     raise
                 cancelled = True
             except sqlite3.Error as err:  # disk full, I/O error, locked database
+                if cancelled:
+                    raise asyncio.CancelledError from None
                 raise UnavailableError(f"the store could not commit: {err}",
                                        code="store_unavailable") from None
 
-    async def _insert_dead(self, dead: Sequence[DeadLetter]) -> None:
-        if dead:
-            await self.db.executemany(
-                _INSERT_DEAD,
-                [(d.publisher, d.dataset, d.received_at, d.index, d.code, d.path, d.message,
-                  d.record) for d in dead])
+    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        """A query's rows in one hop to the reader's thread: no statement stays open between
+        hops, so every read sees what is committed when it runs (an open one would pin the
+        connection to an older snapshot of the WAL)."""
+        return list(await self.db.execute_fetchall(sql, params))
+
+    async def _one(self, sql: str, params: Sequence[object] = ()) -> Any:
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    async def _write(self, *steps: tuple[str, Any, bool]) -> None:
+        """Small writes (``(sql, params, many)``) as one transaction on the writer connection,
+        the only one that writes: nothing contends with the appends, and a cancelled caller
+        never leaves a transaction open."""
+
+        def job(db: sqlite3.Connection) -> None:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for sql, params, many in steps:
+                    if many:
+                        db.executemany(sql, params)
+                    else:
+                        db.execute(sql, params)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        async with self._writing:
+            if await self._in_writer(job):
+                raise asyncio.CancelledError
+
+    @staticmethod
+    def _dead_rows(dead: Sequence[DeadLetter]) -> list[tuple[object, ...]]:
+        return [(d.publisher, d.dataset, d.received_at, d.index, d.code, d.path, d.message,
+                 d.record) for d in dead]
 
     # -- transparency log -------------------------------------------------------------------
 
@@ -401,57 +433,41 @@ class SqliteStore:
         for i in range(0, len(unique), 400):
             chunk = unique[i:i + 400]
             where = " OR ".join("(level=? AND idx=?)" for _ in chunk)
-            async with self.db.execute(f"SELECT level, idx, hash FROM tree WHERE {where}",
-                                       [v for c in chunk for v in c]) as cur:
-                async for level, idx, h in cur:
-                    out[(level, idx)] = h
+            for level, idx, h in await self._rows(
+                    f"SELECT level, idx, hash FROM tree WHERE {where}",
+                    [v for c in chunk for v in c]):
+                out[(level, idx)] = h
         return out
 
     async def add_checkpoint(self, cp: tlog.Checkpoint, now: float) -> None:
-        async with self._writing:
-            await self.db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?)",
-                                  (cp.size, cp.root, cp.note, now))
+        await self._write(("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?)",
+                           (cp.size, cp.root, cp.note, now), False))
 
     async def checkpoints(self, since_size: int = 0) -> list[tlog.Checkpoint]:
-        async with self.db.execute(
-            "SELECT note FROM checkpoints WHERE size>=? ORDER BY size", (since_size,)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows("SELECT note FROM checkpoints WHERE size>=? ORDER BY size",
+                                (since_size,))
         return [tlog.Checkpoint.parse(n.split("\n\n")[0] + "\n", n) for (n,) in rows]
 
     async def latest_checkpoint(self) -> tlog.Checkpoint | None:
-        async with self.db.execute(
-            "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1") as cur:
-            row = await cur.fetchone()
+        row = await self._one("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1")
         if row is None:
             return None
         note: str = row[0]
         return tlog.Checkpoint.parse(note.split("\n\n")[0] + "\n", note)
 
-    async def _save_quality(self, rows: Sequence[QualityRow]) -> None:
-        if rows:
-            await self.db.executemany(_UPSERT_QUALITY, rows)
-
     async def add_dead_letters(self, dead: Sequence[DeadLetter], *,
                                quality: Sequence[QualityRow] = ()) -> None:
-        async with self._writing:
-            db = self.db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await self._insert_dead(dead)
-                await self._save_quality(quality)
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                raise
+        if dead or quality:
+            await self._write((_INSERT_DEAD, self._dead_rows(dead), True),
+                              (_UPSERT_QUALITY, list(quality), True))
 
     async def save_quality(self, rows: Sequence[QualityRow]) -> None:
-        async with self._writing:
-            await self._save_quality(rows)
+        if rows:
+            await self._write((_UPSERT_QUALITY, list(rows), True))
 
     async def load_quality(self) -> list[QualityRow]:
-        async with self.db.execute("SELECT dataset, publisher, counters FROM quality") as cur:
-            return [(d, p, c) for d, p, c in await cur.fetchall()]
+        return [(d, p, c) for d, p, c in await self._rows(
+            "SELECT dataset, publisher, counters FROM quality")]
 
     async def other_quality(self) -> list[QualityRow]:
         """No other broker process writes this store."""
@@ -459,15 +475,13 @@ class SqliteStore:
 
     async def unresolved_counts(self) -> dict[str, int]:
         """Unresolved references per referring dataset."""
-        async with self.db.execute(
-            "SELECT dataset, COUNT(*) FROM unresolved GROUP BY dataset") as cur:
-            return {d: int(n) for d, n in await cur.fetchall()}
+        return {d: int(n) for d, n in await self._rows(
+            "SELECT dataset, COUNT(*) FROM unresolved GROUP BY dataset")}
 
     async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[Reference]:
-        async with self.db.execute(
+        return [(t, tk, d, k) for t, tk, d, k in await self._rows(
             "SELECT target_dataset, target_key, dataset, key FROM unresolved WHERE dataset=? "
-            "ORDER BY key LIMIT ?", (dataset, limit)) as cur:
-            return [(t, tk, d, k) for t, tk, d, k in await cur.fetchall()]
+            "ORDER BY key LIMIT ?", (dataset, limit))]
 
     def _records(self, rows: Sequence[sqlite3.Row | tuple[object, ...]]) -> list[StoredRecord]:
         return [StoredRecord(*r) for r in rows]
@@ -476,24 +490,21 @@ class SqliteStore:
         recent = self._tail.read(dataset, after, limit)
         if recent is not None:
             return recent
-        async with self.db.execute(
+        return self._records(await self._rows(
             "SELECT seq, dataset, key, version, batch_id, idx, accepted_at, digest, body "
             "FROM records WHERE dataset=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
-            (dataset, after, self._head, limit)) as cur:
-            return self._records(list(await cur.fetchall()))
+            (dataset, after, self._head, limit)))
 
     async def read_range(self, start: int, end: int) -> list[StoredRecord]:
-        async with self.db.execute(
+        return self._records(await self._rows(
             "SELECT seq, dataset, key, version, batch_id, idx, accepted_at, digest, body "
             "FROM records WHERE seq>=? AND seq<? AND seq<=? ORDER BY seq",
-            (start, end, self._head)) as cur:
-            return self._records(list(await cur.fetchall()))
+            (start, end, self._head)))
 
     async def seq_before_time(self, dataset: str, t: float) -> int:
-        async with self.db.execute(
+        row = await self._one(
             "SELECT COALESCE(MAX(seq), -1) FROM records WHERE dataset=? AND accepted_at<? "
-            "AND seq<=?", (dataset, t, self._head)) as cur:
-            row = await cur.fetchone()
+            "AND seq<=?", (dataset, t, self._head))
         return int(row[0]) if row else -1
 
     async def batches(self, ids: Sequence[int]) -> dict[int, BatchRow]:
@@ -501,55 +512,46 @@ class SqliteStore:
         unique = [i for i in dict.fromkeys(ids) if i not in out]
         for i in range(0, len(unique), 900):
             chunk = unique[i:i + 900]
-            async with self.db.execute(
-                f"SELECT id, statement, signature FROM batches WHERE id IN "
-                f"({','.join('?' * len(chunk))})", chunk) as cur:
-                async for bid, stmt, sig in cur:
-                    out[bid] = BatchRow(bid, _stmt_dec.decode(stmt), sig)
+            for bid, stmt, sig in await self._rows(
+                    f"SELECT id, statement, signature FROM batches WHERE id IN "
+                    f"({','.join('?' * len(chunk))})", chunk):
+                out[bid] = BatchRow(bid, _stmt_dec.decode(stmt), sig)
         return out
 
     async def subscription(self, node: str, dataset: str, name: str) -> SubscriptionRow | None:
-        async with self.db.execute(
+        row = await self._one(
             "SELECT node, dataset, name, acked, created_at FROM subscriptions "
-            "WHERE node=? AND dataset=? AND name=?", (node, dataset, name)) as cur:
-            row = await cur.fetchone()
+            "WHERE node=? AND dataset=? AND name=?", (node, dataset, name))
         return SubscriptionRow(*row) if row else None
 
     async def create_subscription(self, node: str, dataset: str, name: str, acked: int,
                                   now: float) -> SubscriptionRow:
-        async with self._writing:
-            await self.db.execute(
-                "INSERT OR IGNORE INTO subscriptions VALUES (?, ?, ?, ?, ?)",
-                (node, dataset, name, acked, now))
+        await self._write(("INSERT OR IGNORE INTO subscriptions VALUES (?, ?, ?, ?, ?)",
+                           (node, dataset, name, acked, now), False))
         row = await self.subscription(node, dataset, name)
         assert row is not None
         return row
 
     async def ack(self, node: str, dataset: str, name: str, seq: int) -> None:
         # MAX keeps the position monotonic even if two connections of one subscription race
-        async with self._writing:
-            await self.db.execute(
-                "UPDATE subscriptions SET acked=MAX(acked, ?) WHERE node=? AND dataset=? "
-                "AND name=?", (seq, node, dataset, name))
+        await self._write(("UPDATE subscriptions SET acked=MAX(acked, ?) WHERE node=? AND "
+                           "dataset=? AND name=?", (seq, node, dataset, name), False))
 
     async def subscriptions(self) -> list[SubscriptionRow]:
-        async with self.db.execute(
+        return [SubscriptionRow(*r) for r in await self._rows(
             "SELECT node, dataset, name, acked, created_at FROM subscriptions "
-            "ORDER BY dataset, node, name") as cur:
-            return [SubscriptionRow(*r) for r in await cur.fetchall()]
+            "ORDER BY dataset, node, name")]
 
     async def count_after(self, dataset: str, seq: int) -> int:
-        async with self.db.execute(
+        row = await self._one(
             "SELECT COUNT(*) FROM records WHERE dataset=? AND seq>? AND seq<=?",
-            (dataset, seq, self._head)) as cur:
-            row = await cur.fetchone()
+            (dataset, seq, self._head))
         return int(row[0]) if row else 0
 
     async def dead_letters(self, publisher: str, after: int, limit: int) -> list[DeadLetter]:
-        async with self.db.execute(
-            "SELECT id, publisher, dataset, received_at, idx, code, path, message, record "
-            "FROM dead_letters WHERE publisher=? AND id>? ORDER BY id LIMIT ?",
-            (publisher, after, limit)) as cur:
-            return [DeadLetter(id=r[0], publisher=r[1], dataset=r[2], received_at=r[3],
-                               index=r[4], code=r[5], path=r[6], message=r[7], record=r[8])
-                    for r in await cur.fetchall()]
+        return [DeadLetter(id=r[0], publisher=r[1], dataset=r[2], received_at=r[3],
+                           index=r[4], code=r[5], path=r[6], message=r[7], record=r[8])
+                for r in await self._rows(
+                    "SELECT id, publisher, dataset, received_at, idx, code, path, message, "
+                    "record FROM dead_letters WHERE publisher=? AND id>? ORDER BY id LIMIT ?",
+                    (publisher, after, limit))]
