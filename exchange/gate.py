@@ -71,6 +71,10 @@ class Decided:
     accepted: list[Candidate]
     duplicates: list[Duplicate]
     rejected: list[Violation]
+    #: per accepted record, the seq of the stored version it replaces as the decision saw it
+    #: (None: a new key; negative: a record accepted earlier in the same commit). A store
+    #: shared by several brokers makes the append conditional on exactly that.
+    replaces: list[int | None] = field(default_factory=list)
 
 
 _CONTAINERS = (dict, list)
@@ -166,6 +170,7 @@ def decide(checked: Checked, current: Mapping[str, Current], *,
     """Sort valid records by version against the store's current versions (in batch order)."""
     latest = dict(current)
     accepted: list[Candidate] = []
+    replaces: list[int | None] = []
     duplicates: list[Duplicate] = []
     rejected = list(checked.rejected)
     for c in checked.candidates:
@@ -189,5 +194,6 @@ def decide(checked: Checked, current: Mapping[str, Current], *,
         # the real seq, and the broker resolves such duplicates to it
         latest[c.key] = Current(c.version, c.content, -1 - (first_placeholder + len(accepted)))
         accepted.append(c)
+        replaces.append(None if cur is None else cur.seq)
     rejected.sort(key=lambda v: v.index or 0)
-    return Decided(accepted, duplicates, rejected)
+    return Decided(accepted, duplicates, rejected, replaces)

@@ -277,7 +277,7 @@ class Publisher:
                     unresolved = await tracker.unresolved_for(j.spec, decided)
                     rows = [tracker.gated(j.spec, j.node, j.checked, decided, now)]
                 appends.append(Append(j.node, j.dataset, j.batch, decided.accepted, dead,
-                                      unresolved, rows))
+                                      unresolved, rows, decided.replaces))
                 decisions.append(decided)
             first = await self._store(appends, now)
         except BaseException:

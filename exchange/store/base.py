@@ -64,6 +64,9 @@ class Append:
     dead: Sequence[DeadLetter]
     unresolved: Sequence[Reference] = ()
     quality: Sequence[QualityRow] = ()
+    #: per accepted record, the seq of the version it replaces as the decision saw it
+    #: (``gate.Decided.replaces``); empty: the store uses what it read last
+    replaces: Sequence[int | None] = ()
 
 
 class StoredRecord(msgspec.Struct, frozen=True):

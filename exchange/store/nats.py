@@ -554,10 +554,18 @@ class NatsStore:
                 headers = {}
                 if (a.dataset, c.key) not in seen:
                     seen.add((a.dataset, c.key))
-                    expected = read.get(c.key)
-                    if expected is None:
+                    # conditional on exactly what the decision saw: the key's subject last
+                    # written at that version's stream sequence (0: never)
+                    replaced = a.replaces[n] if n < len(a.replaces) else -1
+                    if replaced is None:
+                        expected = 0
+                    elif replaced >= 0:
+                        expected = replaced + 1
+                    else:  # no decision given: what this store read last for the key
+                        last_read = read.get(c.key)
                         cur = self._current.get((a.dataset, c.key))
-                        expected = cur.seq + 1 if cur is not None else 0
+                        expected = (last_read if last_read is not None
+                                    else cur.seq + 1 if cur is not None else 0)
                     headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
                 msgs.append((self._subject(a.dataset, c.key), _enc.encode(entry), headers))
             dead.extend(a.dead)
