@@ -111,3 +111,19 @@ async def test_a_record_with_a_path_never_rides_on_a_whole_batch(env: Env) -> No
         assert [s for s, _ in sub.evidence] == [0]
         assert [(d.seq, d.data["full_name"]) for d in got] == [
             (r.seq, r.event.data["full_name"]) for r in genuine]
+
+
+async def test_paths_always_gives_every_record_its_path(env: Env) -> None:
+    from tests.test_subscribe import TAX, publish, session, subscribe
+
+    seqs = await publish(env, people(4, seed=83), seed=1)
+    async with session(env, TAX) as s:
+        sub = await subscribe(s, "with-paths", paths="always")
+        await sub.hello()
+        await sub.credit(10)
+        got = await sub.records(4)
+        assert [r.seq for r in got] == seqs and all(r.path for r in got)
+        await sub.ws.close()
+        async with s.get("/v1/datasets/population/subscribe?name=x&paths=sometimes") as resp:
+            assert resp.status == 400
+            assert (await resp.json())["code"] == "bad_paths"

@@ -89,6 +89,11 @@ class Subscriptions:
         encoding = request.query.get("encoding", "json")
         if encoding not in ("json", "msgpack"):
             raise InputError("encoding must be json or msgpack", code="bad_encoding")
+        # "always": every record with its audit path, even when its whole batch is in the frame
+        # (for a subscriber that keeps single records as evidence)
+        paths = request.query.get("paths", "auto")
+        if paths not in ("auto", "always"):
+            raise InputError("paths must be auto or always", code="bad_paths")
         agreement, granted = self._policy().check_subscribe(node, dataset, _utcnow())
         row = await self.store.subscription(node, dataset, name)
         if row is None:
@@ -121,7 +126,7 @@ class Subscriptions:
                                                acked=row.acked, start_after=row.acked,
                                                granted=granted, purpose=agreement.purpose))
             await self._pump(ws, state, node, dataset, name, granted, binary, limits,
-                             agreement.min_completeness)
+                             agreement.min_completeness, always_paths=paths == "always")
         finally:
             del self.live[key]
             if not ws.closed:
@@ -136,7 +141,8 @@ class Subscriptions:
 
     async def _pump(self, ws: web.WebSocketResponse, state: ConsumerState, node: str,
                     dataset: str, name: str, granted: list[str], binary: bool,
-                    limits: Limits, min_completeness: float) -> None:
+                    limits: Limits, min_completeness: float, *,
+                    always_paths: bool = False) -> None:
         wake = asyncio.Event()
         reader = asyncio.create_task(self._read(ws, state, node, dataset, name, binary, wake))
         try:
@@ -165,7 +171,7 @@ class Subscriptions:
                     if rows:
                         frame, sent, upto = await self._frame(
                             rows, granted, state.max_sent, min_completeness, binary,
-                            full=len(rows) == want)
+                            full=len(rows) == want, always_paths=always_paths)
                         if sent:
                             await self._send(ws, binary, frame)
                             state.sent([r.seq for r in sent], time.monotonic())
@@ -214,7 +220,8 @@ class Subscriptions:
             wake.set()
 
     async def _frame(self, rows: list[StoredRecord], granted: list[str], max_sent: int,
-                     min_completeness: float, binary: bool, *, full: bool = False
+                     min_completeness: float, binary: bool, *, full: bool = False,
+                     always_paths: bool = False
                      ) -> tuple[_OutRecords, list[StoredRecord], int]:
         """One frame for these rows: the frame, the rows it carries (some may be passed over)
         and the last seq it accounts for.
@@ -239,10 +246,10 @@ class Subscriptions:
                 self._batch_cache.clear()
             self._batch_cache.update(fetched)
         counts = collections.Counter(r.batch_id for r in rows)
-        whole = set() if min_completeness else {
-            b for b, n in counts.items() if n == have[b].statement.size}
+        pathless = not (min_completeness or always_paths)
+        whole = {b for b, n in counts.items() if n == have[b].statement.size} if pathless else set()
         last = rows[-1].batch_id
-        if full and last not in whole and len(counts) > 1:
+        if pathless and full and last not in whole and len(counts) > 1:
             rows = rows[:len(rows) - counts[last]]
         grant = frozenset(granted)
         # a key of atomic values: the cache's tuples leave the cycle collector's sight
