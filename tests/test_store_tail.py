@@ -211,6 +211,8 @@ async def test_nats_tail_holds_every_record_applied_before_a_bad_entry(
         reader._tailer.cancel()  # poll by hand below
         with contextlib.suppress(asyncio.CancelledError):
             await reader._tailer
+        heard: list[tuple[str, int]] = []
+        reader.watch(lambda dataset, last: heard.append((dataset, last)))
         await publish(writer, pki_dir, batch_of(pki_dir, people(3, seed=91), seed=1))
         await writer.nc.publish(f"{writer.prefix}.rec.population.bad", b"\x93not an entry")
         await writer.nc.flush()
@@ -220,6 +222,7 @@ async def test_nats_tail_holds_every_record_applied_before_a_bad_entry(
         assert reader.log_state()[0] == 3
         assert [r.seq for r in await reader.read("population", -1, 10)] == [0, 1, 2]
         assert reader._recent.read("population", -1, 10) is not None
+        assert heard == [("population", 2)]  # subscribers are woken for them too
     finally:
         await writer.close()
         await reader.close()

@@ -390,15 +390,15 @@ class NatsStore:
                 if batch is not None:
                     batches.append(batch)
         finally:
-            # live subscribers read the newest records from memory, not from the stream:
-            # every record applied goes there, even when a later one of the page fails
+            # every record applied is known, even when a later one of the page fails: live
+            # subscribers read it from memory, waiters and watchers hear of it
             self._recent.add(recent, batches)
-        if msgs:
-            self._applied.set()
-            self._applied = asyncio.Event()
-            for dataset, last in touched.items():
-                for w in self._watchers:
-                    w(dataset, last)
+            if recent:
+                self._applied.set()
+                self._applied = asyncio.Event()
+                for dataset, last in touched.items():
+                    for w in self._watchers:
+                        w(dataset, last)
         return len(msgs)
 
     def _apply(self, seq: int, e: Entry) -> None:

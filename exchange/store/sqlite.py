@@ -377,11 +377,13 @@ class SqliteStore:
                 if fut.done():
                     raise
                 cancelled = True
-            except sqlite3.Error as err:  # disk full, I/O error, locked database
-                if cancelled:
+            except Exception as err:
+                if cancelled:  # rolled back; the caller asked to stop, so it stops
                     raise asyncio.CancelledError from None
-                raise UnavailableError(f"the store could not commit: {err}",
-                                       code="store_unavailable") from None
+                if isinstance(err, sqlite3.Error):  # disk full, I/O error, locked database
+                    raise UnavailableError(f"the store could not commit: {err}",
+                                           code="store_unavailable") from None
+                raise
 
     async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         """A query's rows in one hop to the reader's thread: no statement stays open between
