@@ -40,7 +40,9 @@ async def test_a_decision_made_stale_by_another_broker_is_refused(
                              limits=Limits(), ctx=datasets.RuleContext())
         decided = gate.decide(checked, await a.current("population", [p["id"]]))
         assert len(decided.accepted) == 1 and decided.replaces == [0]
-        # ... broker B stores a different version 2 meanwhile, and A reads it back ...
+        # ... broker B (once it has read version 1) stores a different version 2 meanwhile,
+        # and A reads it back ...
+        await b._wait_applied(1)
         await publish(b, pki_dir, batch_of(pki_dir, [{**p, "full_name": "Lê Thị Hai"}],
                                            version=2, seed=3))
         await a._wait_applied(2)
