@@ -10,9 +10,10 @@ speed where the disk is battery-backed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,7 @@ def _commit_group(batch_rows: list[tuple[object, ...]], rows: list[tuple[object,
                   dead_rows: list[tuple[object, ...]], quality: list[QualityRow],
                   db: sqlite3.Connection) -> None:
     """One group append as one transaction, run on the writer's thread: all or nothing."""
-    try:
-        db.execute("BEGIN IMMEDIATE")
+    with _transaction(db):
         if rows:
             db.executemany("INSERT INTO batches (id, publisher, dataset, statement, signature, "
                            "received_at) VALUES (?, ?, ?, ?, ?, ?)", batch_rows)
@@ -157,6 +157,14 @@ def _commit_group(batch_rows: list[tuple[object, ...]], rows: list[tuple[object,
             db.executemany(_INSERT_DEAD, dead_rows)
         if quality:
             db.executemany(_UPSERT_QUALITY, quality)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on the writer connection: committed whole or rolled back."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
         db.execute("COMMIT")
     except BaseException:
         # all-or-nothing; nothing already committed is touched
@@ -401,18 +409,12 @@ class SqliteStore:
         never leaves a transaction open."""
 
         def job(db: sqlite3.Connection) -> None:
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with _transaction(db):
                 for sql, params, many in steps:
                     if many:
                         db.executemany(sql, params)
                     else:
                         db.execute(sql, params)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
 
         async with self._writing:
             if await self._in_writer(job):
