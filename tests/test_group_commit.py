@@ -81,7 +81,7 @@ async def test_a_group_holds_at_most_max_group_records(env: Env,
     from exchange.broker import publish as publish_mod
 
     monkeypatch.setattr(publish_mod, "MAX_GROUP_RECORDS", 5)
-    store: Any = env.broker.store
+    store = env.broker.store
     sizes: list[list[int]] = []
     append_group = store.append_group
 

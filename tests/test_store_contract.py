@@ -246,8 +246,7 @@ async def test_group_append_is_one_commit_in_group_order(store: Store, pki_dir: 
                              ctx=datasets.RuleContext())
         accepted = [] if i == 1 else gate.decide(checked, {}).accepted
         appends.append(Append(POP, "population", b, accepted, [dead(i)] if i == 1 else []))
-    group_store: Any = store
-    ids, first = await group_store.append_group(appends, time.time())
+    ids, first = await store.append_group(appends, time.time())
     assert first == 0 and ids[1] == 0 and ids[0] and ids[2] and ids[0] != ids[2]
     rows = await store.read("population", -1, 10)
     assert [r.seq for r in rows] == list(range(6))

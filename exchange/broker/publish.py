@@ -187,9 +187,6 @@ class Publisher:
         return await job.future
 
     async def _write(self) -> None:
-        # a store that takes several batches in one transaction gets them in groups; another
-        # (NATS: one atomic batch per publish) gets them one by one
-        size = MAX_GROUP if hasattr(self.store, "append_group") else 1
         while self._pending:
             # at most MAX_GROUP batches and, past the first, MAX_GROUP_RECORDS records: a
             # group's rows are built in memory before its one transaction. A store whose group
@@ -198,7 +195,7 @@ class Publisher:
             if getattr(self.store, "atomic_batch_bounded", False):
                 cap = min(cap, self._limits().max_batch_records)
             k, records = 1, len(self._pending[0].batch.records)
-            while k < min(size, len(self._pending)):
+            while k < min(MAX_GROUP, len(self._pending)):
                 records += len(self._pending[k].batch.records)
                 if records > cap:
                     break
@@ -302,16 +299,7 @@ class Publisher:
 
     async def _store(self, appends: list[Append], now: float) -> int:
         """Store the group; return the seq of its first accepted record."""
-        group_store: Any = self.store
-        if hasattr(group_store, "append_group"):
-            _, first = await group_store.append_group(appends, now)
-            return int(first)
-        (a,) = appends
-        if not a.accepted:
-            await self.store.add_dead_letters(a.dead, quality=a.quality)
-            return 0
-        _, first = await self.store.append(a.publisher, a.dataset, a.batch, a.accepted, a.dead,
-                                           now, unresolved=a.unresolved, quality=a.quality)
+        _, first = await self.store.append_group(appends, now)
         return first
 
     @staticmethod

@@ -26,8 +26,8 @@ from exchange.errors import ConflictError
 from exchange.gate import Candidate, Current
 from exchange.signing import Batch, Statement
 
-__all__ = ["Append", "DeadLetter", "StaleRead", "Store", "StoredBody", "StoredRecord",
-           "SubscriptionRow", "Tail"]
+__all__ = ["Append", "DeadLetter", "GroupAppends", "StaleRead", "Store", "StoredBody",
+           "StoredRecord", "SubscriptionRow", "Tail"]
 
 
 class StaleRead(ConflictError):
@@ -164,6 +164,22 @@ class Tail:
         return {i: b for i in ids if (b := self._batches.get(i)) is not None}
 
 
+class GroupAppends:
+    """``append`` for a store that appends in groups: a group of one."""
+
+    async def append_group(self, group: Sequence[Append], now: float
+                           ) -> tuple[list[int], int]:
+        raise NotImplementedError
+
+    async def append(self, publisher: str, dataset: str, batch: Batch,
+                     accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
+                     now: float, *, unresolved: Sequence[Reference] = (),
+                     quality: Sequence[QualityRow] = ()) -> tuple[int, int]:
+        (batch_id,), first = await self.append_group(
+            [Append(publisher, dataset, batch, accepted, dead, unresolved, quality)], now)
+        return batch_id, first
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -183,6 +199,12 @@ class Store(Protocol):
         In the same step: the accepted keys' old references are replaced by ``unresolved``,
         references waiting for the accepted keys are resolved, and ``quality`` rows are saved.
         """
+        ...
+
+    async def append_group(self, group: Sequence[Append], now: float
+                           ) -> tuple[list[int], int]:
+        """Several batches as one ``append`` (group commit), their records in group order:
+        each batch's id (0 for one with nothing accepted) and the group's first seq."""
         ...
 
     async def add_dead_letters(self, dead: Sequence[DeadLetter], *,

@@ -69,12 +69,13 @@ from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
 from exchange import merkle, tlog
 from exchange.errors import InputError, IntegrityError, UnavailableError
-from exchange.gate import Candidate, Current
-from exchange.signing import Batch, Statement
+from exchange.gate import Current
+from exchange.signing import Statement
 from exchange.store.base import (
     Append,
     BatchRow,
     DeadLetter,
+    GroupAppends,
     QualityRow,
     Reference,
     StaleRead,
@@ -171,7 +172,7 @@ def _unavailable(what: str) -> Iterator[None]:
                                ) from None
 
 
-class NatsStore:
+class NatsStore(GroupAppends):
     """``Store`` on a NATS JetStream cluster (see the module docstring)."""
 
     #: a group commit is one atomic NATS batch: at most the server's batch limit of messages
@@ -513,14 +514,6 @@ class NatsStore:
                 else:
                     await nc.publish(subject, data, headers=h)
         raise AssertionError("unreachable")
-
-    async def append(self, publisher: str, dataset: str, batch: Batch,
-                     accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
-                     now: float, *, unresolved: Sequence[Reference] = (),
-                     quality: Sequence[QualityRow] = ()) -> tuple[int, int]:
-        (batch_id,), first = await self.append_group(
-            [Append(publisher, dataset, batch, accepted, dead, unresolved, quality)], now)
-        return batch_id, first
 
     async def append_group(self, group: Sequence[Append], now: float
                            ) -> tuple[list[int], int]:

@@ -23,12 +23,13 @@ import msgspec
 
 from exchange import merkle, tlog
 from exchange.errors import UnavailableError
-from exchange.gate import Candidate, Current
-from exchange.signing import Batch, Statement
+from exchange.gate import Current
+from exchange.signing import Statement
 from exchange.store.base import (
     Append,
     BatchRow,
     DeadLetter,
+    GroupAppends,
     QualityRow,
     Reference,
     StoredBody,
@@ -179,7 +180,7 @@ _UPSERT_QUALITY = ("INSERT INTO quality VALUES (?, ?, ?) ON CONFLICT(dataset, pu
                    "DO UPDATE SET counters=excluded.counters")
 
 
-class SqliteStore:
+class SqliteStore(GroupAppends):
     """``Store`` on one sqlite file (WAL). The broker serialises appends.
 
     Two connections. Every write (a group append, an ack, dead letters, a checkpoint) is one
@@ -292,14 +293,6 @@ class SqliteStore:
                     f"({marks})", (dataset, *chunk)):
                 out[key] = Current(version, content, seq)
         return out
-
-    async def append(self, publisher: str, dataset: str, batch: Batch,
-                     accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
-                     now: float, *, unresolved: Sequence[Reference] = (),
-                     quality: Sequence[QualityRow] = ()) -> tuple[int, int]:
-        (batch_id,), first = await self.append_group(
-            [Append(publisher, dataset, batch, accepted, dead, unresolved, quality)], now)
-        return batch_id, first
 
     async def append_group(self, group: Sequence[Append], now: float
                            ) -> tuple[list[int], int]:
