@@ -722,14 +722,10 @@ class Subscription:
                 recs.sort(key=lambda r: r.index)
                 found = []
                 for rec in recs:
-                    ev = rec.event
-                    parsed = types.get(ev.type)
-                    if parsed is None:
-                        name, version = parse_type(ev.type)
-                        parsed = types[ev.type] = (name, datasets.get(name, version))
-                    check_signer(ev, st, parsed[0])
-                    found.append((parsed[0], record_digest(ev, parsed[1].groups, rec.salts,
-                                                           rec.withheld)))
+                    dataset, spec = _parsed_type(rec.event.type, types)
+                    check_signer(rec.event, st, dataset)
+                    found.append((dataset, record_digest(rec.event, spec.groups, rec.salts,
+                                                         rec.withheld)))
                 self.node.verifier.verify_whole(st, ref.signature, [d for _, d in found])
             except ExchangeError as err:
                 out.update((id(r), err) for r in recs)
@@ -747,17 +743,22 @@ class Subscription:
             raise IntegrityError(f"record {rec.seq} arrived without its batch statement",
                                  code="signature_invalid")
         ev = rec.event
-        parsed = types.get(ev.type)
-        if parsed is None:
-            name, version = parse_type(ev.type)
-            parsed = types[ev.type] = (name, datasets.get(name, version))
-        dataset, spec = parsed
+        dataset, spec = _parsed_type(ev.type, types)
         digest = self.node.verifier.verify_record(
             ev, spec.groups, rec.salts, rec.withheld,
             BatchProof(ref.statement, ref.signature, rec.index, rec.path), dataset=dataset,
             known=known.setdefault(rec.batch, {}))
         return dataset, digest
 
+
+def _parsed_type(type_: str, types: dict[str, tuple[str, datasets.DatasetSpec]]
+                 ) -> tuple[str, datasets.DatasetSpec]:
+    """A CloudEvents type's dataset and spec, parsed once per frame (``types``)."""
+    parsed = types.get(type_)
+    if parsed is None:
+        name, version = parse_type(type_)
+        parsed = types[type_] = (name, datasets.get(name, version))
+    return parsed
 
 
 class LogMonitor:
