@@ -18,7 +18,9 @@ from exchange.access import BrokerConfig, DatasetConfig, Limits
 from exchange.agencies import AGREEMENTS as AGREEMENTS  # re-exported for the suites
 from exchange.agencies import OWNERS as OWNERS
 from exchange.broker.app import Broker, create_app
+from exchange.broker.server import wire_store
 from exchange.node import NodeConfig
+from exchange.store.base import Store
 from exchange.store.sqlite import SqliteStore
 
 TODAY = dt.date(2026, 11, 22)
@@ -65,9 +67,13 @@ def broker_config(pki_dir: Path, data_dir: Path, **limits: Any) -> BrokerConfig:
         agreements=AGREEMENTS)
 
 
-async def start_broker(config: BrokerConfig) -> tuple[Broker, web.AppRunner, str]:
+async def start_broker(config: BrokerConfig, store: Store | None = None
+                       ) -> tuple[Broker, web.AppRunner, str]:
+    """A broker in this process over TLS on 127.0.0.1; on sqlite in its data dir by default."""
     tls = pki.ServerTLS(config.pki_dir)
-    broker = Broker(config, SqliteStore(Path(config.data_dir) / "exchange.sqlite"), tls=tls)
+    broker = Broker(config, store or SqliteStore(Path(config.data_dir) / "exchange.sqlite"),
+                    tls=tls)
+    wire_store(broker)
     runner = web.AppRunner(create_app(broker), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)

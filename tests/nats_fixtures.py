@@ -14,13 +14,11 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from exchange import pki
 from exchange.access import BrokerConfig
-from exchange.broker.app import Broker, create_app
-from exchange.broker.server import wire_store
+from exchange.broker.app import Broker
 from exchange.natsserver import NatsCluster
 from exchange.store.nats import NatsStore
-from tests.conftest import Env, broker_config, make_pki
+from tests.conftest import Env, broker_config, make_pki, start_broker
 
 _prefixes = itertools.count(1)
 
@@ -79,16 +77,7 @@ def store_url(cluster: NatsCluster, **params: str) -> str:
 async def start_broker_on(config: BrokerConfig, url: str
                           ) -> tuple[Broker, web.AppRunner, str]:
     """A broker in this process over TLS on 127.0.0.1, on the NATS store at ``url``."""
-    config = msgspec.structs.replace(config, store=url)
-    tls = pki.ServerTLS(config.pki_dir)
-    broker = Broker(config, NatsStore(url), tls=tls)
-    wire_store(broker)
-    runner = web.AppRunner(create_app(broker), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
-    await site.start()
-    port = runner.addresses[0][1]
-    return broker, runner, f"https://127.0.0.1:{port}"
+    return await start_broker(msgspec.structs.replace(config, store=url), NatsStore(url))
 
 
 @pytest.fixture(params=["single", "cluster"])
