@@ -337,9 +337,7 @@ def encode_record(r: StoredRecord, grant: frozenset[str], redelivered: bool, bin
             seq=r.seq, event=parts.event, salts=parts.salts, batch=r.batch_id, index=r.index,
             path=parts.path if with_path else _NO_PATH, accepted_at=r.accepted_at,
             redelivered=redelivered)))
-    projected = _project(r, _body.decode(r.body), grant, redelivered)
-    if not with_path:
-        projected = msgspec.structs.replace(projected, path=[])
+    projected = _project(r, _body.decode(r.body), grant, redelivered, with_path)
     return msgspec.Raw((_msgpack if binary else _json).encode(projected))
 
 
@@ -347,7 +345,7 @@ _NO_PATH = msgspec.Raw(_msgpack.encode([]))
 
 
 def _project(r: StoredRecord, body: StoredBody, grant: frozenset[str],
-             redelivered: bool) -> DeliveredRecord:
+             redelivered: bool, with_path: bool = True) -> DeliveredRecord:
     """The record as this agreement may see it: granted groups with their salts, the others as
     bare commitments."""
     event = body.event
@@ -362,7 +360,8 @@ def _project(r: StoredRecord, body: StoredBody, grant: frozenset[str],
         salts = {g: s for g, s in body.salts.items() if g in grant}
         withheld = {g: c for g, c in body.commitments.items() if g not in grant}
     return DeliveredRecord(seq=r.seq, event=event, salts=salts, withheld=withheld,
-                           batch=r.batch_id, index=r.index, path=body.path,
+                           batch=r.batch_id, index=r.index,
+                           path=body.path if with_path else [],
                            accepted_at=r.accepted_at, redelivered=redelivered)
 
 def _utcnow() -> dt.datetime:
