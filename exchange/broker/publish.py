@@ -192,7 +192,7 @@ class Publisher:
             # group's rows are built in memory before its one transaction. A store whose group
             # is one atomic batch of bounded size (NATS) takes at most a batch's worth.
             cap = MAX_GROUP_RECORDS
-            if getattr(self.store, "atomic_batch_bounded", False):
+            if self.store.atomic_batch_bounded:
                 cap = min(cap, self._limits().max_batch_records)
             k, records = 1, len(self._pending[0].batch.records)
             while k < min(MAX_GROUP, len(self._pending)):

@@ -167,6 +167,9 @@ class Tail:
 class GroupAppends:
     """``append`` for a store that appends in groups: a group of one."""
 
+    #: a group is one atomic batch of bounded size (NATS): at most ``max_batch_records``
+    atomic_batch_bounded = False
+
     async def append_group(self, group: Sequence[Append], now: float
                            ) -> tuple[list[int], int]:
         raise NotImplementedError
@@ -181,6 +184,8 @@ class GroupAppends:
 
 
 class Store(Protocol):
+    atomic_batch_bounded: bool
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
