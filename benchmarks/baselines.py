@@ -95,7 +95,7 @@ def sqlite_insert_rate(seconds: float = 1.0, batch: int = 1000) -> float:
 
 def _nats_binary() -> str:
     try:
-        from exchange.natsserver import binary  # the project's helper, when present
+        from exchange.store.nats.server import binary  # the project's helper, when present
         return binary()
     except ImportError:
         pass

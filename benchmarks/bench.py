@@ -31,7 +31,7 @@ __all__ = ["Options", "add_arguments", "main", "run", "stores"]
 def stores() -> list[str]:
     """Stores the broker can run on here; ``nats`` once ``exchange.store.nats`` exists."""
     out = ["sqlite"]
-    if importlib.util.find_spec("exchange.store.nats") is not None:
+    if importlib.util.find_spec("exchange.store.nats.store") is not None:
         out.append("nats")
     return out
 

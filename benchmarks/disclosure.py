@@ -11,9 +11,9 @@ import time
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange import datasets, disclosure
-from exchange.generate import Generator
-from exchange.signing import BatchProof, Verifier, seal
+from exchange.core import datasets, disclosure
+from exchange.core.signing import BatchProof, Verifier, seal
+from exchange.sim.generate import Generator
 
 NODE = "vn.gov.mps.population"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from exchange import pki
-from exchange.natsserver import NatsCluster
+from exchange.store.nats.server import NatsCluster
 
 __all__ = ["PUBLISHER", "SUBSCRIBER", "BrokerProcess", "ProcStats", "make_pki"]
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import msgspec
 
-from exchange import datasets, merkle, pki, tlog
-from exchange.access import BrokerConfig, DatasetConfig
+from exchange import pki
 from exchange.broker.app import Broker
-from exchange.generate import Generator
-from exchange.signing import seal
+from exchange.core import datasets, merkle, tlog
+from exchange.core.access import BrokerConfig, DatasetConfig
+from exchange.core.signing import seal
+from exchange.sim.generate import Generator
 from exchange.store.sqlite import SqliteStore
 
 NODE = "vn.gov.mps.population"

@@ -20,11 +20,12 @@ import aiohttp
 import msgspec
 
 from benchmarks.hdr import Histogram
-from exchange import datasets, pki
-from exchange.generate import Generator
+from exchange import pki
+from exchange.core import datasets
+from exchange.core.signing import seal
+from exchange.core.wire import PublishReply
 from exchange.node import Delivery, Node, NodeConfig, Record
-from exchange.signing import seal
-from exchange.wire import PublishReply
+from exchange.sim.generate import Generator
 
 __all__ = ["Pool", "Sink", "WsPublisher", "seal_batches"]
 

@@ -33,8 +33,8 @@ from typing import Any
 
 from benchmarks.harness import PUBLISHER, SUBSCRIBER, BrokerProcess, ProcStats, make_pki
 from benchmarks.load import Pool, Sink, node_config, wait_connected
-from exchange.natsserver import NatsCluster
 from exchange.node import Node
+from exchange.store.nats.server import NatsCluster
 
 __all__ = ["Run", "main", "run"]
 

@@ -17,7 +17,7 @@ import time
 
 import msgspec
 
-from exchange import merkle, tlog
+from exchange.core import merkle, tlog
 
 CHECKPOINTS = (1_000, 100_000, 1_000_000)
 

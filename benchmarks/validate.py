@@ -15,8 +15,8 @@ import time
 
 import msgspec
 
-from exchange.datasets import RuleContext, get
-from exchange.generate import Generator
+from exchange.core.datasets import RuleContext, get
+from exchange.sim.generate import Generator
 
 TODAY = dt.date(2026, 11, 22)
 

@@ -23,10 +23,11 @@ from typing import Any
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from exchange import datasets, disclosure, merkle, pki, tlog
-from exchange.envelope import digest
-from exchange.errors import ExchangeError, InputError, IntegrityError
-from exchange.signing import Statement, Verifier
+from exchange import pki
+from exchange.core import datasets, disclosure, merkle, tlog
+from exchange.core.envelope import digest
+from exchange.core.errors import ExchangeError, InputError, IntegrityError
+from exchange.core.signing import Statement, Verifier
 from exchange.store.base import StoredBody
 
 __all__ = ["AuditResult", "Trust", "audit_data", "write_trust"]

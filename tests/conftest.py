@@ -13,13 +13,14 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from exchange import logs, pki
-from exchange.access import BrokerConfig, DatasetConfig, Limits
-from exchange.agencies import AGREEMENTS as AGREEMENTS  # re-exported for the suites
-from exchange.agencies import OWNERS as OWNERS
+from exchange import logger as logs
+from exchange import pki
 from exchange.broker.app import Broker, create_app
 from exchange.broker.server import wire_store
+from exchange.core.access import BrokerConfig, DatasetConfig, Limits
 from exchange.node import NodeConfig
+from exchange.sim.agencies import AGREEMENTS as AGREEMENTS  # re-exported for the suites
+from exchange.sim.agencies import OWNERS as OWNERS
 from exchange.store.base import Store
 from exchange.store.sqlite import SqliteStore
 
@@ -100,7 +101,7 @@ PROBLEM = "application/problem+json"
 
 def people(n: int, seed: int = 1) -> list[dict[str, Any]]:
     """``n`` valid population records (deterministic)."""
-    from exchange.generate import Generator
+    from exchange.sim.generate import Generator
 
     return Generator(seed, today=TODAY).population(n)
 
@@ -109,8 +110,8 @@ def sealed(env: Env, node: str, records: list[dict[str, Any]], *, dataset: str =
            version: int = 1, seed: bytes = b"\x01" * 32, signer: str | None = None) -> Any:
     """A signed ``Batch`` of ``records`` as ``node`` (signed with ``signer``'s key if given);
     the subject of each record is its ``id`` (or ``?``)."""
-    from exchange import datasets
-    from exchange.signing import seal
+    from exchange.core import datasets
+    from exchange.core.signing import seal
 
     key = pki.load_node_identity(env.pki_dir, signer or node).signing_key
     items = [(str(r.get("id", "?")), version, r) for r in records]

@@ -14,10 +14,10 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from exchange.access import BrokerConfig
 from exchange.broker.app import Broker
-from exchange.natsserver import NatsCluster
-from exchange.store.nats import NatsStore
+from exchange.core.access import BrokerConfig
+from exchange.store.nats.server import NatsCluster
+from exchange.store.nats.store import NatsStore
 from tests.conftest import Env, broker_config, make_pki, start_broker
 
 _prefixes = itertools.count(1)

@@ -8,9 +8,16 @@ from typing import Any
 
 import pytest
 
-from exchange import datasets
-from exchange.access import Agreement, BrokerConfig, DatasetConfig, Limits, Policy, parse_config
-from exchange.errors import Forbidden, InputError
+from exchange.core import datasets
+from exchange.core.access import (
+    Agreement,
+    BrokerConfig,
+    DatasetConfig,
+    Limits,
+    Policy,
+    parse_config,
+)
+from exchange.core.errors import Forbidden, InputError
 
 GROUPS = {n: tuple(datasets.get(n).groups) for n in datasets.names()}
 

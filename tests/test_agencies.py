@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
-from exchange import agencies
-from exchange.agencies import (
+from exchange.broker.app import load_config
+from exchange.core.errors import InputError
+from exchange.node import Node
+from exchange.sim import agencies
+from exchange.sim.agencies import (
     ROLES,
     Agency,
     LandRegistry,
@@ -26,9 +29,6 @@ from exchange.agencies import (
     load_node_file,
     make_agency,
 )
-from exchange.broker.app import load_config
-from exchange.errors import InputError
-from exchange.node import Node
 from tests.conftest import AGREEMENTS, OWNERS, Env
 
 NODES = Path(__file__).resolve().parent.parent / "nodes"

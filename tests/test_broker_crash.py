@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.errors import ExchangeError
+from exchange.core.errors import ExchangeError
 from exchange.node import Delivery, Node, NodeConfig, PublishResult, Record
 from tests.conftest import OWNERS, broker_config, make_pki, people
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from exchange.errors import ExchangeError
-from exchange.generate import Generator
+from exchange.core.errors import ExchangeError
 from exchange.node import Delivery, Node, Record
+from exchange.sim.generate import Generator
 from tests.conftest import OWNERS, TODAY, Env
 
 

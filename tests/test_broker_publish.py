@@ -14,10 +14,11 @@ import msgspec
 import pytest
 from cryptography.exceptions import InvalidSignature
 
-from exchange import pki, receipts
-from exchange.generate import fault
-from exchange.signing import Batch
-from exchange.wire import PublishReply, SignedReceipt
+from exchange import pki
+from exchange.core import receipts
+from exchange.core.signing import Batch
+from exchange.core.wire import PublishReply, SignedReceipt
+from exchange.sim.generate import fault
 from tests.conftest import OWNERS, PROBLEM, Env, eventually, people, sealed
 
 POP = OWNERS["population"]

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from exchange import pki
-from exchange.signing import Batch
+from exchange.core.signing import Batch
 from tests.conftest import (
     OUTSIDER,
     OWNERS,

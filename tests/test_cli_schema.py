@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange import datasets
 from exchange.cli import main
+from exchange.core import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "schemas"

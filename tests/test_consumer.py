@@ -9,8 +9,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from exchange.consumer import ConsumerState
-from exchange.errors import InputError
+from exchange.core.consumer import ConsumerState
+from exchange.core.errors import InputError
 
 TIMEOUT = 10.0
 

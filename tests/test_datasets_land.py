@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from exchange.datasets import RuleContext, get
-from exchange.datasets.land import PURPOSES, geohash_decode
+from exchange.core.datasets import RuleContext, get
+from exchange.core.datasets.land import PURPOSES, geohash_decode
 
 CTX = RuleContext(today=dt.date(2026, 11, 22))
 SPEC = get("land")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from exchange.datasets import RuleContext, get
+from exchange.core.datasets import RuleContext, get
 
 CTX = RuleContext(today=dt.date(2026, 11, 22))
 SPEC = get("population")

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exchange import datasets
-from exchange.datasets import RuleContext, admin_units
-from exchange.datasets.normalise import is_normalised
-from exchange.errors import NotFound
+from exchange.core import datasets
+from exchange.core.datasets import RuleContext, admin_units
+from exchange.core.datasets.normalise import is_normalised
+from exchange.core.errors import NotFound
 
 CTX = RuleContext(today=dt.date(2026, 11, 22))
 ROOT = Path(__file__).resolve().parent.parent / "schemas"
@@ -186,7 +186,7 @@ def test_validate_never_raises(name: str, data: st.DataObject) -> None:
 
 
 def test_pure_modules_import_no_io_libraries() -> None:
-    code = ("import sys, exchange.datasets, exchange.generate; "
+    code = ("import sys, exchange.core.datasets, exchange.sim.generate; "
             "print(sorted(m for m in ('asyncio', 'aiohttp', 'aiosqlite', 'nats') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

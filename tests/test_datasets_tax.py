@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from stdnum.vn import mst
 
-from exchange.datasets import RuleContext, get
-from exchange.datasets.common import mst_problem
-from exchange.generate import mst_check_digit
+from exchange.core.datasets import RuleContext, get
+from exchange.core.datasets.common import mst_problem
+from exchange.sim.generate import mst_check_digit
 
 CTX = RuleContext(today=dt.date(2026, 11, 22))
 SPEC = get("tax")

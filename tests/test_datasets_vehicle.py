@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from exchange.datasets import RuleContext, get
-from exchange.datasets.vehicle import compact_plate, parse_plate
+from exchange.core.datasets import RuleContext, get
+from exchange.core.datasets.vehicle import compact_plate, parse_plate
 
 CTX = RuleContext(today=dt.date(2026, 11, 22))
 SPEC = get("vehicle")

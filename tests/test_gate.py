@@ -10,12 +10,12 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange import datasets, gate
-from exchange.access import Limits
-from exchange.errors import AuthError, ExchangeError, IntegrityError
-from exchange.generate import Generator, fault
-from exchange.signing import Batch, Verifier, seal
-from exchange.wire import Duplicate
+from exchange.core import datasets, gate
+from exchange.core.access import Limits
+from exchange.core.errors import AuthError, ExchangeError, IntegrityError
+from exchange.core.signing import Batch, Verifier, seal
+from exchange.core.wire import Duplicate
+from exchange.sim.generate import Generator, fault
 
 NODE = "vn.gov.mps.population"
 TODAY = dt.date(2026, 11, 22)

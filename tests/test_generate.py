@@ -9,8 +9,8 @@ import msgspec
 import pytest
 from stdnum.vn import mst
 
-from exchange.datasets import RuleContext, get
-from exchange.generate import FAULTS, Generator, dataset_of, fault, fault_kinds
+from exchange.core.datasets import RuleContext, get
+from exchange.sim.generate import FAULTS, Generator, dataset_of, fault, fault_kinds
 
 TODAY = dt.date(2026, 11, 22)
 CTX = RuleContext(today=TODAY)

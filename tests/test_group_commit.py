@@ -12,10 +12,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from exchange import datasets, pki
-from exchange.generate import Generator
-from exchange.receipts import ReceiptChecker
-from exchange.signing import seal
+from exchange import pki
+from exchange.core import datasets
+from exchange.core.receipts import ReceiptChecker
+from exchange.core.signing import seal
+from exchange.sim.generate import Generator
 from tests.conftest import OWNERS, TODAY, Env, people, sealed
 
 POP = OWNERS["population"]

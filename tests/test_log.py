@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange import audit, merkle, pki, tlog
+from exchange import audit, pki
 from exchange.cli import main
-from exchange.errors import IntegrityError
-from exchange.generate import Generator
+from exchange.core import merkle, tlog
+from exchange.core.errors import IntegrityError
 from exchange.node import Delivery, Node, Record
+from exchange.sim.generate import Generator
 from tests.conftest import OWNERS, TODAY, Env
 
 
@@ -252,6 +253,6 @@ async def test_audit_catches_tampering_disguised_as_an_erasure(env: Env, tmp_pat
 
 
 def datasets_groups(group: str) -> tuple[str, ...]:
-    from exchange import datasets
+    from exchange.core import datasets
 
     return datasets.get("population").groups[group]

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange import merkle
-from exchange.errors import IntegrityError
+from exchange.core import merkle
+from exchange.core.errors import IntegrityError
 from tests import rfc6962
 
 # The 8-leaf test vector of Certificate Transparency (RFC 6962 reference implementation tests).

@@ -10,9 +10,9 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from exchange.natsserver import NatsCluster
 from exchange.node import Node, Record
-from exchange.store.nats import NatsStore
+from exchange.store.nats.server import NatsCluster
+from exchange.store.nats.store import NatsStore
 from tests import nats_fixtures
 from tests.conftest import OWNERS, Env, broker_config, make_pki, people, sealed
 from tests.nats_fixtures import start_broker_on, store_url

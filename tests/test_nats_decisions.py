@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from exchange import datasets, gate, pki
-from exchange.access import Limits
-from exchange.natsserver import NatsCluster
-from exchange.signing import Verifier
+from exchange import pki
+from exchange.core import datasets, gate
+from exchange.core.access import Limits
+from exchange.core.signing import Verifier
 from exchange.store.base import Append, StaleRead
+from exchange.store.nats.server import NatsCluster
 from tests import nats_fixtures
 from tests.conftest import make_pki, people
 from tests.nats_fixtures import two_stores

@@ -22,10 +22,10 @@ import msgspec
 import nats
 import pytest
 
-from exchange.agencies import OWNERS
-from exchange.errors import ExchangeError
-from exchange.natsserver import NatsCluster, free_port
+from exchange.core.errors import ExchangeError
 from exchange.node import Delivery, Node, NodeConfig, PublishResult, Record, Subscription
+from exchange.sim.agencies import OWNERS
+from exchange.store.nats.server import NatsCluster, free_port
 from tests.conftest import broker_config, eventually, make_pki, people
 from tests.nats_fixtures import prefix
 from tests.test_broker_crash import BrokerProcess

@@ -7,7 +7,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.datasets.normalise import (
+from exchange.core.datasets.normalise import (
     is_normalised,
     normalisation_notes,
     normalise_code,

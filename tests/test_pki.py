@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from exchange import pki
 from exchange.cli import main as cli_main
-from exchange.errors import AuthError, PkiError
+from exchange.core.errors import AuthError, PkiError
 
 NODE = "vn.gov.mps.population"
 OTHER = "vn.gov.mof.tax"

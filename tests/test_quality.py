@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from exchange import datasets, quality
-from exchange.generate import Generator
+from exchange.core import datasets, quality
+from exchange.sim.generate import Generator
 from tests.conftest import TODAY
 
 HOUR = 3600.0

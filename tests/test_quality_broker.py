@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
-from exchange.access import Agreement
-from exchange.generate import Generator
+from exchange.core.access import Agreement
 from exchange.node import Delivery, Node, Record
+from exchange.sim.generate import Generator
 from tests.conftest import OWNERS, TODAY, Env, broker_config, start_broker
 
 

@@ -9,9 +9,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange import receipts
-from exchange.errors import IntegrityError
-from exchange.wire import Receipt, SignedReceipt
+from exchange.core import receipts
+from exchange.core.errors import IntegrityError
+from exchange.core.wire import Receipt, SignedReceipt
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC = KEY.public_key()

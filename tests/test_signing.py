@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from exchange import disclosure, signing
-from exchange.datasets.base import DatasetSpec
-from exchange.envelope import Envelope, canonical_bytes
-from exchange.errors import ExchangeError, IntegrityError
+from exchange.core import disclosure, signing
+from exchange.core.datasets.base import DatasetSpec
+from exchange.core.envelope import Envelope, canonical_bytes
+from exchange.core.errors import ExchangeError, IntegrityError
 
 NODE = "vn.gov.test.registry"
 

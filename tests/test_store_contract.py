@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from exchange import datasets, gate, merkle, pki, tlog
-from exchange.access import Limits
-from exchange.signing import Batch, Verifier, seal
+from exchange import pki
+from exchange.core import datasets, gate, merkle, tlog
+from exchange.core.access import Limits
+from exchange.core.signing import Batch, Verifier, seal
 from exchange.store.base import Append, DeadLetter, Store
-from exchange.store.nats import NatsStore
+from exchange.store.nats.store import NatsStore
 from exchange.store.sqlite import SqliteStore
 from tests import nats_fixtures
 from tests.conftest import OWNERS, make_pki, people

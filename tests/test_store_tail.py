@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.natsserver import NatsCluster
-from exchange.signing import Statement
+from exchange.core.signing import Statement
 from exchange.store.base import BatchRow, StoredRecord, Tail
-from exchange.store.nats import NatsStore
+from exchange.store.nats.server import NatsCluster
+from exchange.store.nats.store import NatsStore
 from exchange.store.sqlite import SqliteStore
 from tests import nats_fixtures
 from tests.conftest import make_pki, people

@@ -14,11 +14,12 @@ import aiohttp
 import msgspec
 import pytest
 
-from exchange import datasets, pki
-from exchange.errors import IntegrityError
+from exchange import pki
+from exchange.core import datasets
+from exchange.core.errors import IntegrityError
+from exchange.core.signing import BatchProof, Verifier, record_digest
+from exchange.core.wire import Hello, Records
 from exchange.node import Delivery, Node, Record
-from exchange.signing import BatchProof, Verifier, record_digest
-from exchange.wire import Hello, Records
 from tests.conftest import (
     OWNERS,
     Env,

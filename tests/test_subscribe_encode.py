@@ -9,12 +9,12 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange import datasets
 from exchange.broker.subscribe import _project, encode_record
-from exchange.errors import IntegrityError
-from exchange.signing import BatchProof, Verifier, seal
+from exchange.core import datasets
+from exchange.core.errors import IntegrityError
+from exchange.core.signing import BatchProof, Verifier, seal
+from exchange.core.wire import BatchRef, DeliveredRecord, RecordsIn
 from exchange.store.base import StoredBody, StoredRecord
-from exchange.wire import BatchRef, DeliveredRecord, RecordsIn
 from tests.conftest import people
 
 NODE = "vn.gov.mps.population"

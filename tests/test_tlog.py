@@ -7,8 +7,8 @@ import base64
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange import merkle, tlog
-from exchange.errors import InputError, IntegrityError
+from exchange.core import merkle, tlog
+from exchange.core.errors import InputError, IntegrityError
 
 # golang.org/x/mod/sumdb/note, note_test.go and package docs: the PeterNeumann key and note.
 SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"

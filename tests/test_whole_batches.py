@@ -9,10 +9,11 @@ from typing import Any
 
 import msgspec
 
-from exchange import datasets, pki
+from exchange import pki
+from exchange.core import datasets
+from exchange.core.signing import Batch, Verifier, seal
+from exchange.core.wire import BatchRef, DeliveredRecord, RecordsIn
 from exchange.node import Delivery, Node
-from exchange.signing import Batch, Verifier, seal
-from exchange.wire import BatchRef, DeliveredRecord, RecordsIn
 from tests.conftest import OWNERS, Env, people
 
 POP = OWNERS["population"]

@@ -20,14 +20,15 @@ import structlog
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from exchange import audit, datasets, pki, tlog
-from exchange.access import BrokerConfig, Limits, Policy, parse_config
+from exchange import audit, pki
+from exchange.broker.checkpoints import LogService
 from exchange.broker.hub import Hub
-from exchange.broker.log import LogService
+from exchange.broker.metrics import QualityTracker
 from exchange.broker.publish import Publisher
-from exchange.broker.quality import QualityTracker
 from exchange.broker.subscribe import Subscriptions
-from exchange.errors import (
+from exchange.core import datasets, tlog
+from exchange.core.access import BrokerConfig, Limits, Policy, parse_config
+from exchange.core.errors import (
     AuthError,
     ExchangeError,
     InputError,
@@ -35,9 +36,9 @@ from exchange.errors import (
     NotFound,
     RateLimited,
 )
-from exchange.signing import Verifier
+from exchange.core.signing import Verifier
+from exchange.core.wire import PublishReply
 from exchange.store.base import Store
-from exchange.wire import PublishReply
 
 __all__ = ["BROKER", "Broker", "create_app"]
 

@@ -11,19 +11,20 @@ from typing import Any
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange import datasets, gate, quality
-from exchange.access import Limits
-from exchange.broker.quality import QualityTracker
-from exchange.envelope import now_rfc3339
-from exchange.errors import (
+from exchange.broker.metrics import QualityTracker
+from exchange.core import datasets, gate, quality
+from exchange.core.access import Limits
+from exchange.core.envelope import now_rfc3339
+from exchange.core.errors import (
     ExchangeError,
     InputError,
     InvalidRecord,
     UnavailableError,
     Violation,
 )
-from exchange.receipts import sign as sign_receipts
-from exchange.signing import Batch, Verifier
+from exchange.core.receipts import sign as sign_receipts
+from exchange.core.signing import Batch, Verifier
+from exchange.core.wire import Duplicate, Receipt, SignedReceipt
 from exchange.store.base import (
     Append,
     DeadLetter,
@@ -32,7 +33,6 @@ from exchange.store.base import (
     StaleRead,
     Store,
 )
-from exchange.wire import Duplicate, Receipt, SignedReceipt
 
 __all__ = ["Outcome", "Publisher"]
 

@@ -13,9 +13,9 @@ import structlog
 from aiohttp import web
 
 from exchange import pki
-from exchange.access import BrokerConfig
 from exchange.broker.app import Broker, create_app
-from exchange.errors import InputError
+from exchange.core.access import BrokerConfig
+from exchange.core.errors import InputError
 from exchange.store.base import Store
 from exchange.store.sqlite import SqliteStore
 
@@ -28,7 +28,7 @@ def make_store(config: BrokerConfig) -> Store:
     if config.store in ("sqlite", ""):
         return SqliteStore(Path(config.data_dir) / "exchange.sqlite")
     if config.store.startswith(("nats://", "tls://")):
-        from exchange.store.nats import NatsStore
+        from exchange.store.nats.store import NatsStore
 
         return NatsStore(config.store)
     raise InputError(f"store {config.store!r} is not available; use sqlite or "

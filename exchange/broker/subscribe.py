@@ -20,14 +20,14 @@ import msgspec
 import structlog
 from aiohttp import WSMsgType, web
 
-from exchange import datasets
-from exchange.access import Limits, Policy
 from exchange.broker.hub import Hub
-from exchange.broker.quality import QualityTracker
-from exchange.consumer import ConsumerState
-from exchange.errors import ConflictError, ExchangeError, Forbidden, InputError
+from exchange.broker.metrics import QualityTracker
+from exchange.core import datasets
+from exchange.core.access import Limits, Policy
+from exchange.core.consumer import ConsumerState
+from exchange.core.errors import ConflictError, ExchangeError, Forbidden, InputError
+from exchange.core.wire import Ack, BatchRef, ClientFrame, Credit, DeliveredRecord, Hello
 from exchange.store.base import BatchRow, Store, StoredBody, StoredRecord
-from exchange.wire import Ack, BatchRef, ClientFrame, Credit, DeliveredRecord, Hello
 
 __all__ = ["Subscriptions", "encode_record", "parse_start"]
 

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from exchange import logs
+    from exchange import logger as logs
 
     parser = build_parser()
     args = parser.parse_args(argv)

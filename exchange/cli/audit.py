@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.errors import ExchangeError
+from exchange.core.errors import ExchangeError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,7 +62,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _online(args: argparse.Namespace) -> dict[str, Any]:
-    from exchange import audit, tlog
+    from exchange import audit
+    from exchange.core import tlog
     from exchange.node import Node, NodeConfig
 
     config = NodeConfig(node_id=args.node, pki_dir=str(args.pki), brokers=[args.url])

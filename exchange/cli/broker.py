@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from exchange.errors import ExchangeError
+from exchange.core.errors import ExchangeError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,7 +48,7 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from exchange import logs
+    from exchange import logger as logs
     from exchange.broker.server import main_serve
 
     logs.configure(args.log_level)

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from exchange.errors import ExchangeError
+from exchange.core.errors import ExchangeError
 
 #: most entries the broker returns per request
 PAGE = 1000

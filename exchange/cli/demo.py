@@ -26,11 +26,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
-from exchange.errors import ExchangeError
+from exchange.core.errors import ExchangeError
 
 if TYPE_CHECKING:
-    from exchange.agencies import Agency
     from exchange.node import Node
+    from exchange.sim.agencies import Agency
 
 #: share of ``--records`` each agency publishes: people first, what refers to them after
 SHARES = {"population": 0.4, "tax": 0.2, "land": 0.2, "vehicle": 0.2}
@@ -120,7 +120,7 @@ def _usage(message: str) -> int:
 
 def _configure_logging(path: Path) -> IO[str]:
     """The nodes' logs (and any library's) go to a file: the terminal shows progress only."""
-    from exchange import logs
+    from exchange import logger as logs
 
     fh = path.open("a", encoding="utf-8")
     logs.configure("info", json=True)
@@ -231,7 +231,7 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
                rate: float | None = None, seed: int | None = None, catch_up_s: float = 60.0,
                live: bool = False, store: str = "sqlite") -> dict[str, Any]:
     if store == "nats":
-        from exchange.natsserver import NatsCluster
+        from exchange.store.nats.server import NatsCluster
 
         nats_server = NatsCluster(data / "nats", 1)
         try:
@@ -254,9 +254,10 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
 async def _demo(data: Path, *, records: int, duration: float, faults: float | None,
                 rate: float | None, seed: int | None, catch_up_s: float, live: bool,
                 store: str) -> dict[str, Any]:
-    from exchange import agencies, pki
+    from exchange import pki
     from exchange.cli.node import lag
     from exchange.node import Node, NodeConfig
+    from exchange.sim import agencies
 
     t_start = time.monotonic()
     _say(f"data directory {data}")

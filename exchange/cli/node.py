@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 
-from exchange.errors import ExchangeError
+from exchange.core.errors import ExchangeError
 
 if TYPE_CHECKING:
-    from exchange.agencies import Agency, AgencyConfig
     from exchange.node import Node, NodeConfig
+    from exchange.sim.agencies import Agency, AgencyConfig
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from exchange import agencies, logs
+    from exchange import logger as logs
+    from exchange.sim import agencies
 
     logs.configure(args.log_level)
     try:
@@ -84,8 +85,8 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _main(node_config: NodeConfig, config: AgencyConfig, records: int | None,
                 duration: float | None) -> dict[str, Any]:
-    from exchange.agencies import make_agency
     from exchange.node import Node
+    from exchange.sim.agencies import make_agency
 
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()

@@ -9,7 +9,7 @@ from typing import Any
 from cryptography import x509
 
 from exchange import pki
-from exchange.errors import ExchangeError
+from exchange.core.errors import ExchangeError
 
 #: CLI spelling → RFC 5280 §5.3.1 reason; only the ones an operator of this exchange needs.
 REASONS = {

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from exchange.errors import ExchangeError
+from exchange.core.errors import ExchangeError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -18,9 +18,9 @@ from typing import Any
 
 import msgspec
 
-from exchange import datasets
-from exchange.datasets import DatasetSpec, RuleContext, Validated
-from exchange.errors import ExchangeError, Violation
+from exchange.core import datasets
+from exchange.core.datasets import DatasetSpec, RuleContext, Validated
+from exchange.core.errors import ExchangeError, Violation
 
 __all__ = ["register"]
 

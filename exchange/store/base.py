@@ -20,11 +20,11 @@ from typing import Protocol
 
 import msgspec
 
-from exchange import tlog
-from exchange.envelope import Envelope
-from exchange.errors import ConflictError
-from exchange.gate import Candidate, Current
-from exchange.signing import Batch, Statement
+from exchange.core import tlog
+from exchange.core.envelope import Envelope
+from exchange.core.errors import ConflictError
+from exchange.core.gate import Candidate, Current
+from exchange.core.signing import Batch, Statement
 
 __all__ = ["Append", "DeadLetter", "GroupAppends", "StaleRead", "Store", "StoredBody",
            "StoredRecord", "SubscriptionRow", "Tail"]

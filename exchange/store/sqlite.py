@@ -21,10 +21,10 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from exchange import merkle, tlog
-from exchange.errors import UnavailableError
-from exchange.gate import Current
-from exchange.signing import Statement
+from exchange.core import merkle, tlog
+from exchange.core.errors import UnavailableError
+from exchange.core.gate import Current
+from exchange.core.signing import Statement
 from exchange.store.base import (
     Append,
     BatchRow,

@@ -1,0 +1,135 @@
+"""The broker's transparency log service: signs checkpoints, serves proofs and entries.
+
+The tree itself grows inside the store's append transaction; this service only reads it. A
+checkpoint is signed at most every ``interval`` seconds while the log grows, and only after
+checking it is consistent with the previous one, so the broker never signs a split view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import structlog
+
+from exchange.core import merkle, tlog
+from exchange.core.errors import InputError, NotFound
+from exchange.store.base import Store
+
+__all__ = ["LogService"]
+
+log = structlog.get_logger("exchange.log")
+
+MAX_ENTRIES = 1000
+
+
+def _plan(prove: Callable[[merkle.NodeReader], Any]) -> list[tuple[int, int]]:
+    """Which stored nodes a proof needs: its control flow does not depend on hash values."""
+    wanted: list[tuple[int, int]] = []
+
+    def record(level: int, index: int) -> bytes:
+        wanted.append((level, index))
+        return b"\x00" * 32
+
+    prove(record)
+    return wanted
+
+
+class LogService:
+    def __init__(self, store: Store, key: tlog.NoteKey, origin: str,
+                 interval: float = 1.0) -> None:
+        self.store = store
+        self.key = key
+        self.origin = origin
+        self.interval = interval
+        self.latest: tlog.Checkpoint | None = None
+        # one signer at a time: the timer and GET /v1/log/checkpoint may both call checkpoint()
+        self._signing = asyncio.Lock()
+
+    async def start(self) -> None:
+        self.latest = await self.store.latest_checkpoint()
+        await self.checkpoint()
+
+    async def run(self) -> AsyncIterator[None]:
+        """aiohttp cleanup context: a checkpoint every ``interval`` while records arrive."""
+        await self.start()
+        task = asyncio.create_task(self._loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        try:
+            await self.checkpoint()
+        except Exception:
+            # stopping must not fail for it: the records are stored and logged, and the next
+            # broker to run signs the checkpoint that covers them
+            log.exception("final_checkpoint_failed")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.checkpoint()
+            except Exception:  # never let the timer die; the next tick tries again
+                log.exception("checkpoint_failed")
+
+    async def checkpoint(self) -> tlog.Checkpoint:
+        """Sign the committed log if it grew since the last checkpoint."""
+        async with self._signing:
+            return await self._checkpoint()
+
+    async def _checkpoint(self) -> tlog.Checkpoint:
+        size, root = self.store.log_state()
+        last = self.latest
+        if last is not None and size <= last.size:
+            return last
+        cp = tlog.sign_checkpoint(self.key, self.origin, size, root)
+        if last is not None and last.size > 0:
+            proof = await self.consistency(last.size, size)
+            tlog.check_consistent(last, cp, proof)  # never sign a split view
+        await self.store.add_checkpoint(cp, time.time())
+        self.latest = cp
+        log.debug("checkpoint", size=size)
+        return cp
+
+    async def _prove(self, prove: Callable[[merkle.NodeReader], list[bytes]]) -> list[bytes]:
+        nodes = await self.store.log_nodes(_plan(prove))
+        return prove(lambda level, index: nodes[(level, index)])
+
+    async def inclusion(self, seq: int, size: int) -> list[bytes]:
+        self._check_size(size)
+        if not 0 <= seq < size:
+            raise InputError(f"seq {seq} is not in a tree of size {size}", code="bad_range")
+        return await self._prove(lambda node: merkle.inclusion_proof(node, seq, size))
+
+    async def consistency(self, old: int, new: int) -> list[bytes]:
+        self._check_size(new)
+        if not 0 <= old <= new:
+            raise InputError(f"sizes {old} and {new} are not 0 <= from <= to", code="bad_range")
+        return await self._prove(lambda node: merkle.consistency_proof(node, old, new))
+
+    def _check_size(self, size: int) -> None:
+        committed, _ = self.store.log_state()
+        if size > committed:
+            raise NotFound(f"the log has {committed} entries, not {size}", code="beyond_log")
+
+    async def entries(self, start: int, end: int) -> list[dict[str, Any]]:
+        committed, _ = self.store.log_state()
+        end = min(end, committed, start + MAX_ENTRIES)
+        if start < 0 or start > end:
+            raise InputError("need 0 <= start <= end", code="bad_range")
+        rows = await self.store.read_range(start, end)
+        batches = await self.store.batches([r.batch_id for r in rows])
+        out = []
+        for r in rows:
+            root = batches[r.batch_id].statement.root
+            us = tlog.micros(r.accepted_at)
+            publisher = batches[r.batch_id].statement.node
+            out.append({"seq": r.seq, "dataset": r.dataset, "publisher": publisher,
+                        "digest": r.digest, "batch_root": root, "accepted_us": us,
+                        "leaf": tlog.entry_leaf(r.seq, r.dataset, publisher, r.digest, root,
+                                                us)})
+        return out

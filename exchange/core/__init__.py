@@ -1,0 +1,1 @@
+"""The pure core: every protocol decision, no I/O (see ``exchange``)."""

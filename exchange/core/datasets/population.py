@@ -1,0 +1,153 @@
+"""population v1: one citizen in the National Population Database (CSDL quốc gia về dân cư).
+
+Owner: the Ministry of Public Security. Key: the 12-digit personal identification number ``id``.
+Fields follow the Law on Identification 26/2023/QH15 Art. 9 and the minimum set recorded at birth
+registration (Decree 137/2015/NĐ-CP Art. 14).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from exchange.core.datasets.admin_units import BIRTH_PROVINCES
+from exchange.core.datasets.base import DatasetSpec, RuleContext
+from exchange.core.datasets.common import (
+    ISO_COUNTRIES,
+    Address,
+    CountryCode,
+    Name,
+    PersonalId,
+    address_rules,
+    future,
+)
+from exchange.core.errors import Violation
+
+__all__ = ["SPEC", "Person"]
+
+
+class Person(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """One citizen (population v1)."""
+
+    id: PersonalId
+    full_name: Name
+    birth_date: dt.date
+    sex: Literal["male", "female"]
+    birth_registration_province: Annotated[str, Meta(
+        pattern=r"^[0-9]{3}$",
+        description="Where the birth was registered: 3-digit code, Circular 07/2016/TT-BCA "
+                    "Annex 1; equals the first three digits of id.",
+    )]
+    permanent_address: Address
+    nationality: CountryCode = "VN"
+    status: Literal["living", "deceased"] = "living"
+    death_date: dt.date | None = None
+    ethnicity: Name | None = None
+    religion: Name | None = None
+    as_of: dt.date
+
+
+def id_structure(p: Person, ctx: RuleContext) -> list[Violation]:
+    """PPP G YY of the id agree with the birth data (Circular 07/2016/TT-BCA Art. 7)."""
+    out: list[Violation] = []
+    if p.id[:3] not in BIRTH_PROVINCES:
+        out.append(Violation("unknown_birth_province",
+                             f"id starts with {p.id[:3]}, not a province code of Circular "
+                             "07/2016/TT-BCA Annex 1", "$.id"))
+    elif p.id[:3] != p.birth_registration_province:
+        out.append(Violation("id_birth_province_mismatch",
+                             f"id starts with {p.id[:3]} but the birth was registered in "
+                             f"{p.birth_registration_province}", "$.id"))
+    # G = 2 * (century - 20) + (1 if female): 20th c. 0/1, 21st 2/3, 22nd 4/5 ... (Art. 7(2))
+    year = p.birth_date.year
+    century = (year - 1900) // 100
+    expected_g = 2 * century + (1 if p.sex == "female" else 0)
+    if not 0 <= expected_g <= 9 or p.id[3] != str(expected_g):
+        out.append(Violation(
+            "id_century_sex_mismatch",
+            f"digit 4 of the id is {p.id[3]}; a {p.sex} born in {year} has "
+            f"{expected_g if 0 <= expected_g <= 9 else 'no valid digit'}", "$.id"))
+    if p.id[4:6] != f"{year % 100:02d}":
+        out.append(Violation("id_birth_year_mismatch",
+                             f"digits 5-6 of the id are {p.id[4:6]}, the birth year is {year}",
+                             "$.id"))
+    return out
+
+
+def birth_province(p: Person, ctx: RuleContext) -> list[Violation]:
+    # Circular 07/2016/TT-BCA Annex 1: the 63 province codes (births abroad are out of v1);
+    # when the id carries the same code, id_structure has reported it already
+    code = p.birth_registration_province
+    if code not in BIRTH_PROVINCES and code != p.id[:3]:
+        return [Violation("unknown_birth_province",
+                          f"{p.birth_registration_province} is not a province code of Circular "
+                          "07/2016/TT-BCA Annex 1", "$.birth_registration_province")]
+    return []
+
+
+def dates(p: Person, ctx: RuleContext) -> list[Violation]:
+    """No future dates; death after birth; death date iff deceased (Law 26/2023 Art. 9(2))."""
+    out = future(p.birth_date, ctx, "$.birth_date") + future(p.as_of, ctx, "$.as_of")
+    if p.status == "deceased":
+        if p.death_date is None:
+            out.append(Violation("death_date_required", "a deceased person needs a death_date",
+                                 "$.death_date"))
+    elif p.death_date is not None:
+        out.append(Violation("death_date_not_allowed", "a living person has no death_date",
+                             "$.death_date"))
+    if p.death_date is not None:
+        out += future(p.death_date, ctx, "$.death_date")
+        if p.death_date < p.birth_date:
+            out.append(Violation("death_before_birth",
+                                 f"death {p.death_date} is before birth {p.birth_date}",
+                                 "$.death_date"))
+    return out
+
+
+def residence(p: Person, ctx: RuleContext) -> list[Violation]:
+    return address_rules(p.permanent_address, "$.permanent_address")
+
+
+def nationality(p: Person, ctx: RuleContext) -> list[Violation]:
+    if p.nationality not in ISO_COUNTRIES:
+        return [Violation("unknown_country", f"{p.nationality} is not an ISO 3166-1 code",
+                          "$.nationality")]
+    return []
+
+
+SPEC = DatasetSpec(
+    name="population",
+    version=1,
+    record_type=Person,
+    key=lambda p: p.id,
+    groups={
+        "identity": ("id", "full_name", "birth_date", "sex", "birth_registration_province",
+                     "nationality"),
+        "residence": ("permanent_address",),
+        # as_of dates the whole record; it sits with civil status, which is what changes most
+        "civil_status": ("status", "death_date", "as_of"),
+        "ethnicity_religion": ("ethnicity", "religion"),
+    },
+    # Law 26/2023/QH15 Art. 9; Decree 137/2015/NĐ-CP Art. 14 (minimum set at birth registration)
+    required=("id", "full_name", "birth_date", "sex", "birth_registration_province",
+              "permanent_address", "nationality", "status", "as_of"),
+    recommended=("ethnicity", "religion"),
+    rules=(id_structure, birth_province, dates, residence, nationality),
+    codes={
+        "$.id": "id_format",
+        "$.birth_registration_province": "unknown_birth_province",
+        "$.permanent_address.province_code": "unknown_province",
+        "$.permanent_address.ward_code": "unknown_ward",
+        "$.nationality": "unknown_country",
+        "$.sex": "sex_code",
+        "$.status": "status_code",
+    },
+    text_fields=("full_name", "permanent_address.street", "ethnicity", "religion"),
+    # births and deaths are registered every day, all day
+    update_interval_s=3_600,
+    description="A citizen in the National Population Database (Law on Identification "
+                "26/2023/QH15 Art. 9). Key: the 12-digit personal identification number.",
+)

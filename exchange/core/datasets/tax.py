@@ -1,0 +1,131 @@
+"""tax v1: one taxpayer's registration (đăng ký thuế).
+
+Owner: the Tax Department (Ministry of Finance). Key: ``tax_id`` as written: a 10-digit MST, a
+13-digit branch MST ``NNNNNNNNNN-NNN``, or, for individuals and households since 1 Jul 2025, the
+12-digit personal identification number (Circular 86/2024/TT-BTC Art. 5(5), Art. 39).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from exchange.core.datasets.base import DatasetSpec, RuleContext
+from exchange.core.datasets.common import (
+    Address,
+    Name,
+    PersonalId,
+    address_rules,
+    future,
+    mst_problem,
+    personal_id_problem,
+)
+from exchange.core.errors import Violation
+
+__all__ = ["SPEC", "Taxpayer"]
+
+TaxId = Annotated[str, Meta(
+    pattern=r"^([0-9]{10}(-[0-9]{3})?|[0-9]{12})$",
+    description="MST: 10 digits with check digit, branches NNNNNNNNNN-NNN; or the 12-digit "
+                "personal id of an individual or household (Circular 86/2024/TT-BTC Art. 5).",
+)]
+
+
+class Taxpayer(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """One registered taxpayer (tax v1)."""
+
+    tax_id: TaxId
+    kind: Literal["individual", "household", "organisation"]
+    name: Name
+    #: individuals and households: the person's (head's) id; organisations: legal representative
+    personal_id: PersonalId | None = None
+    address: Address
+    tax_office: Annotated[str, Meta(
+        pattern=r"^[0-9A-Z]{2,12}$", description="Code of the managing tax office.")]
+    # the statuses the Tax Department's public lookup shows: đang hoạt động, tạm ngừng hoạt động,
+    # ngừng hoạt động chưa hoàn thành thủ tục, đã chấm dứt hiệu lực MST, đã chuyển cơ quan thuế,
+    # không hoạt động tại địa chỉ đã đăng ký
+    status: Literal["active", "suspended", "closing", "closed", "moved", "absent"]
+    registration_date: dt.date
+    as_of: dt.date
+
+
+def tax_id_rules(t: Taxpayer, ctx: RuleContext) -> list[Violation]:
+    """MST check digit and components; 12-digit ids only for people (Circular 86/2024 Art. 5)."""
+    if len(t.tax_id) == 12:
+        if t.kind == "organisation":
+            return [Violation("tax_id_kind",
+                              "an organisation's tax code is a 10-digit MST, not a personal id",
+                              "$.tax_id")]
+        problem = personal_id_problem(t.tax_id)
+        if problem:
+            return [Violation(problem[0], problem[1], "$.tax_id")]
+        if t.personal_id is not None and t.personal_id != t.tax_id:
+            return [Violation("tax_id_personal_mismatch",
+                              "a 12-digit tax id is the person's own personal id "
+                              "(Circular 86/2024 Art. 5(5))", "$.personal_id")]
+        return []
+    problem = mst_problem(t.tax_id)
+    return [Violation(problem[0], problem[1], "$.tax_id")] if problem else []
+
+
+def personal_id_rules(t: Taxpayer, ctx: RuleContext) -> list[Violation]:
+    # Form 05-ĐK-TCT (individuals) asks for the identity papers; households register through
+    # their head (Circular 86/2024 Art. 7)
+    if t.personal_id is None:
+        if t.kind != "organisation":
+            return [Violation("personal_id_required",
+                              f"a taxpayer of kind {t.kind} needs the personal_id",
+                              "$.personal_id")]
+        return []
+    problem = personal_id_problem(t.personal_id)
+    return [Violation(problem[0], problem[1], "$.personal_id")] if problem else []
+
+
+def dates(t: Taxpayer, ctx: RuleContext) -> list[Violation]:
+    out = future(t.registration_date, ctx, "$.registration_date") + future(t.as_of, ctx, "$.as_of")
+    if t.as_of < t.registration_date:
+        out.append(Violation("as_of_before_registration",
+                             "as_of is before the registration date", "$.as_of"))
+    return out
+
+
+def address(t: Taxpayer, ctx: RuleContext) -> list[Violation]:
+    return address_rules(t.address, "$.address")
+
+
+SPEC = DatasetSpec(
+    name="tax",
+    version=1,
+    record_type=Taxpayer,
+    key=lambda t: t.tax_id,
+    groups={
+        "registration": ("tax_id", "kind", "name", "tax_office", "status", "registration_date",
+                         "as_of"),
+        "address": ("address",),
+        "personal": ("personal_id",),
+    },
+    # form 05-ĐK-TCT (individuals), 01-ĐK-TCT (organisations): name, identifiers, address,
+    # managing tax office
+    required=("tax_id", "kind", "name", "address", "tax_office", "status", "registration_date",
+              "as_of"),
+    recommended=("personal_id",),
+    rules=(tax_id_rules, personal_id_rules, dates, address),
+    codes={
+        "$.tax_id": "tax_id_format",
+        "$.personal_id": "id_format",
+        "$.address.province_code": "unknown_province",
+        "$.address.ward_code": "unknown_ward",
+        "$.kind": "taxpayer_kind",
+        "$.status": "status_code",
+        "$.tax_office": "tax_office_format",
+    },
+    text_fields=("name", "address.street"),
+    update_interval_s=86_400,
+    references=("personal_id",),
+    description="A taxpayer's registration (Circular 86/2024/TT-BTC). Key: the tax id as "
+                "written (MST, branch MST, or a person's 12-digit id).",
+)

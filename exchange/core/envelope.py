@@ -1,0 +1,105 @@
+"""The record envelope: CloudEvents 1.0 attributes around one versioned record (pure).
+
+A record on the wire is a CloudEvent (JSON event format, CloudEvents 1.0 §3) with one extension
+attribute, ``version`` (the record's version for its key; CloudEvents extension names are
+lowercase alphanumerics, spec §3.1.1), and the record fields as ``data``.
+
+The envelope's *canonical bytes* bind every attribute and one salted commitment per disclosure
+group (see ``exchange.disclosure``), never the plaintext of ``data`` directly; the *digest* is
+SHA-256 of the canonical bytes. That is what batch signatures cover.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from typing import Annotated, Any
+
+import msgspec
+
+from exchange.core.errors import InputError
+
+__all__ = [
+    "SPECVERSION",
+    "Envelope",
+    "canonical_bytes",
+    "digest",
+    "now_rfc3339",
+    "parse_type",
+]
+
+SPECVERSION = "1.0"
+_TYPE = re.compile(r"^vn\.exchange\.([a-z][a-z0-9_]*)\.v([1-9][0-9]*)$")
+
+# RFC 3339 §5.6 date-time, as CloudEvents 1.0 requires for ``time``
+_RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+
+NodeId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]+(\.[a-z0-9-]+)+$", max_length=128)]
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
+    """CloudEvents 1.0 attributes, the ``version`` extension and ``data``."""
+
+    specversion: Annotated[str, msgspec.Meta(pattern=r"^1\.0$")] = SPECVERSION
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    source: NodeId
+    type: Annotated[str, msgspec.Meta(pattern=_TYPE.pattern, max_length=96)]
+    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    time: Annotated[str, msgspec.Meta(pattern=_RFC3339, max_length=40)]
+    datacontenttype: str = "application/json"
+    dataschema: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+    data: dict[str, Any]
+
+    @property
+    def dataset(self) -> str:
+        return parse_type(self.type)[0]
+
+    @property
+    def schema_version(self) -> int:
+        return parse_type(self.type)[1]
+
+    def attributes(self) -> dict[str, Any]:
+        """Every attribute but ``data``: what is always disclosed."""
+        return {
+            "specversion": self.specversion,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "time": self.time,
+            "datacontenttype": self.datacontenttype,
+            "dataschema": self.dataschema,
+            "version": self.version,
+        }
+
+
+def parse_type(type_: str) -> tuple[str, int]:
+    """``vn.exchange.population.v1`` -> ``("population", 1)``."""
+    m = _TYPE.match(type_)
+    if m is None:
+        raise InputError(f"type {type_!r} is not vn.exchange.<dataset>.v<N>", code="bad_type")
+    return m.group(1), int(m.group(2))
+
+
+def now_rfc3339(clock: dt.datetime | None = None) -> str:
+    """UTC time as RFC 3339 with a ``Z``, the form the CloudEvents SDKs write back unchanged."""
+    t = clock or dt.datetime.now(dt.UTC)
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+_canon = msgspec.json.Encoder(order="sorted")
+
+
+def canonical_bytes(attributes: dict[str, Any], commitments: dict[str, bytes]) -> bytes:
+    """Deterministic bytes of a record: its attributes and its group commitments.
+
+    msgspec JSON with every object's keys sorted; bytes values (the commitments) encode as
+    base64. Any two encoders that agree on the same JSON values agree on these bytes.
+    """
+    return _canon.encode({"attributes": attributes, "commitments": commitments})
+
+
+def digest(attributes: dict[str, Any], commitments: dict[str, bytes]) -> bytes:
+    return hashlib.sha256(canonical_bytes(attributes, commitments)).digest()

@@ -1,0 +1,907 @@
+"""The scale-out store: NATS JetStream via nats-py, shared by any number of broker processes.
+
+What lives where (``P`` is the prefix, ``exchange`` by default; stream names upper-case it):
+
+- stream ``P_RECORDS``, subjects ``P.rec.<dataset>.<key>``: every accepted record, one message
+  each. The stream's order is the exchange's order: ``seq = stream sequence - 1``, and the
+  transparency log's leaf ``seq`` is that message. The last message on a key's subject is the
+  key's current version. The first record of a batch also carries the publisher's batch
+  statement and signature; a batch's id is the stream sequence of that first record.
+- stream ``P_DEAD``, subjects ``P.dead.<publisher>``: dead letters; a dead letter's id is its
+  stream sequence.
+- stream ``P_CHECKPOINTS``, subject ``P.checkpoint``: signed checkpoints, in size order.
+- KV bucket ``P_SUBS``: subscription positions (``acked``), updated by revision.
+
+Correctness under several brokers comes from JetStream alone, no lock of ours:
+
+- A group commit (the concurrent batches the broker decided together, at most
+  ``limits.max_batch_records`` records) is one atomic batch (ADR-50: ``Nats-Batch-Id``/
+  ``-Sequence``/``-Commit``, stream ``allow_atomic``), so its accepted records are all stored
+  or none are.
+- Each record carries ``Nats-Expected-Last-Subject-Sequence``: the stream sequence of the key's
+  current version when the broker decided (0: none). If another broker wrote the key in between,
+  the server refuses the whole batch (10071 "wrong last sequence"); the store raises ``StaleRead``
+  and the broker decides again on fresh versions, so exactly one of two racing brokers wins and
+  the other reports ``version_conflict``/``stale_version``/a duplicate. (ADR-50 allows the check
+  only on a key's first message in a batch; later messages for the same key ride on it.)
+- Checkpoints are appended with the expected sequence of the latest checkpoint, after checking
+  they extend it (consistency proof from this broker's tree); a broker that loses the race reads
+  the winner and checks again. All brokers derive the same tree from the same stream, so a
+  checkpoint from any of them is consistent with every other.
+- Subscription positions move by KV revision (``update(last=revision)``), monotonic.
+
+Derived per broker, in memory, rebuilt from the stream on start by a tailer that reads the
+records stream in order (direct gets): the Merkle tree's nodes, each dataset's seqs and times, and
+every key's current version (used to decide; stale entries only cost a retry, as above).
+``log_state()`` covers exactly the entries the tailer has read back, i.e. committed ones; an
+append returns only after its own records are in it, so the receipt's log promise holds. Brokers
+tell each other "appended up to seq N" on the core subject ``P.appended.<dataset>``, which wakes
+their tailers (and their live subscribers); a lost hint costs at most the idle poll interval.
+
+Dead letters are written after the records commit, not in the same atomic batch (they live in
+another stream, and the records stream's sequence must stay the log's). If the broker dies in
+between, the publisher has no receipt and retries; the retry finds the accepted records as
+duplicates and refuses the others again, writing their dead letters then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import re
+import time
+import uuid
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+
+from exchange.core import merkle, tlog
+from exchange.core.errors import InputError, IntegrityError, UnavailableError
+from exchange.core.gate import Current
+from exchange.core.signing import Statement
+from exchange.store.base import (
+    Append,
+    BatchRow,
+    DeadLetter,
+    GroupAppends,
+    QualityRow,
+    Reference,
+    StaleRead,
+    StoredBody,
+    StoredRecord,
+    SubscriptionRow,
+    Tail,
+)
+
+__all__ = ["NatsStore", "parse_url"]
+
+log = structlog.get_logger("exchange.store.nats.store")
+
+
+class Entry(msgspec.Struct, frozen=True, array_like=True):
+    """One record message in the records stream (MessagePack)."""
+
+    dataset: str
+    key: str
+    version: int
+    #: position among the batch's accepted records: batch id = stream sequence - n
+    n: int
+    index: int
+    accepted_at: float
+    digest: bytes
+    content: bytes
+    publisher: str
+    batch_root: bytes
+    body: bytes  # StoredBody, MessagePack
+    #: on the batch's first record (n == 0): the statement (MessagePack) and its signature
+    statement: bytes = b""
+    signature: bytes = b""
+    #: (dataset, key) of records this one refers to that the exchange did not hold when it was
+    #: accepted; unresolved while the target stays missing (derived by every broker)
+    refs: list[tuple[str, str]] = []
+
+
+class SubValue(msgspec.Struct, frozen=True, array_like=True):
+    node: str
+    dataset: str
+    name: str
+    acked: int
+    created_at: float
+
+
+_enc = msgspec.msgpack.Encoder()
+_entry = msgspec.msgpack.Decoder(Entry)
+_dead = msgspec.msgpack.Decoder(DeadLetter)
+_sub = msgspec.msgpack.Decoder(SubValue)
+_stmt = msgspec.msgpack.Decoder(Statement)
+_json = msgspec.json.Encoder()
+_pub_ack = msgspec.json.Decoder(dict[str, Any])
+
+_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+#: JetStream's "wrong last sequence": 10071 with the sequence (single server), 10164 without it
+#: (a clustered stream's leader checking before it proposes)
+WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
+#: a direct-get batch asks for at most this many messages
+PAGE = 1000
+
+
+def token(value: str) -> str:
+    """A subject token for a key or node id: itself when plain, else ``~`` + hex of its UTF-8
+    (subject tokens cannot hold ``.``, ``*``, ``>`` or whitespace; a plain token never starts
+    with ``~``, so the mapping is one-to-one)."""
+    return value if _SAFE.match(value) else "~" + value.encode().hex()
+
+
+def parse_url(url: str) -> tuple[list[str], dict[str, str]]:
+    """``nats://h1:p1,h2:p2?replicas=3&prefix=exchange`` → server URLs and parameters."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("nats", "tls") or not parts.netloc:
+        raise InputError(f"store URL {url!r} is not nats://HOST:PORT[,HOST:PORT...]",
+                         code="bad_config")
+    servers = [f"{parts.scheme}://{h}" for h in parts.netloc.split(",") if h]
+    params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(params) - {"replicas", "prefix"}
+    if unknown:
+        raise InputError(f"store URL parameters {sorted(unknown)} are unknown; use replicas, "
+                         "prefix", code="bad_config")
+    return servers, params
+
+
+@contextlib.contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """Translate nats-py's and the network's errors, once, where I/O meets the store."""
+    try:
+        yield
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyWrongLastSequenceError):
+        raise  # answers, not faults: the caller handles them
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError) as err:
+        detail = getattr(err, "description", None) or repr(err)
+        raise UnavailableError(f"NATS: {what} failed: {detail}", code="store_unavailable"
+                               ) from None
+
+
+class NatsStore(GroupAppends):
+    """``Store`` on a NATS JetStream cluster (see the module docstring)."""
+
+    #: a group commit is one atomic NATS batch: at most the server's batch limit of messages
+    atomic_batch_bounded = True
+
+    def __init__(self, url: str, *, request_timeout: float = 5.0, idle_poll: float = 1.0
+                 ) -> None:
+        self.servers, params = parse_url(url)
+        self.prefix = params.get("prefix", "exchange")
+        if not re.match(r"^[a-z][a-z0-9_]*$", self.prefix):
+            raise InputError("store prefix must be lower-case letters, digits, _",
+                             code="bad_config")
+        self.replicas = int(params["replicas"]) if "replicas" in params else None
+        upper = self.prefix.upper()
+        self.records_stream = f"{upper}_RECORDS"
+        self.dead_stream = f"{upper}_DEAD"
+        self.cp_stream = f"{upper}_CHECKPOINTS"
+        self.subs_bucket = f"{upper}_SUBS"
+        self.quality_bucket = f"{upper}_QUALITY"
+        self.timeout = request_timeout
+        # this process's quality counters are its own key: brokers never overwrite each other
+        self.instance = uuid.uuid4().hex
+        self.idle_poll = idle_poll
+        self._nc: Client | None = None
+        self._watchers: list[Callable[[str, int], None]] = []
+        # derived state, rebuilt from the records stream
+        self._tree = merkle.CompactRange()
+        self._levels: list[bytearray] = []
+        self._seqs: dict[str, array[int]] = {}
+        self._times: dict[str, array[float]] = {}
+        self._current: dict[tuple[str, str], Current] = {}
+        self._refs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self._read: dict[str, dict[str, int]] = {}
+        self._target = 0
+        self._applied = asyncio.Event()
+        self._hint = asyncio.Event()
+        self._tailer: asyncio.Task[None] | None = None
+        self._inbox = ""
+        self._replies: dict[str, asyncio.Queue[Msg]] = {}
+        self._next_token = 0
+        self._batch_cache: dict[int, BatchRow] = {}
+        self._subs_seen: dict[str, tuple[int, SubValue]] = {}
+        self._buckets: dict[str, Any] = {}
+        self._recent = Tail(-1)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None or self._nc.is_closed:
+            raise UnavailableError("store is not open", code="store_closed")
+        return self._nc
+
+    def watch(self, on_append: Callable[[str, int], None]) -> None:
+        """Call ``on_append(dataset, last_seq)`` whenever any broker's records are read back."""
+        self._watchers.append(on_append)
+
+    async def open(self) -> None:
+        try:
+            self._nc = await nats.connect(
+                servers=self.servers, connect_timeout=2, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.1, allow_reconnect=True, name="exchange-broker",
+                error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect)
+        except (nats.errors.Error, OSError, TimeoutError) as err:
+            raise UnavailableError(f"cannot reach NATS at {', '.join(self.servers)}: {err!r}",
+                                   code="store_unavailable") from None
+        try:
+            with _unavailable("setting up streams"):
+                await self._setup()
+                self._inbox = self.nc.new_inbox()
+                await self.nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+                await self.nc.subscribe(f"{self.prefix}.appended.>", cb=self._on_hint)
+                # the whole log before serving: head, current versions and the tree
+                while await self._poll():
+                    pass
+        except BaseException:
+            await self.close()
+            raise
+        self._tailer = asyncio.create_task(self._tail())
+
+    async def _setup(self) -> None:
+        # the JetStream API of a cluster can refuse for a moment (leader elections): try again
+        for attempt in range(10):
+            try:
+                await self._create()
+                return
+            except (nats.js.errors.APIError, nats.errors.TimeoutError, TimeoutError):
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+
+    async def _create(self) -> None:
+        js = self.nc.jetstream(timeout=self.timeout)
+        if self.replicas is None:
+            # R3 on a cluster of three or more (the pool includes servers learnt from INFO)
+            self.replicas = 3 if len(self.nc.servers) >= 3 else 1
+        r = self.replicas
+        for name, subjects in ((self.records_stream, [f"{self.prefix}.rec.>"]),
+                               (self.dead_stream, [f"{self.prefix}.dead.>"]),
+                               (self.cp_stream, [f"{self.prefix}.checkpoint"])):
+            config = StreamConfig(name=name, subjects=subjects, storage=StorageType.FILE,
+                                  num_replicas=r, allow_direct=True, allow_atomic=True,
+                                  deny_delete=True, deny_purge=True)
+            try:
+                await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(config)
+        for bucket in (self.subs_bucket, self.quality_bucket):
+            try:
+                await js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=r,
+                                                         storage=StorageType.FILE, direct=True))
+
+    async def close(self) -> None:
+        if self._tailer is not None:
+            self._tailer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._tailer, self.timeout)
+            self._tailer = None
+        if self._nc is not None:
+            # everything this store wrote was acknowledged already: nothing to drain
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), self.timeout)
+            self._nc = None
+        self._buckets.clear()
+
+    async def _on_error(self, err: Exception) -> None:
+        log.warning("nats_error", error=repr(err))
+
+    async def _on_disconnect(self) -> None:
+        log.warning("nats_disconnected")
+
+    async def _on_reconnect(self) -> None:
+        log.info("nats_reconnected", server=str(self.nc.connected_url))
+        self._hint.set()
+
+    def _check_connected(self) -> None:
+        if not self.nc.is_connected:
+            # refuse now rather than buffer: a publish must never be accepted and then lost
+            raise UnavailableError("NATS is unreachable; retry later", code="store_unavailable")
+
+    # -- direct gets (ADR-31): reads any replica serves, no consumer state -------------------
+
+    async def _on_reply(self, msg: Msg) -> None:
+        q = self._replies.get(msg.subject.rpartition(".")[2])
+        if q is not None:
+            q.put_nowait(msg)
+
+    async def _direct(self, stream: str, req: dict[str, Any], *, batch: bool) -> list[Msg]:
+        """One direct-get request: a single message, or a batch ended by EOB (status 204)."""
+        self._next_token += 1
+        tok = str(self._next_token)
+        q: asyncio.Queue[Msg] = asyncio.Queue()
+        self._replies[tok] = q
+        out: list[Msg] = []
+        tries = 0
+        try:
+            with _unavailable(f"reading {stream}"):
+                await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", _json.encode(req),
+                                      reply=f"{self._inbox}.{tok}")
+                while True:
+                    msg = await asyncio.wait_for(q.get(), self.timeout)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status in ("204", "404"):
+                        return out
+                    if status == "503" and not out and tries < 40:
+                        # no responder yet: a new stream's replicas, or a leader election
+                        tries += 1
+                        await asyncio.sleep(0.025)
+                        await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}",
+                                              _json.encode(req), reply=f"{self._inbox}.{tok}")
+                        continue
+                    if status:
+                        raise UnavailableError(f"NATS direct get from {stream}: {status} "
+                                               f"{headers.get('Description', '')}",
+                                               code="store_unavailable")
+                    out.append(msg)
+                    if not batch:
+                        return out
+        finally:
+            del self._replies[tok]
+
+    # -- the tailer: derived state from the records stream, in order --------------------------
+
+    async def _on_hint(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError):
+            self._target = max(self._target, int(msg.data))
+        self._hint.set()
+
+    async def _poll(self) -> int:
+        """Read and apply the next page of the records stream; how many entries it applied."""
+        size = self._tree.size
+        msgs = await self._direct(self.records_stream, {"seq": size + 1, "batch": PAGE},
+                                  batch=True)
+        touched: dict[str, int] = {}
+        recent: list[StoredRecord] = []
+        batches: list[BatchRow] = []
+        try:
+            for m in msgs:
+                assert m.headers is not None
+                stream_seq = int(m.headers["Nats-Sequence"])
+                if stream_seq != self._tree.size + 1:
+                    raise UnavailableError(f"records stream has a gap at {self._tree.size + 1}",
+                                           code="log_damaged")
+                e = _entry.decode(m.data)
+                batch = (BatchRow(stream_seq, _stmt.decode(e.statement), e.signature)
+                         if e.n == 0 and e.statement else None)
+                self._apply(stream_seq - 1, e)
+                touched[e.dataset] = stream_seq - 1
+                recent.append(StoredRecord(stream_seq - 1, e.dataset, e.key, e.version,
+                                           stream_seq - e.n, e.index, e.accepted_at, e.digest,
+                                           e.body))
+                if batch is not None:
+                    batches.append(batch)
+        finally:
+            # every record applied is known, even when a later one of the page fails: live
+            # subscribers read it from memory, waiters and watchers hear of it
+            self._recent.add(recent, batches)
+            if recent:
+                self._applied.set()
+                self._applied = asyncio.Event()
+                for dataset, last in touched.items():
+                    for w in self._watchers:
+                        w(dataset, last)
+        return len(msgs)
+
+    def _apply(self, seq: int, e: Entry) -> None:
+        def keep(level: int, idx: int, h: bytes) -> None:
+            if level == len(self._levels):
+                self._levels.append(bytearray())
+            self._levels[level] += h
+
+        self._tree._on_node = keep
+        self._tree.append(tlog.entry_leaf(seq, e.dataset, e.publisher, e.digest, e.batch_root,
+                                          tlog.micros(e.accepted_at)))
+        seqs = self._seqs.get(e.dataset)
+        if seqs is None:
+            seqs = self._seqs[e.dataset] = array("q")
+            self._times[e.dataset] = array("d")
+        seqs.append(seq)
+        self._times[e.dataset].append(e.accepted_at)
+        self._current[(e.dataset, e.key)] = Current(e.version, e.content, seq)
+        if e.refs:
+            self._refs[(e.dataset, e.key)] = [tuple(r) for r in e.refs]  # type: ignore[misc]
+        else:
+            self._refs.pop((e.dataset, e.key), None)
+
+    async def _tail(self) -> None:
+        backoff = 0.005
+        while True:
+            try:
+                if await self._poll():
+                    backoff = 0.005
+                    continue
+                if self._target >= self._tree.size:
+                    # told of entries this replica has not served yet: ask again soon
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 0.25)
+                    continue
+                self._hint.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hint.wait(), self.idle_poll)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # NATS down: keep trying; publishes are refused meanwhile
+                log.warning("tail_failed", error=repr(err))
+                await asyncio.sleep(min(backoff * 4, 0.5))
+                backoff = min(backoff * 2, 0.25)
+
+    async def _wait_applied(self, size: int) -> None:
+        """Until the tailer has read the log up to ``size`` entries."""
+        deadline = time.monotonic() + max(self.timeout, 10.0)
+        self._target = max(self._target, size - 1)
+        self._hint.set()
+        while self._tree.size < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UnavailableError(f"stored, but not read back within {self.timeout}s; "
+                                       "retry: the retry finds the records as duplicates",
+                                       code="store_unavailable")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._applied.wait(), left)
+
+    async def _catch_up(self) -> None:
+        with _unavailable("reading the records stream's state"):
+            info = await self.nc.jetstream(timeout=self.timeout).stream_info(
+                self.records_stream)
+        await self._wait_applied(info.state.last_seq)
+
+    # -- records -----------------------------------------------------------------------------
+
+    async def head(self, dataset: str | None = None) -> int:
+        if dataset is None:
+            return self._tree.size - 1
+        seqs = self._seqs.get(dataset)
+        return seqs[-1] if seqs else -1
+
+    async def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]:
+        out: dict[str, Current] = {}
+        read: dict[str, int] = {}
+        for k in keys:
+            cur = self._current.get((dataset, k))
+            read[k] = cur.seq + 1 if cur is not None else 0
+            if cur is not None:
+                out[k] = cur
+        self._read[dataset] = read
+        return out
+
+    def _subject(self, dataset: str, key: str) -> str:
+        return f"{self.prefix}.rec.{dataset}.{token(key)}"
+
+    async def _atomic(self, msgs: list[tuple[str, bytes, dict[str, str]]]) -> int:
+        """Publish ``msgs`` as one atomic batch (ADR-50); the stream sequence of the last."""
+        bid = uuid.uuid4().hex
+        n = len(msgs)
+        nc = self.nc
+        with _unavailable("publishing"):
+            for i, (subject, data, headers) in enumerate(msgs, 1):
+                h = {"Nats-Batch-Id": bid, "Nats-Batch-Sequence": str(i), **headers}
+                if i == n:
+                    h["Nats-Batch-Commit"] = "1"
+                if i == 1 or i == n or i % 500 == 0:
+                    # the first message and every 500th are requests: an early refusal, and
+                    # flow control; the commit's reply is the pub ack of the whole batch
+                    reply = await nc.request(subject, data, timeout=self.timeout, headers=h)
+                    if reply.data or i == n:
+                        ack = _pub_ack.decode(reply.data)
+                        err = ack.get("error")
+                        if err:
+                            if err.get("err_code") in WRONG_LAST_SEQUENCE:
+                                raise StaleRead(err.get("description", "wrong last sequence"))
+                            raise UnavailableError(f"NATS refused the batch: {err}",
+                                                   code="store_unavailable")
+                        if i == n:
+                            return int(ack["seq"])
+                else:
+                    await nc.publish(subject, data, headers=h)
+        raise AssertionError("unreachable")
+
+    async def append_group(self, group: Sequence[Append], now: float
+                           ) -> tuple[list[int], int]:
+        """Several batches as one atomic NATS batch (group commit): all stored or none.
+
+        Their records take consecutive seqs in group order; each key's expected last subject
+        sequence is checked once, at its first record in the group. Returns each batch's id
+        (the stream sequence of its first record; 0 for a batch with nothing accepted) and the
+        seq of the group's first record. The caller keeps a group within the server's atomic
+        batch limit (``limits.max_batch_records``)."""
+        self._check_connected()
+        msgs: list[tuple[str, bytes, dict[str, str]]] = []
+        seen: set[tuple[str, str]] = set()
+        offsets: list[int | None] = []
+        dead: list[DeadLetter] = []
+        quality: dict[tuple[str, str], QualityRow] = {}
+        for a in group:
+            read = self._read.get(a.dataset, {})
+            refs: dict[str, list[tuple[str, str]]] = {}
+            for target, target_key, _, key in a.unresolved:
+                refs.setdefault(key, []).append((target, target_key))
+            stmt = _enc.encode(a.batch.statement)
+            offsets.append(len(msgs) if a.accepted else None)
+            for n, c in enumerate(a.accepted):
+                body = _enc.encode(StoredBody(c.record.event, c.record.salts, c.commitments,
+                                              c.path, c.completeness))
+                entry = Entry(a.dataset, c.key, c.version, n, c.index, now, c.digest,
+                              c.content, a.publisher, a.batch.statement.root, body,
+                              stmt if n == 0 else b"", a.batch.signature if n == 0 else b"",
+                              refs.get(c.key, []))
+                headers = {}
+                if (a.dataset, c.key) not in seen:
+                    seen.add((a.dataset, c.key))
+                    # conditional on exactly what the decision saw: the key's subject last
+                    # written at that version's stream sequence (0: never)
+                    replaced = a.replaces[n] if n < len(a.replaces) else -1
+                    if replaced is None:
+                        expected = 0
+                    elif replaced >= 0:
+                        expected = replaced + 1
+                    else:  # no decision given: what this store read last for the key
+                        last_read = read.get(c.key)
+                        cur = self._current.get((a.dataset, c.key))
+                        expected = (last_read if last_read is not None
+                                    else cur.seq + 1 if cur is not None else 0)
+                    headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+                msgs.append((self._subject(a.dataset, c.key), _enc.encode(entry), headers))
+            dead.extend(a.dead)
+            for row in a.quality:  # counters are totals: the last row of each pair wins
+                quality[(row[0], row[1])] = row
+        first = self._tree.size
+        if msgs:
+            try:
+                last_stream_seq = await self._atomic(msgs)
+            except StaleRead:
+                # another broker wrote one of these keys: read up to it so the retry decides
+                # anew
+                await self._catch_up()
+                raise
+            first = last_stream_seq - len(msgs)  # seq of the first record (stream seq - 1)
+            with _unavailable("announcing an append"):
+                for dataset in dict.fromkeys(a.dataset for a in group if a.accepted):
+                    await self.nc.publish(f"{self.prefix}.appended.{dataset}",
+                                          str(last_stream_seq - 1).encode())
+        await self.add_dead_letters(dead, quality=list(quality.values()))
+        if msgs:
+            await self._wait_applied(first + len(msgs))
+        return [0 if o is None else first + o + 1 for o in offsets], first
+
+    async def add_dead_letters(self, dead: Sequence[DeadLetter], *,
+                               quality: Sequence[QualityRow] = ()) -> None:
+        self._check_connected()
+        if dead:
+            await self._atomic([(f"{self.prefix}.dead.{token(d.publisher)}", _enc.encode(d), {})
+                                for d in dead])
+        await self.save_quality(quality)
+
+    # -- quality -------------------------------------------------------------------------------
+
+    async def save_quality(self, rows: Sequence[QualityRow]) -> None:
+        """This broker process's counters per (dataset, publisher), under a key of its own:
+        the exchange's totals are the sum over every process that ever ran."""
+        if not rows:
+            return
+        with _unavailable("saving quality counters"):
+            kv = await self._bucket(self.quality_bucket)
+            for dataset, publisher, blob in rows:
+                key = hashlib.sha256(f"{dataset}\0{publisher}".encode()).hexdigest()[:40]
+                await kv.put(f"{self.instance}.{key}",
+                             _enc.encode((dataset, publisher, blob)))
+
+    async def load_quality(self) -> list[QualityRow]:
+        """A new process counts from zero; what earlier ones counted is ``other_quality``."""
+        return []
+
+    async def other_quality(self) -> list[QualityRow]:
+        """The counters of every other broker process, live or gone."""
+        msgs = await self._direct(f"KV_{self.quality_bucket}", {
+            "multi_last": [f"$KV.{self.quality_bucket}.>"], "batch": 100_000}, batch=True)
+        out: list[QualityRow] = []
+        own = f"$KV.{self.quality_bucket}.{self.instance}."
+        for m in msgs:
+            # a direct get's reply names the message's own subject in a header
+            subject = (m.headers or {}).get("Nats-Subject", "")
+            if m.data and not subject.startswith(own):
+                d, p, blob = msgspec.msgpack.decode(m.data, type=tuple[str, str, bytes])
+                out.append((d, p, blob))
+        return out
+
+    def _unresolved(self) -> Iterator[Reference]:
+        for (dataset, key), targets in self._refs.items():
+            for target, target_key in targets:
+                if (target, target_key) not in self._current:
+                    yield (target, target_key, dataset, key)
+
+    async def unresolved_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, _, dataset, _ in self._unresolved():
+            out[dataset] = out.get(dataset, 0) + 1
+        return out
+
+    async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[Reference]:
+        return sorted(r for r in self._unresolved() if r[2] == dataset)[:limit]
+
+    def _record(self, m: Msg) -> StoredRecord:
+        assert m.headers is not None
+        stream_seq = int(m.headers["Nats-Sequence"])
+        e = _entry.decode(m.data)
+        return StoredRecord(stream_seq - 1, e.dataset, e.key, e.version, stream_seq - e.n,
+                            e.index, e.accepted_at, e.digest, e.body)
+
+    async def _read_records(self, req: dict[str, Any], expected: int) -> list[StoredRecord]:
+        """A direct-get batch; a replica behind the leader may serve fewer than ``expected``
+        (a prefix): ask again a few times before settling for what came."""
+        delay = 0.005
+        for _ in range(8):
+            rows = [self._record(m) for m in await self._direct(self.records_stream, req,
+                                                                 batch=True)]
+            if len(rows) >= expected:
+                return rows
+            if rows:
+                return rows  # a prefix: the caller reads on from its last seq
+            await asyncio.sleep(delay)
+            delay *= 2
+        return []
+
+    async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]:
+        recent = self._recent.read(dataset, after, limit)
+        if recent is not None:
+            return recent
+        seqs = self._seqs.get(dataset)
+        if not seqs or limit <= 0:
+            return []
+        i = bisect.bisect_right(seqs, after)
+        want = min(limit, len(seqs) - i)
+        if want <= 0:
+            return []
+        # the records stream's sequence is seq + 1; never read beyond what the log holds
+        return await self._read_records(
+            {"seq": seqs[i] + 1, "batch": want, "next_by_subj": f"{self.prefix}.rec.{dataset}.>",
+             "up_to_seq": self._tree.size}, want)
+
+    async def read_range(self, start: int, end: int) -> list[StoredRecord]:
+        end = min(end, self._tree.size)
+        out: list[StoredRecord] = []
+        while start < end:
+            rows = await self._read_records(
+                {"seq": start + 1, "batch": min(PAGE, end - start), "up_to_seq": end},
+                min(PAGE, end - start))
+            if not rows:
+                break
+            out.extend(rows)
+            start = rows[-1].seq + 1
+        return out
+
+    async def seq_before_time(self, dataset: str, t: float) -> int:
+        # accepted_at comes from each broker's clock, so it is not monotonic in seq: scan
+        seqs, times = self._seqs.get(dataset), self._times.get(dataset)
+        if not seqs or times is None:
+            return -1
+        best = -1
+        for s, at in zip(seqs, times, strict=True):
+            if at < t:
+                best = s
+        return best
+
+    async def count_after(self, dataset: str, seq: int) -> int:
+        seqs = self._seqs.get(dataset)
+        return len(seqs) - bisect.bisect_right(seqs, seq) if seqs else 0
+
+    async def batches(self, ids: Sequence[int]) -> dict[int, BatchRow]:
+        recent = self._recent.batches(ids)
+        if len(recent) == len(set(ids)):
+            return recent
+        unique = [i for i in dict.fromkeys(ids) if i not in self._batch_cache
+                  and i not in recent]
+
+        async def one(bid: int) -> None:
+            for m in await self._direct(self.records_stream, {"seq": bid}, batch=False):
+                e = _entry.decode(m.data)
+                if e.n == 0 and e.statement:
+                    self._batch_cache[bid] = BatchRow(bid, _stmt.decode(e.statement),
+                                                      e.signature)
+
+        if unique:
+            if len(self._batch_cache) > 100_000:
+                self._batch_cache.clear()
+            await asyncio.gather(*(one(b) for b in unique))
+        return {**recent, **{i: self._batch_cache[i] for i in ids if i in self._batch_cache}}
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    async def dead_letters(self, publisher: str, after: int, limit: int) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        msgs = await self._direct(self.dead_stream, {
+            "seq": max(after, 0) + 1, "batch": min(limit, PAGE),
+            "next_by_subj": f"{self.prefix}.dead.{token(publisher)}"}, batch=True)
+        out = []
+        for m in msgs:
+            assert m.headers is not None
+            out.append(msgspec.structs.replace(_dead.decode(m.data),
+                                               id=int(m.headers["Nats-Sequence"])))
+        return out
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def _sub_key(self, node: str, dataset: str, name: str) -> str:
+        return "s" + hashlib.sha256(f"{node}\0{dataset}\0{name}".encode()).hexdigest()[:40]
+
+    async def _kv(self) -> Any:
+        with _unavailable("opening the subscriptions bucket"):
+            return await self._bucket(self.subs_bucket)
+
+    async def _bucket(self, name: str) -> Any:
+        """A KV bucket's handle, looked up once (each lookup is a stream-info round trip)."""
+        kv = self._buckets.get(name)
+        if kv is None:
+            kv = self._buckets[name] = await self.nc.jetstream(
+                timeout=self.timeout).key_value(name)
+        return kv
+
+    async def subscription(self, node: str, dataset: str, name: str) -> SubscriptionRow | None:
+        v = await self._sub_get(await self._kv(), self._sub_key(node, dataset, name))
+        return None if v is None else SubscriptionRow(v.node, v.dataset, v.name, v.acked,
+                                                      v.created_at)
+
+    async def _sub_get(self, kv: Any, key: str) -> SubValue | None:
+        try:
+            with _unavailable("reading a subscription"):
+                entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        v = _sub.decode(entry.value)
+        self._subs_seen[key] = (entry.revision or 0, v)
+        return v
+
+    async def create_subscription(self, node: str, dataset: str, name: str, acked: int,
+                                  now: float) -> SubscriptionRow:
+        kv = await self._kv()
+        key = self._sub_key(node, dataset, name)
+        # created meanwhile, by this or another broker: keep that one
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError), \
+                _unavailable("creating a subscription"):
+            await kv.create(key, _enc.encode(SubValue(node, dataset, name, acked, now)))
+        row = await self.subscription(node, dataset, name)
+        assert row is not None
+        return row
+
+    async def ack(self, node: str, dataset: str, name: str, seq: int) -> None:
+        """Move the position to ``seq`` if that is forward, by KV revision (two connections of
+        one subscription, on two brokers, cannot move it back)."""
+        kv = await self._kv()
+        key = self._sub_key(node, dataset, name)
+        for _ in range(100):
+            known = self._subs_seen.get(key)
+            if known is None:
+                if await self._sub_get(kv, key) is None:
+                    return
+                known = self._subs_seen[key]
+            revision, v = known
+            if seq <= v.acked:
+                return
+            new = msgspec.structs.replace(v, acked=seq)
+            try:
+                with _unavailable("storing an ack"):
+                    new_rev = await kv.update(key, _enc.encode(new), last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                self._subs_seen.pop(key, None)  # moved elsewhere: read it again
+                continue
+            self._subs_seen[key] = (new_rev, new)
+            return
+        raise UnavailableError("ack kept losing revision races", code="store_unavailable")
+
+    async def subscriptions(self) -> list[SubscriptionRow]:
+        msgs = await self._direct(f"KV_{self.subs_bucket}", {
+            "multi_last": [f"$KV.{self.subs_bucket}.>"], "batch": 100_000}, batch=True)
+        rows = []
+        for m in msgs:
+            if m.data:
+                v = _sub.decode(m.data)
+                rows.append(SubscriptionRow(v.node, v.dataset, v.name, v.acked, v.created_at))
+        return sorted(rows, key=lambda r: (r.dataset, r.node, r.name))
+
+    # -- transparency log --------------------------------------------------------------------
+
+    def log_state(self) -> tuple[int, bytes]:
+        return self._tree.size, self._tree.root()
+
+    async def log_nodes(self, coords: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        out: dict[tuple[int, int], bytes] = {}
+        for level, idx in coords:
+            if level < len(self._levels):
+                h = bytes(self._levels[level][idx * 32:idx * 32 + 32])
+                if len(h) == 32:
+                    out[(level, idx)] = h
+        return out
+
+    async def _latest_cp(self) -> tuple[int, tlog.Checkpoint | None]:
+        msgs = await self._direct(self.cp_stream, {"last_by_subj": f"{self.prefix}.checkpoint"},
+                                  batch=False)
+        if not msgs:
+            return 0, None
+        m = msgs[0]
+        assert m.headers is not None
+        return int(m.headers["Nats-Sequence"]), _note(m.data.decode())
+
+    async def add_checkpoint(self, cp: tlog.Checkpoint, now: float) -> None:
+        self._check_connected()
+        for _ in range(100):
+            seq, latest = await self._latest_cp()
+            if latest is not None:
+                if latest.size >= cp.size:
+                    # another broker got there first; both came from the same stream order
+                    if latest.size == cp.size and latest.root != cp.root:
+                        raise IntegrityError("a stored checkpoint of the same size has another "
+                                             "root (split view)", code="split_view")
+                    return
+                if latest.size > 0:
+                    await self._check_extends(latest, cp)
+            with _unavailable("storing a checkpoint"):
+                reply = await self.nc.request(
+                    f"{self.prefix}.checkpoint", cp.note.encode(), timeout=self.timeout,
+                    headers={"Nats-Expected-Last-Subject-Sequence": str(seq)})
+            err = _pub_ack.decode(reply.data).get("error")
+            if err and err.get("err_code") in WRONG_LAST_SEQUENCE:
+                continue  # lost the race: read the winner and check again
+            if err:
+                raise UnavailableError(f"NATS refused the checkpoint: {err}",
+                                       code="store_unavailable")
+            return
+        raise UnavailableError("checkpoint kept losing races", code="store_unavailable")
+
+    async def _check_extends(self, old: tlog.Checkpoint, new: tlog.Checkpoint) -> None:
+        """Refuse to store ``new`` unless this broker's tree proves it extends ``old``."""
+        if old.size > self._tree.size:
+            raise UnavailableError("the latest checkpoint is beyond this broker's log",
+                                   code="store_unavailable")
+        wanted: list[tuple[int, int]] = []
+
+        def plan(level: int, index: int) -> bytes:
+            wanted.append((level, index))
+            return b"\x00" * 32
+
+        merkle.consistency_proof(plan, old.size, new.size)
+        nodes = await self.log_nodes(wanted)
+        proof = merkle.consistency_proof(lambda lv, ix: nodes[(lv, ix)], old.size, new.size)
+        tlog.check_consistent(old, new, proof)
+
+    async def checkpoints(self, since_size: int = 0) -> list[tlog.Checkpoint]:
+        out: list[tlog.Checkpoint] = []
+        seq = 1
+        while True:
+            msgs = await self._direct(self.cp_stream, {"seq": seq, "batch": PAGE}, batch=True)
+            for m in msgs:
+                cp = _note(m.data.decode())
+                if cp.size >= since_size:
+                    out.append(cp)
+            if len(msgs) < PAGE:
+                return out
+            assert msgs[-1].headers is not None
+            seq = int(msgs[-1].headers["Nats-Sequence"]) + 1
+
+    async def latest_checkpoint(self) -> tlog.Checkpoint | None:
+        return (await self._latest_cp())[1]
+
+
+def _note(note: str) -> tlog.Checkpoint:
+    return tlog.Checkpoint.parse(note.split("\n\n")[0] + "\n", note)
