@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from exchange import pki
 from exchange.core import datasets, disclosure, merkle, tlog
 from exchange.core.envelope import digest
-from exchange.core.errors import ExchangeError, InputError, IntegrityError
+from exchange.core.errors import Code, ExchangeError, InputError, IntegrityError
 from exchange.core.signing import Statement, Verifier
 from exchange.store.base import StoredBody
 
@@ -109,7 +109,7 @@ def audit_data(data_dir: Path, trust: Trust | None = None,
     """Audit a broker's data directory (read-only)."""
     path = data_dir / "exchange.sqlite"
     if not path.is_file():
-        raise InputError(f"no exchange store at {path}", code="no_store")
+        raise InputError(f"no exchange store at {path}", code=Code.NO_STORE)
     if trust is None:
         trust = Trust.from_file(data_dir / TRUST_FILE)
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

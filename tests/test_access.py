@@ -17,7 +17,7 @@ from exchange.core.access import (
     Policy,
     parse_config,
 )
-from exchange.core.errors import Forbidden, InputError
+from exchange.core.errors import Forbidden, InputError, NotFound
 
 GROUPS = {n: tuple(datasets.get(n).groups) for n in datasets.names()}
 
@@ -183,9 +183,9 @@ def test_only_the_owner_publishes() -> None:
 
 
 def test_publish_to_unknown_dataset() -> None:
-    with pytest.raises(Forbidden) as info:
+    with pytest.raises(NotFound) as info:
         _policy().check_publish(POP_OWNER, "vehicle")  # a dataset this broker does not serve
-    assert info.value.code == "unknown_dataset"
+    assert (info.value.code, info.value.status) == ("unknown_dataset", 404)
 
 
 def test_an_agreement_does_not_grant_publishing() -> None:
@@ -216,9 +216,9 @@ def test_agreement_is_per_subscriber_and_dataset() -> None:
 
 
 def test_subscribe_to_unknown_dataset() -> None:
-    with pytest.raises(Forbidden) as info:
+    with pytest.raises(NotFound) as info:
         _policy().check_subscribe(BANK, "vehicle", NOW)
-    assert info.value.code == "unknown_dataset"
+    assert (info.value.code, info.value.status) == ("unknown_dataset", 404)
 
 
 def test_expired_agreement_is_refused() -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from exchange.core.errors import ExchangeError
+from exchange.core.errors import Forbidden, RemoteError
 from exchange.node import Delivery, Node, Record
 from exchange.sim.generate import Generator
 from tests.conftest import OWNERS, TODAY, Env
@@ -66,9 +66,11 @@ async def test_failing_handler_is_retried_and_refusal_stops(env: Env) -> None:
             refused = land.subscribe("tax", "nope", flaky)
             task = refused._task
             assert task is not None
-            with pytest.raises(ExchangeError) as e:
+            with pytest.raises(Forbidden) as e:
                 await asyncio.wait_for(task, 10)
-            assert e.value.code == "subscription_refused"
+            # the class and code the broker raised, rebuilt from the refused handshake
+            assert (e.value.code, e.value.status, e.value.remote) == ("no_agreement", 403, True)
+            assert isinstance(e.value, RemoteError)
 
 
 async def test_publishing_over_the_websocket_stream(env: Env) -> None:
@@ -94,6 +96,6 @@ async def test_publishing_over_the_websocket_stream(env: Env) -> None:
         assert again.duplicates == 3 and again.seqs == result.seqs[:3]
         assert len(pop._streams) == 1  # one connection carried every batch
     async with Node(env.node_config(OWNERS["tax"], transport="websocket")) as tax:
-        with pytest.raises(ExchangeError) as e:
+        with pytest.raises(Forbidden) as e:
             await tax.publish("population", [Record(people[0])])
-        assert e.value.code == "publish_refused" and e.value.status == 403
+        assert (e.value.code, e.value.status, e.value.remote) == ("not_owner", 403, True)

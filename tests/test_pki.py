@@ -134,7 +134,7 @@ def test_enroll_refuses_to_overwrite_and_the_broker_id(shared_pki: Path) -> None
 def test_unknown_and_uninitialised(tmp_path: Path, shared_pki: Path) -> None:
     with pytest.raises(PkiError) as err:
         pki.load_node_identity(shared_pki, "vn.gov.nobody")
-    assert err.value.code == "unknown_node"
+    assert err.value.code == "not_enrolled"
     with pytest.raises(PkiError) as err:
         pki.enroll(tmp_path, NODE)
     assert err.value.code == "not_initialised"

@@ -30,14 +30,17 @@ from exchange.core import datasets, tlog
 from exchange.core.access import BrokerConfig, Limits, Policy, parse_config
 from exchange.core.errors import (
     AuthError,
+    Code,
     ExchangeError,
     InputError,
+    InternalError,
     LimitExceeded,
+    NotAllowed,
     NotFound,
     RateLimited,
 )
 from exchange.core.signing import Verifier
-from exchange.core.wire import PublishReply
+from exchange.core.wire import PROBLEM_CODE_HEADER, PublishReply
 from exchange.store.base import Store
 
 __all__ = ["BROKER", "Broker", "create_app"]
@@ -117,7 +120,8 @@ NODE = web.RequestKey("node", str)
 
 def problem_response(err: ExchangeError, request: web.Request) -> web.Response:
     return web.Response(body=_json.encode(err.problem(instance=request.path)),
-                        status=err.status, content_type=PROBLEM)
+                        status=err.status, content_type=PROBLEM,
+                        headers={PROBLEM_CODE_HEADER: err.code})
 
 
 @web.middleware
@@ -134,19 +138,19 @@ async def problem_middleware(request: web.Request,
         return problem_response(err, request)
     except web.HTTPRequestEntityTooLarge as exc:
         return problem_response(LimitExceeded(f"body larger than {exc.text}",
-                                              code="body_too_large"), request)
+                                              code=Code.BODY_TOO_LARGE), request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        http_err = ExchangeError(exc.reason, code=code)
-        http_err.status = exc.status  # type: ignore[misc]
-        http_err.title = exc.reason  # type: ignore[misc]
+        http_err = {404: NotFound(exc.reason), 405: NotAllowed(exc.reason)}.get(exc.status)
+        if http_err is None:
+            http_err = ExchangeError(exc.reason, code=Code.HTTP_ERROR)
+            http_err.status = exc.status
         return problem_response(http_err, request)
     except Exception:
         log.exception("internal_error")
-        return problem_response(ExchangeError("internal error; the request id is in the log",
-                                              code="internal_error"), request)
+        return problem_response(InternalError("internal error; the request id is in the log",
+                                              code=Code.INTERNAL_ERROR), request)
     finally:
         structlog.contextvars.clear_contextvars()
 
@@ -161,10 +165,10 @@ async def auth_middleware(request: web.Request,
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         raise AuthError("a client certificate from the exchange CA is required",
-                        code="no_certificate")
+                        code=Code.NO_CERTIFICATE)
     node = pki.node_id_from_cert(der)
     if node in broker.revoked:
-        raise AuthError(f"the certificate of {node} is revoked", code="revoked")
+        raise AuthError(f"the certificate of {node} is revoked", code=Code.REVOKED)
     request[NODE] = node
     structlog.contextvars.bind_contextvars(node=node)
     return await handler(request)
@@ -204,7 +208,7 @@ async def get_schema(request: web.Request) -> web.Response:
         v = int(version) if version else None
     except ValueError:
         raise NotFound(f"schema version {version!r} is not a number",
-                       code="unknown_schema_version") from None
+                       code=Code.UNKNOWN_SCHEMA_VERSION) from None
     spec = datasets.get(request.match_info["dataset"], v)
     return web.Response(body=_json.encode(spec.json_schema()),
                         content_type="application/schema+json")
@@ -224,7 +228,8 @@ async def post_records(request: web.Request) -> web.Response:
         # like every other problem reply, name the resource it is about (RFC 9457 §3.1.5)
         outcome.problem.setdefault("instance", request.path)
         return web.Response(body=_json.encode(outcome.problem), status=outcome.status,
-                            content_type=PROBLEM)
+                            content_type=PROBLEM,
+                            headers={PROBLEM_CODE_HEADER: outcome.problem["code"]})
     return _ok(outcome.receipt)
 
 
@@ -234,7 +239,7 @@ def _socket_slot(broker: Broker, node: str) -> Iterator[None]:
     if broker.sockets[node] >= broker.limits.max_connections_per_node:
         raise RateLimited(f"{node} has {broker.sockets[node]} WebSockets open; the limit is "
                           f"{broker.limits.max_connections_per_node}",
-                          code="too_many_connections")
+                          code=Code.TOO_MANY_CONNECTIONS)
     broker.sockets[node] += 1
     try:
         yield
@@ -277,9 +282,9 @@ async def _publish_stream(request: web.Request, broker: Broker, node: str, datas
             return PublishReply(problem=err.problem(instance=request.path))
         except Exception:
             log.exception("internal_error")
-            return PublishReply(problem=ExchangeError(
+            return PublishReply(problem=InternalError(
                 "internal error; the request id is in the log",
-                code="internal_error").problem(instance=request.path))
+                code=Code.INTERNAL_ERROR).problem(instance=request.path))
 
     async def send_in_order() -> None:
         while (item := await replies.get()) is not None:
@@ -339,7 +344,7 @@ async def dead_letters(request: web.Request) -> web.Response:
         after = int(request.query.get("after", "0"))
         limit = max(1, min(int(request.query.get("limit", "100")), 1000))
     except ValueError:
-        raise InputError("after and limit must be integers", code="bad_query") from None
+        raise InputError("after and limit must be integers", code=Code.BAD_QUERY) from None
     rows = await broker.store.dead_letters(request[NODE], after, limit)
     return _ok([{**msgspec.to_builtins(d, builtin_types=(bytes,)),
                  "record": d.record.decode("utf-8", "replace")} for d in rows])
@@ -358,7 +363,7 @@ async def node_certificate(request: web.Request) -> web.Response:
         return web.Response(body=Path(path).read_bytes(),
                             content_type="application/pem-certificate-chain")
     except (OSError, ExchangeError):
-        raise NotFound(f"no signing certificate for {node!r}", code="unknown_node") from None
+        raise NotFound(f"no signing certificate for {node!r}", code=Code.UNKNOWN_NODE) from None
 
 
 def _ints(request: web.Request, *names: str) -> list[int]:
@@ -366,9 +371,9 @@ def _ints(request: web.Request, *names: str) -> list[int]:
         return [int(request.query[n]) for n in names]
     except KeyError as err:
         raise InputError(f"query parameter {err.args[0]!r} is required",
-                         code="bad_query") from None
+                         code=Code.BAD_QUERY) from None
     except ValueError:
-        raise InputError(f"{', '.join(names)} must be integers", code="bad_query") from None
+        raise InputError(f"{', '.join(names)} must be integers", code=Code.BAD_QUERY) from None
 
 
 async def log_checkpoint(request: web.Request) -> web.Response:
@@ -405,7 +410,7 @@ async def log_entries(request: web.Request) -> web.Response:
 def _tracker(broker: Broker) -> QualityTracker:
     if broker.quality is None:
         raise NotFound("quality scoring is switched off in this broker's config",
-                       code="quality_off")
+                       code=Code.QUALITY_OFF)
     return broker.quality
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from exchange.core import merkle, tlog
-from exchange.core.errors import InputError, NotFound
+from exchange.core.errors import Code, InputError, NotFound
 from exchange.store.base import Store
 
 __all__ = ["LogService"]
@@ -102,25 +102,25 @@ class LogService:
     async def inclusion(self, seq: int, size: int) -> list[bytes]:
         self._check_size(size)
         if not 0 <= seq < size:
-            raise InputError(f"seq {seq} is not in a tree of size {size}", code="bad_range")
+            raise InputError(f"seq {seq} is not in a tree of size {size}", code=Code.BAD_RANGE)
         return await self._prove(lambda node: merkle.inclusion_proof(node, seq, size))
 
     async def consistency(self, old: int, new: int) -> list[bytes]:
         self._check_size(new)
         if not 0 <= old <= new:
-            raise InputError(f"sizes {old} and {new} are not 0 <= from <= to", code="bad_range")
+            raise InputError(f"sizes {old} and {new} are not 0 <= from <= to", code=Code.BAD_RANGE)
         return await self._prove(lambda node: merkle.consistency_proof(node, old, new))
 
     def _check_size(self, size: int) -> None:
         committed, _ = self.store.log_state()
         if size > committed:
-            raise NotFound(f"the log has {committed} entries, not {size}", code="beyond_log")
+            raise NotFound(f"the log has {committed} entries, not {size}", code=Code.BEYOND_LOG)
 
     async def entries(self, start: int, end: int) -> list[dict[str, Any]]:
         committed, _ = self.store.log_state()
         end = min(end, committed, start + MAX_ENTRIES)
         if start < 0 or start > end:
-            raise InputError("need 0 <= start <= end", code="bad_range")
+            raise InputError("need 0 <= start <= end", code=Code.BAD_RANGE)
         rows = await self.store.read_range(start, end)
         batches = await self.store.batches([r.batch_id for r in rows])
         out = []

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exchange.core import datasets, quality
+from exchange.core.errors import Violation
 from exchange.core.gate import Checked, Decided
 from exchange.store.base import QualityRow, Reference, Store
 
@@ -27,7 +28,6 @@ TIMELY_S = 1.0
 #: publish→deliver latency buckets (seconds): 1 ms … 30 s
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
                    30.0)
-CONFLICTS = frozenset({"version_conflict", "stale_version"})
 
 
 class QualityTracker:
@@ -76,14 +76,14 @@ class QualityTracker:
               decided: Decided, now: float) -> QualityRow:
         """Count one batch's outcome. Call under the publisher's lock, before the append."""
         c = self._get(spec.name, publisher)
-        first_code: dict[int | None, str] = {}
+        first: dict[int | None, Violation] = {}
         for v in decided.rejected:
-            first_code.setdefault(v.index, v.code)
-        c.received += len(decided.accepted) + len(decided.duplicates) + len(first_code)
+            first.setdefault(v.index, v)
+        c.received += len(decided.accepted) + len(decided.duplicates) + len(first)
         c.duplicates += len(decided.duplicates)
-        for code in first_code.values():
-            c.rejected[code] = c.rejected.get(code, 0) + 1
-            if code in CONFLICTS:
+        for v in first.values():
+            c.rejected[v.code] = c.rejected.get(v.code, 0) + 1
+            if v.conflict:
                 c.conflicts += 1
         c.not_normalised += sum(1 for x in checked.candidates if not x.normalised)
         today = dt.datetime.fromtimestamp(now, dt.UTC).date()

@@ -16,6 +16,8 @@ from exchange.core import datasets, gate, quality
 from exchange.core.access import Limits
 from exchange.core.envelope import now_rfc3339
 from exchange.core.errors import (
+    Code,
+    ConflictError,
     ExchangeError,
     InputError,
     InvalidRecord,
@@ -40,14 +42,12 @@ _json_batch = msgspec.json.Decoder(Batch)
 def _no_ext(code: int, data: memoryview) -> Any:
     # MessagePack extension types have no JSON form, so no canonical bytes: refuse them here
     raise InputError(f"MessagePack extension type {code} is not allowed in records",
-                     code="malformed")
+                     code=Code.MALFORMED)
 
 
 _msgpack_batch = msgspec.msgpack.Decoder(Batch, ext_hook=_no_ext)
 _json = msgspec.json.Encoder()
 
-#: conflicts alone make a 409; any other rejection makes the reply a 422
-CONFLICT_CODES = frozenset({"version_conflict", "stale_version"})
 #: decide again at most this often when another broker wrote the same keys meanwhile (NATS)
 STALE_READ_RETRIES = 20
 
@@ -103,16 +103,16 @@ class Publisher:
             return dec.decode(body)
         except msgspec.ValidationError as err:
             raise InputError(f"batch does not match the wire schema: {err}",
-                             code="schema_violation") from None
+                             code=Code.SCHEMA_VIOLATION) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as err:
             # msgspec's MessagePack decoder raises UnicodeDecodeError for a str that is not
             # UTF-8; a truncated body's message has no position, so give it
             where = f" (at byte {len(body)})" if "truncated" in str(err) else ""
             kind = "MessagePack" if dec is _msgpack_batch else "JSON"
             raise InputError(f"body is not valid {kind}: {err}{where}",
-                             code="malformed") from None
+                             code=Code.MALFORMED) from None
         except RecursionError:
-            raise InputError("body is nested too deeply", code="too_deep") from None
+            raise InputError("body is nested too deeply", code=Code.TOO_DEEP) from None
 
     async def refuse(self, node: str, dataset: str, err: ExchangeError,
                      batch: Batch | None, body: bytes) -> None:
@@ -142,7 +142,7 @@ class Publisher:
             except (TypeError, ValueError, OverflowError) as err:
                 # a value the canonical encoding cannot take: the publisher's fault, not ours
                 raise InputError(f"a record holds a value with no canonical form: {err}",
-                                 code="malformed") from None
+                                 code=Code.MALFORMED) from None
         except ExchangeError as err:
             await self.refuse(node, dataset, err, batch, body)
             raise
@@ -225,7 +225,7 @@ class Publisher:
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(UnavailableError("broker stopping",
-                                                                code="unavailable"))
+                                                                code=Code.UNAVAILABLE))
                 raise
             self._resolve(jobs, outcomes)
 
@@ -245,7 +245,7 @@ class Publisher:
             except StaleRead:
                 if attempt == STALE_READ_RETRIES:
                     raise UnavailableError("the keys kept changing under this batch; retry",
-                                           code="contended") from None
+                                           code=Code.CONTENDED) from None
         raise AssertionError("unreachable")
 
     async def _try_commit(self, jobs: list[_Job]) -> list[Outcome]:
@@ -312,16 +312,17 @@ class Publisher:
 
     def _problem(self, rejected: list[Violation], receipt: SignedReceipt
                  ) -> tuple[int, dict[str, Any]]:
+        """The problem for a batch some of whose records were refused: a 409 when every refusal
+        is a version conflict (a retry or a race, the catalogue's ``ConflictError`` codes), else
+        a 422; its ``receipt`` covers the rest."""
         codes = {v.code for v in rejected}
         refused = len({v.index for v in rejected})
         total = receipt.receipt.accepted + len(receipt.receipt.duplicates) + refused
-        err = InvalidRecord(
-            f"{refused} of {total} records refused ({', '.join(sorted(codes))}); "
-            "the receipt covers the rest",
-            code=codes.pop() if len(codes) == 1 else "records_rejected",
-            violations=rejected)
-        body = err.problem()
+        klass = ConflictError if all(v.conflict for v in rejected) else InvalidRecord
+        body = klass(f"{refused} of {total} records refused ({', '.join(sorted(codes))}); "
+                     "the receipt covers the rest", violations=rejected).problem()
+        code = codes.pop() if len(codes) == 1 else Code.RECORDS_REJECTED
+        body["code"] = code
+        body["type"] = f"https://exchange.gov.vn/problems/{code}"
         body["receipt"] = msgspec.to_builtins(receipt)
-        status = 409 if {v.code for v in rejected} <= CONFLICT_CODES else 422
-        body["status"] = status
-        return status, body
+        return klass.status, body

@@ -15,7 +15,7 @@ from aiohttp import web
 from exchange import pki
 from exchange.broker.app import Broker, create_app
 from exchange.core.access import BrokerConfig
-from exchange.core.errors import InputError
+from exchange.core.errors import Code, InputError
 from exchange.store.base import Store
 from exchange.store.sqlite import SqliteStore
 
@@ -32,7 +32,7 @@ def make_store(config: BrokerConfig) -> Store:
 
         return NatsStore(config.store)
     raise InputError(f"store {config.store!r} is not available; use sqlite or "
-                     "nats://HOST:PORT[,HOST:PORT...]", code="bad_config")
+                     "nats://HOST:PORT[,HOST:PORT...]", code=Code.BAD_CONFIG)
 
 
 def wire_store(broker: Broker) -> None:
@@ -48,7 +48,7 @@ def split_listen(listen: str) -> tuple[str, int]:
     try:
         return host.strip("[]") or "127.0.0.1", int(port)
     except ValueError:
-        raise InputError(f"listen {listen!r} is not HOST:PORT", code="bad_config") from None
+        raise InputError(f"listen {listen!r} is not HOST:PORT", code=Code.BAD_CONFIG) from None
 
 
 async def serve(config: BrokerConfig, *, config_path: Path | None = None,

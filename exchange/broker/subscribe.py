@@ -25,7 +25,7 @@ from exchange.broker.metrics import QualityTracker
 from exchange.core import datasets
 from exchange.core.access import Limits, Policy
 from exchange.core.consumer import ConsumerState
-from exchange.core.errors import ConflictError, ExchangeError, Forbidden, InputError
+from exchange.core.errors import Code, ConflictError, ExchangeError, Forbidden, InputError
 from exchange.core.wire import Ack, BatchRef, ClientFrame, Credit, DeliveredRecord, Hello
 from exchange.store.base import BatchRow, Store, StoredBody, StoredRecord
 
@@ -65,7 +65,7 @@ def parse_start(start: str) -> tuple[str, Any]:
     except ValueError:
         pass
     raise InputError(f"start {start!r} is not earliest, latest, seq:N or time:RFC3339",
-                     code="bad_start")
+                     code=Code.BAD_START)
 
 
 class Subscriptions:
@@ -85,15 +85,15 @@ class Subscriptions:
         name = request.query.get("name", "default")
         if not _NAME.match(name):
             raise InputError("subscription name must be 1-64 of A-Z a-z 0-9 _ . -",
-                             code="bad_subscription_name")
+                             code=Code.BAD_SUBSCRIPTION_NAME)
         encoding = request.query.get("encoding", "json")
         if encoding not in ("json", "msgpack"):
-            raise InputError("encoding must be json or msgpack", code="bad_encoding")
+            raise InputError("encoding must be json or msgpack", code=Code.BAD_ENCODING)
         # "always": every record with its audit path, even when its whole batch is in the frame
         # (for a subscriber that keeps single records as evidence)
         paths = request.query.get("paths", "auto")
         if paths not in ("auto", "always"):
-            raise InputError("paths must be auto or always", code="bad_paths")
+            raise InputError("paths must be auto or always", code=Code.BAD_PATHS)
         agreement, granted = self._policy().check_subscribe(node, dataset, _utcnow())
         row = await self.store.subscription(node, dataset, name)
         if row is None:
@@ -111,7 +111,7 @@ class Subscriptions:
         if key in self.live:
             # a conflict with the live connection (409), not a broker fault (500)
             raise ConflictError(f"subscription {name!r} on {dataset} is already connected",
-                                code="subscription_busy")
+                                code=Code.SUBSCRIPTION_BUSY)
         limits = self._limits()
         ws = web.WebSocketResponse(heartbeat=limits.idle_timeout_s / 2,
                                    max_msg_size=64 * 1024)

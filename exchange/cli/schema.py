@@ -20,7 +20,7 @@ import msgspec
 
 from exchange.core import datasets
 from exchange.core.datasets import DatasetSpec, RuleContext, Validated
-from exchange.core.errors import ExchangeError, Violation
+from exchange.core.errors import Code, ExchangeError, Violation
 
 __all__ = ["register"]
 
@@ -175,11 +175,11 @@ def _check_item(spec: DatasetSpec, item: Item, ctx: RuleContext) -> Validated:
                     type_name = None
                 if type_name != spec.type:
                     return Validated(None, [Violation(
-                        "type_mismatch",
+                        Code.TYPE_MISMATCH,
                         f"envelope type {type_name!r} is not {spec.type!r}", "$.type")])
             data = obj.get("data")
             if data is None:
-                return Validated(None, [Violation("missing_field", "envelope has no data",
+                return Validated(None, [Violation(Code.MISSING_FIELD, "envelope has no data",
                                                   "$.data")])
             raw = bytes(data)
     result = spec.validate_json(raw, ctx)

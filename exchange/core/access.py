@@ -15,7 +15,7 @@ from typing import Annotated
 import msgspec
 
 from exchange.core.envelope import NodeId
-from exchange.core.errors import Forbidden, InputError
+from exchange.core.errors import Code, Forbidden, InputError, NotFound
 
 __all__ = ["Agreement", "BrokerConfig", "DatasetConfig", "Limits", "Policy", "parse_config"]
 
@@ -86,9 +86,10 @@ def parse_config(text: str, *, fmt: str = "toml") -> BrokerConfig:
         raw = tomllib.loads(text) if fmt == "toml" else msgspec.json.decode(text)
         return msgspec.convert(raw, BrokerConfig)
     except (tomllib.TOMLDecodeError, msgspec.DecodeError) as err:
-        raise InputError(f"config is not valid {fmt.upper()}: {err}", code="bad_config") from None
+        raise InputError(f"config is not valid {fmt.upper()}: {err}",
+                         code=Code.BAD_CONFIG) from None
     except msgspec.ValidationError as err:
-        raise InputError(f"config: {err}", code="bad_config") from None
+        raise InputError(f"config: {err}", code=Code.BAD_CONFIG) from None
 
 
 class Policy:
@@ -103,29 +104,32 @@ class Policy:
         for a in config.agreements:
             if a.dataset not in self.owners:
                 raise InputError(f"agreement for {a.subscriber} names unknown dataset "
-                                 f"{a.dataset!r}", code="bad_config")
+                                 f"{a.dataset!r}", code=Code.BAD_CONFIG)
             known = self._groups.get(a.dataset)
             if known is not None:
                 unknown = [g for g in a.groups if g not in known]
                 if unknown:
                     raise InputError(f"agreement for {a.subscriber} on {a.dataset} grants "
                                      f"unknown groups {unknown}; known: {list(known)}",
-                                     code="bad_config")
+                                     code=Code.BAD_CONFIG)
             self._agreements.setdefault((a.subscriber, a.dataset), []).append(a)
 
     def check_publish(self, node: str, dataset: str) -> None:
         owner = self.owners.get(dataset)
         if owner is None:
-            raise Forbidden(f"dataset {dataset!r} is not served here", code="unknown_dataset")
+            raise NotFound(f"dataset {dataset!r} is not served here",
+                           code=Code.UNKNOWN_DATASET)
         if owner != node:
             raise Forbidden(f"{node} is not the owner of {dataset} (the owner is {owner})",
-                            code="not_owner")
+                            code=Code.NOT_OWNER)
 
     def check_subscribe(self, node: str, dataset: str, now: dt.datetime) -> tuple[Agreement,
                                                                                     list[str]]:
-        """The live agreement and the groups it grants, or Forbidden."""
+        """The live agreement and the groups it grants; Forbidden without one, NotFound for a
+        dataset not served here."""
         if dataset not in self.owners:
-            raise Forbidden(f"dataset {dataset!r} is not served here", code="unknown_dataset")
+            raise NotFound(f"dataset {dataset!r} is not served here",
+                           code=Code.UNKNOWN_DATASET)
         if self.owners[dataset] == node:
             # the owner reads its own dataset in full
             return (Agreement(subscriber=node, dataset=dataset, purpose="owner"),
@@ -133,7 +137,7 @@ class Policy:
         live = [a for a in self._agreements.get((node, dataset), []) if a.live(now)]
         if not live:
             raise Forbidden(f"{node} has no live agreement to read {dataset}",
-                            code="no_agreement")
+                            code=Code.NO_AGREEMENT)
         a = live[0]
         groups = a.groups or list(self._groups.get(dataset, ()))
         return a, groups

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from exchange.core.errors import InputError
+from exchange.core.errors import Code, InputError
 
 __all__ = ["ConsumerState"]
 
@@ -70,7 +70,7 @@ class ConsumerState:
         """Apply a cumulative ack. Returns True when the durable position moved."""
         if seq > self.max_sent:
             raise InputError(f"ack {seq} is beyond the last record sent ({self.max_sent})",
-                             code="bad_ack")
+                             code=Code.BAD_ACK)
         if seq <= self.acked:
             return False
         self.acked = seq

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.core.errors import IntegrityError
+from exchange.core.errors import Code, IntegrityError
 
 __all__ = [
     "SALT_BYTES",
@@ -66,11 +66,11 @@ def _opened_in_full(data: Mapping[str, Any], groups: Mapping[str, tuple[str, ...
     stray = [f for f in data if f not in owner]
     if stray:
         raise IntegrityError(f"fields {stray} are outside every disclosed group",
-                             code="disclosure_invalid")
+                             code=Code.DISCLOSURE_INVALID)
     for g, salt in salts.items():
         if len(salt) != SALT_BYTES:
             raise IntegrityError(f"salt of group {g!r} is not 16 bytes",
-                                 code="disclosure_invalid")
+                                 code=Code.DISCLOSURE_INVALID)
     return commitments(data, groups, salts)
 
 
@@ -117,28 +117,28 @@ def opened_commitments(data: Mapping[str, Any], groups: Mapping[str, tuple[str, 
         return _opened_in_full(data, groups, salts)
     disclosed = salts.keys()
     if disclosed & withheld.keys():
-        raise IntegrityError("a group is both disclosed and withheld", code="disclosure_invalid")
+        raise IntegrityError("a group is both disclosed and withheld", code=Code.DISCLOSURE_INVALID)
     if disclosed | withheld.keys() != groups.keys():
         raise IntegrityError(
             f"groups {sorted(disclosed | withheld.keys())} do not match the schema's "
-            f"{sorted(groups)}", code="disclosure_invalid")
+            f"{sorted(groups)}", code=Code.DISCLOSURE_INVALID)
     allowed = {f for g in disclosed for f in groups[g]}
     stray = [f for f in data if f not in allowed]
     if stray:
         raise IntegrityError(f"fields {stray} are outside every disclosed group",
-                             code="disclosure_invalid")
+                             code=Code.DISCLOSURE_INVALID)
     out: dict[str, bytes] = {}
     for g, fields in groups.items():
         if g in withheld:
             c = withheld[g]
             if len(c) != COMMITMENT_BYTES:
                 raise IntegrityError(f"commitment of group {g!r} is not 32 bytes",
-                                     code="disclosure_invalid")
+                                     code=Code.DISCLOSURE_INVALID)
             out[g] = c
         else:
             s = salts[g]
             if len(s) != SALT_BYTES:
                 raise IntegrityError(f"salt of group {g!r} is not 16 bytes",
-                                     code="disclosure_invalid")
+                                     code=Code.DISCLOSURE_INVALID)
             out[g] = commit(s, g, data, fields)
     return out

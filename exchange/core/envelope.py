@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from exchange.core.errors import InputError
+from exchange.core.errors import Code, InputError
 
 __all__ = [
     "SPECVERSION",
@@ -79,7 +79,7 @@ def parse_type(type_: str) -> tuple[str, int]:
     """``vn.exchange.population.v1`` -> ``("population", 1)``."""
     m = _TYPE.match(type_)
     if m is None:
-        raise InputError(f"type {type_!r} is not vn.exchange.<dataset>.v<N>", code="bad_type")
+        raise InputError(f"type {type_!r} is not vn.exchange.<dataset>.v<N>", code=Code.BAD_TYPE)
     return m.group(1), int(m.group(2))
 
 

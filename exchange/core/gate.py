@@ -23,7 +23,7 @@ import msgspec
 from exchange.core.access import Limits
 from exchange.core.datasets import DatasetSpec, RuleContext
 from exchange.core.envelope import parse_type
-from exchange.core.errors import ExchangeError, IntegrityError, LimitExceeded, Violation
+from exchange.core.errors import Code, ExchangeError, IntegrityError, LimitExceeded, Violation
 from exchange.core.signing import Batch, PublishedRecord, Verifier
 from exchange.core.wire import Duplicate
 
@@ -111,13 +111,13 @@ def check(
     st = batch.statement
     if st.node != node:
         raise IntegrityError(f"batch is signed as {st.node}, but the connection is {node}",
-                             code="signer_mismatch")
+                             code=Code.SIGNER_MISMATCH)
     if st.dataset != spec.name:
         raise IntegrityError(f"batch is signed for {st.dataset}, published to {spec.name}",
-                             code="dataset_mismatch")
+                             code=Code.DATASET_MISMATCH)
     if len(batch.records) > limits.max_batch_records:
         raise LimitExceeded(f"batch has {len(batch.records)} records; the limit is "
-                            f"{limits.max_batch_records}", code="batch_too_large")
+                            f"{limits.max_batch_records}", code=Code.BATCH_TOO_LARGE)
     commitments, digests, paths = verifier.verify_batch(batch, spec.groups)
 
     candidates: list[Candidate] = []
@@ -126,7 +126,7 @@ def check(
         ev = rec.event
         problems: list[Violation] = []
         if ev.source != node:
-            problems.append(Violation("source_mismatch",
+            problems.append(Violation(Code.SOURCE_MISMATCH,
                                       f"source {ev.source} is not the publisher {node}",
                                       "$.source"))
         try:
@@ -135,14 +135,14 @@ def check(
             problems.append(Violation(err.code, err.message, "$.type"))
         else:
             if dataset != spec.name or version != spec.version:
-                problems.append(Violation("unknown_schema_version",
+                problems.append(Violation(Code.UNKNOWN_SCHEMA_VERSION,
                                           f"type {ev.type} is not {spec.type}", "$.type"))
         data = ev.data
         if len(data) > limits.max_fields:
-            problems.append(Violation("too_many_fields",
+            problems.append(Violation(Code.TOO_MANY_FIELDS,
                                       f"{len(data)} fields; the limit is {limits.max_fields}"))
         elif _too_deep(data, limits.max_depth):
-            problems.append(Violation("too_deep",
+            problems.append(Violation(Code.TOO_DEEP,
                                       f"nesting deeper than {limits.max_depth} levels"))
         if problems:
             rejected.extend(p.at(i) for p in problems)
@@ -153,7 +153,7 @@ def check(
             continue
         key = spec.key(result.record)
         if key != ev.subject:
-            rejected.append(Violation("key_mismatch", f"subject {ev.subject!r} is not the "
+            rejected.append(Violation(Code.KEY_MISMATCH, f"subject {ev.subject!r} is not the "
                                       f"record's key {key!r}", "$.subject", i))
             continue
         candidates.append(Candidate(
@@ -178,7 +178,7 @@ def decide(checked: Checked, current: Mapping[str, Current], *,
         if cur is not None:
             if c.version < cur.version:
                 rejected.append(Violation(
-                    "stale_version", f"version {c.version} of {c.key} is older than the "
+                    Code.STALE_VERSION, f"version {c.version} of {c.key} is older than the "
                     f"stored version {cur.version}", "$.version", c.index))
                 continue
             if c.version == cur.version:
@@ -187,7 +187,7 @@ def decide(checked: Checked, current: Mapping[str, Current], *,
                     duplicates.append(Duplicate(c.index, seq))
                 else:
                     rejected.append(Violation(
-                        "version_conflict", f"version {c.version} of {c.key} is already "
+                        Code.VERSION_CONFLICT, f"version {c.version} of {c.key} is already "
                         "stored with different content", "$.version", c.index))
                 continue
         # a negative seq -1-k marks "the k-th record accepted in this batch": the store assigns

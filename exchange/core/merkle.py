@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 
-from exchange.core.errors import IntegrityError
+from exchange.core.errors import Code, IntegrityError
 
 __all__ = [
     "EMPTY_ROOT",
@@ -166,12 +166,12 @@ def _walk(leaf: bytes, index: int, size: int, proof: Sequence[bytes]
     (``fn, sn``; ``sn`` fixes the level). Raises if the path is longer than the tree."""
     if not 0 <= index < size:
         raise IntegrityError(f"leaf index {index} outside tree of size {size}",
-                             code="proof_invalid")
+                             code=Code.PROOF_INVALID)
     fn, sn = index, size - 1
     r = leaf
     for p in proof:
         if sn == 0:
-            raise IntegrityError("inclusion proof longer than the tree", code="proof_invalid")
+            raise IntegrityError("inclusion proof longer than the tree", code=Code.PROOF_INVALID)
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             while fn and not fn & 1:
@@ -183,7 +183,7 @@ def _walk(leaf: bytes, index: int, size: int, proof: Sequence[bytes]
         sn >>= 1
         yield r, fn, sn
     if sn != 0:
-        raise IntegrityError("inclusion proof shorter than the tree", code="proof_invalid")
+        raise IntegrityError("inclusion proof shorter than the tree", code=Code.PROOF_INVALID)
 
 
 def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
@@ -198,7 +198,7 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
                      expected_root: bytes) -> None:
     if root_from_inclusion(leaf, index, size, proof) != expected_root:
         raise IntegrityError(f"inclusion proof for leaf {index} does not match the root",
-                             code="proof_invalid")
+                             code=Code.PROOF_INVALID)
 
 
 def verify_inclusion_shared(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
@@ -219,7 +219,7 @@ def verify_inclusion_shared(leaf: bytes, index: int, size: int, proof: Sequence[
     else:
         if r != expected_root:
             raise IntegrityError(f"inclusion proof for leaf {index} does not match the root",
-                                 code="proof_invalid")
+                                 code=Code.PROOF_INVALID)
     for h, f, s in walked:
         known[h] = (f, s)
 
@@ -228,7 +228,7 @@ def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes,
                        proof: Sequence[bytes]) -> None:
     """RFC 9162 §2.1.4.2: raise unless the tree of size ``new`` extends the one of size ``old``."""
     bad = IntegrityError(f"consistency proof {old} -> {new} does not verify",
-                         code="proof_invalid")
+                         code=Code.PROOF_INVALID)
     if not 0 <= old <= new:
         raise bad
     if old == new:

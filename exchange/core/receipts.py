@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from exchange.core import merkle
-from exchange.core.errors import IntegrityError
+from exchange.core.errors import Code, IntegrityError
 from exchange.core.signing import Bytes32
 from exchange.core.wire import RECEIPT_CONTEXT, Receipt, SignedReceipt
 
@@ -57,14 +57,14 @@ def signed_message(signed: SignedReceipt) -> bytes:
     if signed.group_size == 1:
         if signed.index or signed.path:
             raise IntegrityError("a receipt signed alone has no group path",
-                                 code="receipt_invalid")
+                                 code=Code.RECEIPT_INVALID)
         return receipt_bytes(signed.receipt)
     try:
         root = merkle.root_from_inclusion(merkle.leaf_hash(receipt_bytes(signed.receipt)),
                                           signed.index, signed.group_size, signed.path)
     except IntegrityError:
         raise IntegrityError("the receipt's group path does not fit its group",
-                             code="receipt_invalid") from None
+                             code=Code.RECEIPT_INVALID) from None
     return RECEIPT_GROUP_CONTEXT + _canon.encode(ReceiptGroup(root=root,
                                                               size=signed.group_size))
 
@@ -87,7 +87,7 @@ class ReceiptChecker:
             public.verify(signed.signature, message)
         except InvalidSignature:
             raise IntegrityError("the broker's receipt signature does not verify",
-                                 code="receipt_invalid") from None
+                                 code=Code.RECEIPT_INVALID) from None
         self.verifications += 1
         self._verified[seen] = None
         if len(self._verified) > self._cache_size:

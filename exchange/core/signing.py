@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from exchange.core import disclosure, merkle
 from exchange.core.datasets import DatasetSpec
 from exchange.core.envelope import Envelope, NodeId, digest, now_rfc3339
-from exchange.core.errors import AuthError, IntegrityError
+from exchange.core.errors import AuthError, Code, IntegrityError
 
 __all__ = [
     "Batch",
@@ -95,10 +95,10 @@ def check_signer(event: Envelope, statement: Statement, dataset: str | None = No
     """A record is its signer's and of the signed dataset (``dataset``: its parsed type)."""
     if event.source != statement.node:
         raise IntegrityError(f"record source {event.source!r} is not the signer "
-                             f"{statement.node!r}", code="signature_invalid")
+                             f"{statement.node!r}", code=Code.SIGNATURE_INVALID)
     if (dataset or event.dataset) != statement.dataset:
         raise IntegrityError("record type does not match the signed dataset",
-                             code="signature_invalid")
+                             code=Code.SIGNATURE_INVALID)
 
 
 def seal(
@@ -172,12 +172,12 @@ class Verifier:
         public = self._lookup(statement.node)
         if public is None:
             raise AuthError(f"no signing key is enrolled for node {statement.node!r}",
-                            code="unknown_signer")
+                            code=Code.UNKNOWN_SIGNER)
         try:
             public.verify(signature, body)
         except InvalidSignature:
             raise IntegrityError(f"batch signature of {statement.node} does not verify",
-                                 code="signature_invalid") from None
+                                 code=Code.SIGNATURE_INVALID) from None
         self.verifications += 1
         self._cache[cache_key] = None
         if len(self._cache) > self._cache_size:
@@ -204,7 +204,7 @@ class Verifier:
                                         st.root)
             except IntegrityError:
                 raise IntegrityError("record is not in the signed batch (digest or path "
-                                     "altered)", code="signature_invalid") from None
+                                     "altered)", code=Code.SIGNATURE_INVALID) from None
             self.verify_statement(st, proof.signature)
             return d
         if not known:
@@ -214,7 +214,7 @@ class Verifier:
                                            proof.path, st.root, known)
         except IntegrityError:
             raise IntegrityError("record is not in the signed batch (digest or path altered)",
-                                 code="signature_invalid") from None
+                                 code=Code.SIGNATURE_INVALID) from None
         return d
 
     def verify_whole(self, statement: Statement, signature: bytes, digests: Sequence[bytes]
@@ -223,10 +223,10 @@ class Verifier:
         Merkle root must be the signed one, so no audit path is needed."""
         if len(digests) != statement.size:
             raise IntegrityError(f"statement says {statement.size} records, "
-                                 f"{len(digests)} arrived", code="signature_invalid")
+                                 f"{len(digests)} arrived", code=Code.SIGNATURE_INVALID)
         if merkle.root([merkle.leaf_hash(d) for d in digests]) != statement.root:
             raise IntegrityError("the records do not make the signed batch root (a record was "
-                                 "altered)", code="signature_invalid")
+                                 "altered)", code=Code.SIGNATURE_INVALID)
         self.verify_statement(statement, signature)
 
     def verify_batch(self, batch: Batch, groups: Mapping[str, tuple[str, ...]]
@@ -239,7 +239,7 @@ class Verifier:
         st = batch.statement
         if st.size != len(batch.records):
             raise IntegrityError(f"statement says {st.size} records, batch has "
-                                 f"{len(batch.records)}", code="signature_invalid")
+                                 f"{len(batch.records)}", code=Code.SIGNATURE_INVALID)
         all_commitments: list[dict[str, bytes]] = []
         digests: list[bytes] = []
         for i, r in enumerate(batch.records):
@@ -248,13 +248,13 @@ class Verifier:
                 # every subscriber, whichever groups it is granted
                 raise IntegrityError(
                     f"record {i} has salts for {sorted(r.salts)}; the schema's groups are "
-                    f"{sorted(groups)}", code="disclosure_invalid", index=i)
+                    f"{sorted(groups)}", code=Code.DISCLOSURE_INVALID, index=i)
             commitments = disclosure.commitments(r.event.data, groups, r.salts)
             all_commitments.append(commitments)
             digests.append(digest(r.event.attributes(), commitments))
         root, paths = merkle.inclusion_paths([merkle.leaf_hash(d) for d in digests])
         if root != st.root:
             raise IntegrityError("batch root does not match the records (a record was altered)",
-                                 code="signature_invalid")
+                                 code=Code.SIGNATURE_INVALID)
         self.verify_statement(st, batch.signature)
         return all_commitments, digests, paths

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from exchange.core import merkle
-from exchange.core.errors import InputError, IntegrityError
+from exchange.core.errors import Code, InputError, IntegrityError
 
 __all__ = [
     "Checkpoint",
@@ -49,7 +49,7 @@ def entry_bytes(seq: int, dataset: str, publisher: str, digest: bytes, batch_roo
     """
     d, p = dataset.encode(), publisher.encode()
     if len(d) > 255 or len(p) > 255 or len(digest) != 32 or len(batch_root) != 32:
-        raise InputError("log entry field out of range", code="bad_entry")
+        raise InputError("log entry field out of range", code=Code.BAD_ENTRY)
     return (struct.pack(">QB", seq, len(d)) + d + struct.pack(">B", len(p)) + p + digest
             + batch_root + struct.pack(">Q", accepted_us))
 
@@ -83,7 +83,7 @@ class NoteKey:
     @property
     def key_id(self) -> bytes:
         if not self.name or any(c.isspace() for c in self.name) or "+" in self.name:
-            raise InputError(f"note key name {self.name!r} is not valid", code="bad_key_name")
+            raise InputError(f"note key name {self.name!r} is not valid", code=Code.BAD_KEY_NAME)
         return hashlib.sha256(self.name.encode() + b"\n" + bytes([_ED25519]) +
                               self.raw_public).digest()[:4]
 
@@ -99,21 +99,21 @@ class NoteKey:
             name, hexid, b64 = vkey.split("+", 2)
             raw = base64.b64decode(b64, validate=True)
         except (ValueError, binascii.Error):
-            raise InputError(f"verifier key {vkey!r} is malformed", code="bad_vkey") from None
+            raise InputError(f"verifier key {vkey!r} is malformed", code=Code.BAD_VKEY) from None
         if len(raw) != 33 or raw[0] != _ED25519:
-            raise InputError("verifier key is not an Ed25519 key", code="bad_vkey")
+            raise InputError("verifier key is not an Ed25519 key", code=Code.BAD_VKEY)
         key = cls(name, Ed25519PublicKey.from_public_bytes(raw[1:]))
         if key.key_id.hex() != hexid:
-            raise InputError("verifier key id does not match its name and key", code="bad_vkey")
+            raise InputError("verifier key id does not match its name and key", code=Code.BAD_VKEY)
         return key
 
     def sign_note(self, text: str) -> str:
         """A signed note: the text (ending in a newline), a blank line, one signature line."""
         if self.private is None:
-            raise InputError("no private key to sign with", code="no_private_key")
+            raise InputError("no private key to sign with", code=Code.NO_PRIVATE_KEY)
         if not text.endswith("\n") or "\n\n" in text:
             raise InputError("note text must end with one newline and have no blank line",
-                             code="bad_note")
+                             code=Code.BAD_NOTE)
         sig = self.private.sign(text.encode())
         return f"{text}\n{_EM_DASH} {self.name} {base64.b64encode(self.key_id + sig).decode()}\n"
 
@@ -121,7 +121,7 @@ class NoteKey:
         """Verify a note signed by this key; return its text."""
         text, sep, sigs = note.rpartition("\n\n")
         if not sep:
-            raise IntegrityError("not a signed note (no blank line)", code="checkpoint_invalid")
+            raise IntegrityError("not a signed note (no blank line)", code=Code.CHECKPOINT_INVALID)
         text += "\n"
         for line in sigs.splitlines():
             prefix = f"{_EM_DASH} {self.name} "
@@ -137,10 +137,10 @@ class NoteKey:
                 self.public.verify(blob[4:], text.encode())
             except InvalidSignature:
                 raise IntegrityError(f"signature of {self.name} on the note does not verify",
-                                     code="checkpoint_forged") from None
+                                     code=Code.CHECKPOINT_FORGED) from None
             return text
         raise IntegrityError(f"the note carries no signature by {self.name}",
-                             code="checkpoint_forged")
+                             code=Code.CHECKPOINT_FORGED)
 
 
 @dataclass(frozen=True)
@@ -164,10 +164,10 @@ class Checkpoint:
                 raise ValueError(size_s)
             root = base64.b64decode(root_b64, validate=True)
         except (IndexError, ValueError, binascii.Error):
-            raise IntegrityError("checkpoint body is malformed", code="checkpoint_invalid"
+            raise IntegrityError("checkpoint body is malformed", code=Code.CHECKPOINT_INVALID
                                  ) from None
         if len(root) != 32:
-            raise IntegrityError("checkpoint root is not 32 bytes", code="checkpoint_invalid")
+            raise IntegrityError("checkpoint root is not 32 bytes", code=Code.CHECKPOINT_INVALID)
         return cls(origin, int(size_s), root, note)
 
 
@@ -181,7 +181,7 @@ def open_checkpoint(key: NoteKey, note: str, origin: str | None = None) -> Check
     cp = Checkpoint.parse(key.open_note(note), note)
     if origin is not None and cp.origin != origin:
         raise IntegrityError(f"checkpoint is for log {cp.origin!r}, not {origin!r}",
-                             code="checkpoint_invalid")
+                             code=Code.CHECKPOINT_INVALID)
     return cp
 
 
@@ -194,4 +194,4 @@ def check_consistent(old: Checkpoint, new: Checkpoint, proof: list[bytes]) -> No
     except IntegrityError:
         raise IntegrityError(
             f"checkpoints of sizes {old.size} and {new.size} cannot both be true (split view)",
-            code="split_view") from None
+            code=Code.SPLIT_VIEW) from None

@@ -27,6 +27,7 @@ from exchange.core.errors import Violation
 from exchange.core.signing import Bytes32, Signature, Statement
 
 __all__ = [
+    "PROBLEM_CODE_HEADER",
     "Ack",
     "BatchRef",
     "ClientFrame",
@@ -84,6 +85,11 @@ class SignedReceipt(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 RECEIPT_CONTEXT = b"vn-exchange/receipt/v1\n"
+
+#: every problem+json reply repeats its ``code`` in this header, for clients that see a reply's
+#: status and headers but not its body (a refused WebSocket handshake in aiohttp): they rebuild
+#: the same error class from it (``ExchangeError.from_code``)
+PROBLEM_CODE_HEADER = "Problem-Code"
 
 
 class PublishReply(msgspec.Struct, frozen=True, omit_defaults=True):

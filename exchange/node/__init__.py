@@ -39,6 +39,7 @@ from exchange.core.datasets.normalise import normalise_record
 from exchange.core.envelope import parse_type
 from exchange.core.errors import (
     AuthError,
+    Code,
     ExchangeError,
     IntegrityError,
     UnavailableError,
@@ -47,6 +48,7 @@ from exchange.core.errors import (
 from exchange.core.receipts import ReceiptChecker
 from exchange.core.signing import Batch, BatchProof, Verifier, check_signer, record_digest, seal
 from exchange.core.wire import (
+    PROBLEM_CODE_HEADER,
     Ack,
     Credit,
     DeliveredRecord,
@@ -199,7 +201,7 @@ class Node:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise UnavailableError("node is not open: use `async with Node(...)`",
-                                   code="node_closed")
+                                   code=Code.NODE_CLOSED)
         return self._session
 
     @property
@@ -226,7 +228,7 @@ class Node:
             cert_node, key = pki.signing_identity_from_cert(pem, self._ca)
             if cert_node != node:
                 raise AuthError(f"certificate served for {node} names {cert_node}",
-                                code="bad_certificate")
+                                code=Code.BAD_CERTIFICATE)
             self._keys[node] = key
         return key
 
@@ -238,7 +240,7 @@ class Node:
         except (aiohttp.ClientError, OSError, TimeoutError) as err:
             self._fail_over(url)  # the next request goes to the next broker
             raise UnavailableError(f"broker {url} unreachable: {err!r}",
-                                   code="broker_unreachable") from None
+                                   code=Code.BROKER_UNREACHABLE) from None
         if resp.status >= 400:
             raise _problem(resp.status, body)
         return body
@@ -342,7 +344,7 @@ class Node:
                 if not p.future.done():
                     p.future.set_exception(err)
         except Exception as err:  # never leave a publisher waiting forever
-            wrapped = UnavailableError(f"publish failed: {err!r}", code="publish_failed")
+            wrapped = UnavailableError(f"publish failed: {err!r}", code=Code.PUBLISH_FAILED)
             for p in pending:
                 if not p.future.done():
                     p.future.set_exception(wrapped)
@@ -394,7 +396,7 @@ class Node:
                 # duplicates with the seqs it was given.
                 if attempt == self.config.retries:
                     raise UnavailableError(f"no broker reachable: {err!r}",
-                                           code="broker_unreachable") from None
+                                           code=Code.BROKER_UNREACHABLE) from None
                 log.warning("publish_retry", error=repr(err), broker=url, attempt=attempt)
                 self._fail_over(url)
                 await asyncio.sleep(delay * (1 + random.random()))
@@ -414,10 +416,7 @@ class Node:
                 except aiohttp.WSServerHandshakeError as err:
                     if err.status >= 500:
                         raise
-                    refused = ExchangeError(f"publishing to {dataset} refused: {err.status} "
-                                            f"{err.message}", code="publish_refused")
-                    refused.status = err.status  # type: ignore[misc]
-                    raise refused from None
+                    raise handshake_refused(err, f"publishing to {dataset}") from None
                 conn = self._streams[key] = _Stream(ws)
             fut: asyncio.Future[PublishReply] = asyncio.get_running_loop().create_future()
             conn.waiting.append(fut)
@@ -432,7 +431,7 @@ class Node:
         r = signed.receipt
         if r.batch_root != batch.statement.root or r.publisher != self.config.node_id:
             raise IntegrityError("the receipt is for another batch or publisher",
-                                 code="receipt_invalid")
+                                 code=Code.RECEIPT_INVALID)
         # one verification per group commit: its receipts share the broker's signature
         self.receipts.check(await self.trust(r.broker), signed)
         return signed
@@ -520,17 +519,20 @@ def _guess_key(spec: datasets.DatasetSpec, data: Mapping[str, Any]) -> str:
 
 
 def _problem(status: int, body: bytes) -> ExchangeError:
+    """The broker's problem+json reply as the error class it raised (``RemoteError`` too)."""
     try:
         p = msgspec.json.decode(body)
     except msgspec.DecodeError:
         p = {}
-    if not isinstance(p, dict):
-        p = {}
-    err = ExchangeError(str(p.get("detail", f"HTTP {status}")), code=str(p.get("code",
-                                                                                "http_error")))
-    err.status = status  # type: ignore[misc]
-    err.extra = {k: v for k, v in p.items() if k not in ("detail", "code", "status")}
-    return err
+    return ExchangeError.from_problem(p if isinstance(p, dict) else {}, status)
+
+
+def handshake_refused(err: aiohttp.WSServerHandshakeError, what: str) -> ExchangeError:
+    """A refused WebSocket handshake as the error the broker raised: aiohttp keeps the status
+    and headers but not the body, so the broker repeats the problem's code in a header."""
+    code = err.headers.get(PROBLEM_CODE_HEADER, "") if err.headers else ""
+    return ExchangeError.from_code(code, f"{what} refused: {err.status} {err.message}",
+                                   err.status)
 
 
 class Subscription:
@@ -591,11 +593,10 @@ class Subscription:
             except aiohttp.WSServerHandshakeError as err:
                 if err.status in (401, 403, 404):
                     # refused for good (no agreement, revoked, unknown dataset): say so and stop
+                    refused = handshake_refused(err, f"subscribing to {self.dataset}")
                     log.error("subscription_refused", dataset=self.dataset, status=err.status,
-                              detail=err.message)
-                    raise ExchangeError(f"subscription to {self.dataset} refused: "
-                                        f"{err.status} {err.message}",
-                                        code="subscription_refused") from None
+                              code=refused.code, detail=refused.message)
+                    raise refused from None
                 log.info("subscription_reconnect", dataset=self.dataset, error=repr(err))
             except (aiohttp.ClientError, OSError, TimeoutError) as err:
                 log.info("subscription_reconnect", dataset=self.dataset, error=repr(err))
@@ -621,10 +622,22 @@ class Subscription:
         async with node.session.ws_connect(url, heartbeat=30, max_msg_size=0,
                                            timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws:
             await self._send(ws, binary, Credit(self.credits))
-            async for msg in ws:
+            while True:
+                msg = await ws.receive()
+                if msg.type == aiohttp.WSMsgType.CLOSE:
+                    # the broker's close reason is the catalogue code of why (4403 no_agreement,
+                    # 4409 agreement_changed): rebuilt as the error the broker meant
+                    if ws.close_code and ws.close_code >= 4000:
+                        reason = msg.extra if isinstance(msg.extra, str) else ""
+                        code = reason if Code.of(reason) else Code.SUBSCRIPTION_CLOSED
+                        raise ExchangeError.from_code(
+                            code, f"broker closed the subscription ({ws.close_code} {reason})")
+                    break
+                if msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    break
                 if msg.type == aiohttp.WSMsgType.ERROR:
                     raise UnavailableError(f"websocket error: {ws.exception()!r}",
-                                           code="connection_lost")
+                                           code=Code.CONNECTION_LOST)
                 if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     continue
                 frame = dec.decode(msg.data)
@@ -636,9 +649,6 @@ class Subscription:
                 if handled is not None:
                     await self._send(ws, binary, Ack(handled))
                 await self._send(ws, binary, Credit(len(frame.records)))
-            if ws.close_code and ws.close_code >= 4000:
-                raise ExchangeError(f"broker closed the subscription ({ws.close_code})",
-                                    code="subscription_closed")
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, binary: bool, frame: Any) -> None:
         if binary:
@@ -715,11 +725,11 @@ class Subscription:
                 ref = batches.get(bid)
                 if ref is None:
                     raise IntegrityError(f"batch {bid} arrived without its statement",
-                                         code="signature_invalid")
+                                         code=Code.SIGNATURE_INVALID)
                 st = ref.statement
                 if sorted(r.index for r in recs) != list(range(st.size)):
                     raise IntegrityError(f"batch {bid} came without audit paths but not whole",
-                                         code="signature_invalid")
+                                         code=Code.SIGNATURE_INVALID)
                 recs.sort(key=lambda r: r.index)
                 found = []
                 for rec in recs:
@@ -742,7 +752,7 @@ class Subscription:
         ref = batches.get(rec.batch)
         if ref is None:
             raise IntegrityError(f"record {rec.seq} arrived without its batch statement",
-                                 code="signature_invalid")
+                                 code=Code.SIGNATURE_INVALID)
         ev = rec.event
         dataset, spec = _parsed_type(ev.type, types)
         digest = self.node.verifier.verify_record(
@@ -796,7 +806,7 @@ class LogMonitor:
             key = tlog.NoteKey(info["origin"], public)
             if key.vkey != info["vkey"]:
                 raise IntegrityError("the broker's log key is not its certified signing key",
-                                     code="checkpoint_forged")
+                                     code=Code.CHECKPOINT_FORGED)
             self.key, self.origin = key, info["origin"]
         return self.key
 
@@ -818,7 +828,7 @@ class LogMonitor:
                 if lo.size == hi.size:
                     if lo.root != hi.root:
                         raise IntegrityError(f"two checkpoints of size {lo.size} differ",
-                                             code="split_view")
+                                             code=Code.SPLIT_VIEW)
                 else:
                     proof = await self.node.get_json(
                         f"/v1/log/proof/consistency?from={lo.size}&to={hi.size}")

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
-from exchange.core.errors import AuthError, PkiError
+from exchange.core.errors import AuthError, Code, PkiError
 
 __all__ = [
     "BROKER_ID",
@@ -120,7 +120,7 @@ def validate_node_id(node_id: str) -> str:
         raise PkiError(
             f"invalid node id {node_id!r}: expected lower-case dotted labels such as "
             "'vn.gov.mps.population'",
-            code="invalid_node_id",
+            code=Code.INVALID_NODE_ID,
         )
     return node_id
 
@@ -142,7 +142,7 @@ def node_id_from_cert(cert: bytes | x509.Certificate | Mapping[str, Any]) -> str
         try:
             cert = x509.load_der_x509_certificate(bytes(cert))
         except ValueError as err:
-            raise AuthError("peer certificate does not parse", code="bad_certificate") from err
+            raise AuthError("peer certificate does not parse", code=Code.BAD_CERTIFICATE) from err
     if isinstance(cert, x509.Certificate):
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -155,12 +155,12 @@ def node_id_from_cert(cert: bytes | x509.Certificate | Mapping[str, Any]) -> str
     if len(ids) != 1:
         raise AuthError(
             f"certificate must name exactly one node ({NODE_URI_PREFIX}…), found {len(ids)}",
-            code="bad_certificate",
+            code=Code.BAD_CERTIFICATE,
         )
     try:
         return validate_node_id(ids[0])
     except PkiError as err:
-        raise AuthError(err.message, code="bad_certificate") from err
+        raise AuthError(err.message, code=Code.BAD_CERTIFICATE) from err
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +180,11 @@ class Identity:
 
 
 def load_node_identity(directory: str | os.PathLike[str], node_id: str) -> Identity:
-    """The enrolled node's files; ``PkiError(unknown_node)`` if it was never enrolled."""
+    """The enrolled node's files; ``PkiError(not_enrolled)`` if it was never enrolled."""
     root = _initialised(directory)
     node_dir = root / _NODES / validate_node_id(node_id)
     if not (node_dir / _TLS_CERT).is_file():
-        raise PkiError(f"node {node_id!r} is not enrolled in {root}", code="unknown_node")
+        raise PkiError(f"node {node_id!r} is not enrolled in {root}", code=Code.NOT_ENROLLED)
     return _identity(root, node_dir, node_id)
 
 
@@ -255,18 +255,18 @@ def signing_identity_from_cert(
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as err:
         raise AuthError(
-            "signing certificate not issued by the exchange CA", code="bad_certificate"
+            "signing certificate not issued by the exchange CA", code=Code.BAD_CERTIFICATE
         ) from err
     now = at or _now()
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise AuthError("signing certificate is not valid now", code="certificate_expired")
+        raise AuthError("signing certificate is not valid now", code=Code.CERTIFICATE_EXPIRED)
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         eku = x509.ExtendedKeyUsage([])
     key = cert.public_key()
     if DOCUMENT_SIGNING not in eku or not isinstance(key, ed25519.Ed25519PublicKey):
-        raise AuthError("not an exchange signing certificate", code="bad_certificate")
+        raise AuthError("not an exchange signing certificate", code=Code.BAD_CERTIFICATE)
     return node_id_from_cert(cert), key
 
 
@@ -291,7 +291,7 @@ def init(
     _mkdir(root)
     with _locked(root):
         if (root / _CA_KEY).exists():
-            raise PkiError(f"{root} already holds an exchange CA", code="already_initialised")
+            raise PkiError(f"{root} already holds an exchange CA", code=Code.ALREADY_INITIALISED)
         now = _now()
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name(
@@ -367,13 +367,13 @@ def enroll(
     validate_node_id(node_id)
     with _locked(root):
         if node_id == node_id_from_cert(_read_cert(root / _BROKER / _TLS_CERT)):
-            raise PkiError(f"{node_id!r} is the broker's id", code="already_enrolled")
+            raise PkiError(f"{node_id!r} is the broker's id", code=Code.ALREADY_ENROLLED)
         node_dir = root / _NODES / node_id
         if (node_dir / _TLS_CERT).exists():
             if not force:
                 raise PkiError(
                     f"node {node_id!r} is already enrolled (use --force to re-issue)",
-                    code="already_enrolled",
+                    code=Code.ALREADY_ENROLLED,
                 )
             _revoke_locked(root, node_id, x509.ReasonFlags.superseded, missing_ok=True)
         ca_cert, ca_key = _load_ca(root)
@@ -499,7 +499,7 @@ def client_ssl_context(
     else:
         if node_id is None:
             raise PkiError(
-                "client_ssl_context needs a node id with a directory", code="unknown_node"
+                "client_ssl_context needs a node id with a directory", code=Code.NOT_ENROLLED
             )
         ident = load_node_identity(source, node_id)
     with _map_ssl_errors("node TLS context"):
@@ -649,7 +649,7 @@ def _key_usage(
 def _revoke_locked(root: Path, node_id: str, reason: x509.ReasonFlags, *, missing_ok: bool) -> int:
     node_dir = root / _NODES / node_id
     if not (node_dir / _TLS_CERT).is_file():
-        raise PkiError(f"node {node_id!r} is not enrolled in {root}", code="unknown_node")
+        raise PkiError(f"node {node_id!r} is not enrolled in {root}", code=Code.NOT_ENROLLED)
     crl = _load_crl(root)
     entries = list(crl)
     already = {e.serial_number for e in entries}
@@ -662,7 +662,7 @@ def _revoke_locked(root: Path, node_id: str, reason: x509.ReasonFlags, *, missin
     if not fresh:
         if missing_ok:
             return _crl_number(crl)
-        raise PkiError(f"node {node_id!r} is already revoked", code="already_revoked")
+        raise PkiError(f"node {node_id!r} is already revoked", code=Code.ALREADY_REVOKED)
     now = _now()
     for serial in fresh:
         builder = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
@@ -715,7 +715,7 @@ def _load_crl(root: Path) -> x509.CertificateRevocationList:
     try:
         return x509.load_pem_x509_crl(data)
     except ValueError as err:
-        raise PkiError(f"{root / _CRL} is not a PEM CRL", code="pki_corrupt") from err
+        raise PkiError(f"{root / _CRL} is not a PEM CRL", code=Code.PKI_CORRUPT) from err
 
 
 def _load_ca(root: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -723,9 +723,9 @@ def _load_ca(root: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     try:
         key = serialization.load_pem_private_key(_read_bytes(root / _CA_KEY), password=None)
     except (ValueError, TypeError) as err:
-        raise PkiError(f"{root / _CA_KEY} is not a PEM private key", code="pki_corrupt") from err
+        raise PkiError(f"{root / _CA_KEY} is not a PEM private key", code=Code.PKI_CORRUPT) from err
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PkiError(f"{root / _CA_KEY} is not an ECDSA key", code="pki_corrupt")
+        raise PkiError(f"{root / _CA_KEY} is not an ECDSA key", code=Code.PKI_CORRUPT)
     return cert, key
 
 
@@ -758,9 +758,9 @@ def _read_registry(root: Path) -> dict[str, str]:
     try:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as err:
-        raise PkiError(f"{path} is not valid JSON: {err}", code="pki_corrupt") from err
+        raise PkiError(f"{path} is not valid JSON: {err}", code=Code.PKI_CORRUPT) from err
     if not isinstance(data, dict):
-        raise PkiError(f"{path} must hold an object", code="pki_corrupt")
+        raise PkiError(f"{path} must hold an object", code=Code.PKI_CORRUPT)
     return {str(k): str(v) for k, v in data.items()}
 
 
@@ -773,7 +773,8 @@ def _initialised(directory: str | os.PathLike[str]) -> Path:
     root = Path(directory)
     if not (root / _CA_CERT).is_file():
         raise PkiError(
-            f"{root} holds no exchange CA (run `exchange pki init {root}`)", code="not_initialised"
+            f"{root} holds no exchange CA (run `exchange pki init {root}`)",
+            code=Code.NOT_INITIALISED,
         )
     return root
 
@@ -795,9 +796,9 @@ def _b64_32(text: str, what: str) -> bytes:
     try:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError) as err:
-        raise PkiError(f"Ed25519 {what} is not base64", code="pki_corrupt") from err
+        raise PkiError(f"Ed25519 {what} is not base64", code=Code.PKI_CORRUPT) from err
     if len(raw) != 32:
-        raise PkiError(f"Ed25519 {what} must be 32 bytes, got {len(raw)}", code="pki_corrupt")
+        raise PkiError(f"Ed25519 {what} must be 32 bytes, got {len(raw)}", code=Code.PKI_CORRUPT)
     return raw
 
 
@@ -807,30 +808,30 @@ def _parse_cert(data: bytes) -> x509.Certificate:
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
     except ValueError as err:
-        raise PkiError("certificate does not parse", code="pki_corrupt") from err
+        raise PkiError("certificate does not parse", code=Code.PKI_CORRUPT) from err
 
 
 def _read_cert(path: Path) -> x509.Certificate:
     try:
         return _parse_cert(_read_bytes(path))
     except PkiError as err:
-        raise PkiError(f"{path}: {err.message}", code=err.code) from err
+        raise PkiError(f"{path}: {err.message}", code=Code.of(err.code)) from err
 
 
 def _read_bytes(path: str | os.PathLike[str]) -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError as err:
-        raise PkiError(f"{path} is missing", code="pki_incomplete") from err
+        raise PkiError(f"{path} is missing", code=Code.PKI_INCOMPLETE) from err
     except OSError as err:
-        raise PkiError(f"cannot read {path}: {err.strerror}", code="pki_io") from err
+        raise PkiError(f"cannot read {path}: {err.strerror}", code=Code.PKI_IO) from err
 
 
 def _read_text(path: str | os.PathLike[str]) -> str:
     try:
         return _read_bytes(path).decode("ascii")
     except UnicodeDecodeError as err:
-        raise PkiError(f"{path} is not ASCII text", code="pki_corrupt") from err
+        raise PkiError(f"{path} is not ASCII text", code=Code.PKI_CORRUPT) from err
 
 
 def _mkdir(path: Path) -> None:
@@ -838,7 +839,7 @@ def _mkdir(path: Path) -> None:
         # 0700: the directory holds private keys; an existing directory keeps the operator's mode.
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
-        raise PkiError(f"cannot create {path}: {err.strerror}", code="pki_io") from err
+        raise PkiError(f"cannot create {path}: {err.strerror}", code=Code.PKI_IO) from err
 
 
 def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
@@ -863,7 +864,7 @@ def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
                 os.unlink(tmp)
             raise
     except OSError as err:
-        raise PkiError(f"cannot write {path}: {err.strerror}", code="pki_io") from err
+        raise PkiError(f"cannot write {path}: {err.strerror}", code=Code.PKI_IO) from err
 
 
 @contextlib.contextmanager
@@ -872,7 +873,7 @@ def _locked(root: Path) -> Iterator[None]:
     try:
         fd = os.open(root / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as err:
-        raise PkiError(f"cannot lock {root}: {err.strerror}", code="pki_io") from err
+        raise PkiError(f"cannot lock {root}: {err.strerror}", code=Code.PKI_IO) from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -885,6 +886,6 @@ def _map_ssl_errors(what: str) -> Iterator[None]:
     try:
         yield
     except ssl.SSLError as err:
-        raise PkiError(f"{what}: {err.reason or err}", code="pki_corrupt") from err
+        raise PkiError(f"{what}: {err.reason or err}", code=Code.PKI_CORRUPT) from err
     except OSError as err:
-        raise PkiError(f"{what}: {err.strerror or err}", code="pki_io") from err
+        raise PkiError(f"{what}: {err.strerror or err}", code=Code.PKI_IO) from err

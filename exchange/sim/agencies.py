@@ -44,7 +44,7 @@ from exchange.core import datasets
 from exchange.core.access import Agreement, BrokerConfig, DatasetConfig
 from exchange.core.datasets.land import parcel_key
 from exchange.core.datasets.vehicle import compact_plate
-from exchange.core.errors import ExchangeError, InputError
+from exchange.core.errors import Code, ExchangeError, InputError
 from exchange.node import Delivery, Node, NodeConfig, PublishResult, Record, Subscription
 from exchange.sim.generate import FAULTS, Generator, fault
 
@@ -187,19 +187,19 @@ def load_node_file(path: str | Path) -> tuple[NodeConfig, AgencyConfig]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
         agency = raw.pop("agency", None)
         if agency is None:
-            raise InputError(f"{path}: no [agency] section", code="bad_config")
+            raise InputError(f"{path}: no [agency] section", code=Code.BAD_CONFIG)
         node = msgspec.convert(raw, NodeConfig)
         config = msgspec.convert(agency, AgencyConfig)
     except OSError as err:
-        raise InputError(f"{path}: {err.strerror}", code="bad_config") from None
+        raise InputError(f"{path}: {err.strerror}", code=Code.BAD_CONFIG) from None
     except tomllib.TOMLDecodeError as err:
-        raise InputError(f"{path} is not valid TOML: {err}", code="bad_config") from None
+        raise InputError(f"{path} is not valid TOML: {err}", code=Code.BAD_CONFIG) from None
     except msgspec.ValidationError as err:
-        raise InputError(f"{path}: {err}", code="bad_config") from None
+        raise InputError(f"{path}: {err}", code=Code.BAD_CONFIG) from None
     node = msgspec.structs.replace(node, pki_dir=str((path.parent / node.pki_dir).resolve()))
     if OWNERS[config.role] != node.node_id:
         raise InputError(f"{path}: the {config.role} registry is {OWNERS[config.role]}, "
-                         f"not {node.node_id}", code="bad_config")
+                         f"not {node.node_id}", code=Code.BAD_CONFIG)
     return node, config
 
 
@@ -258,7 +258,7 @@ class Agency:
                  ) -> None:
         if config.role != self.role:
             raise InputError(f"a {type(self).__name__} needs role {self.role}, "
-                             f"not {config.role}", code="bad_config")
+                             f"not {config.role}", code=Code.BAD_CONFIG)
         self.node = node
         self.config = config
         seed = config.seed if config.seed is not None else random.SystemRandom().getrandbits(32)
@@ -277,7 +277,7 @@ class Agency:
             if k not in _VERSION_FAULTS and k not in FAULTS[self.dataset]:
                 raise InputError(f"fault {k!r} does not apply to {self.dataset}; try "
                                  f"{', '.join([*_VERSION_FAULTS, *FAULTS[self.dataset]])}",
-                                 code="bad_config")
+                                 code=Code.BAD_CONFIG)
         self.fault_kinds = list(kinds)
         self._changed = asyncio.Condition()
         self._stop = asyncio.Event()

@@ -22,7 +22,6 @@ import msgspec
 
 from exchange.core import tlog
 from exchange.core.envelope import Envelope
-from exchange.core.errors import ConflictError
 from exchange.core.gate import Candidate, Current
 from exchange.core.signing import Batch, Statement
 
@@ -30,10 +29,11 @@ __all__ = ["Append", "DeadLetter", "GroupAppends", "StaleRead", "Store", "Stored
            "StoredRecord", "SubscriptionRow", "Tail"]
 
 
-class StaleRead(ConflictError):
-    """Another broker changed a key between ``current`` and ``append``: nothing was stored."""
+class StaleRead(Exception):
+    """Another broker changed a key between ``current`` and ``append``: nothing was stored.
 
-    code = "stale_read"
+    Internal to the broker, never an ``ExchangeError``: the publisher reads and decides again,
+    and only gives up as ``contended`` (503, retry)."""
 
 
 #: (target dataset, target key, referring dataset, referring key)

@@ -22,7 +22,7 @@ import aiosqlite
 import msgspec
 
 from exchange.core import merkle, tlog
-from exchange.core.errors import UnavailableError
+from exchange.core.errors import Code, InternalError, UnavailableError
 from exchange.core.gate import Current
 from exchange.core.signing import Statement
 from exchange.store.base import (
@@ -209,7 +209,7 @@ class SqliteStore(GroupAppends):
     @property
     def db(self) -> aiosqlite.Connection:
         if self._db is None:
-            raise UnavailableError("store is not open", code="store_closed")
+            raise UnavailableError("store is not open", code=Code.STORE_CLOSED)
         return self._db
 
     async def open(self) -> None:
@@ -236,7 +236,7 @@ class SqliteStore(GroupAppends):
             await self.close()
             if isinstance(err, sqlite3.Error):
                 raise UnavailableError(f"cannot open the store at {self.path}: {err}",
-                                       code="store_unavailable") from None
+                                       code=Code.STORE_UNAVAILABLE) from None
             raise
 
     async def _load_frontier(self, size: int) -> merkle.CompactRange:
@@ -250,9 +250,9 @@ class SqliteStore(GroupAppends):
         nodes = await self.log_nodes(coords)
         missing = [c for c in coords if c not in nodes]
         if missing:
-            raise UnavailableError(f"transparency log is missing nodes {missing[:3]}; run "
-                                   "`exchange audit --data` on this directory",
-                                   code="log_damaged")
+            raise InternalError(f"transparency log is missing nodes {missing[:3]}; run "
+                                "`exchange audit --data` on this directory",
+                                code=Code.LOG_DAMAGED)
         return merkle.CompactRange(size, [nodes[c] for c in coords])
 
     def _connect_writer(self) -> sqlite3.Connection:
@@ -365,7 +365,7 @@ class SqliteStore(GroupAppends):
         Cancelling the caller does not cancel the transaction: it is waited for, and True is
         returned, so the caller records what was committed before it stops."""
         if self._writer is None or self._writer_pool is None:
-            raise UnavailableError("store is not open", code="store_closed")
+            raise UnavailableError("store is not open", code=Code.STORE_CLOSED)
         fut = asyncio.get_running_loop().run_in_executor(self._writer_pool, job, self._writer)
         cancelled = False
         while True:
@@ -383,7 +383,7 @@ class SqliteStore(GroupAppends):
                     raise asyncio.CancelledError from None
                 if isinstance(err, sqlite3.Error):  # disk full, I/O error, locked database
                     raise UnavailableError(f"the store could not commit: {err}",
-                                           code="store_unavailable") from None
+                                           code=Code.STORE_UNAVAILABLE) from None
                 raise
 
     async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:

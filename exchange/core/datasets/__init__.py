@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from exchange.core.datasets.base import DatasetSpec, RuleContext, Validated
-from exchange.core.errors import NotFound
+from exchange.core.errors import Code, NotFound
 
 __all__ = [
     "REGISTRY",
@@ -36,7 +36,7 @@ def get(name: str, version: int | None = None) -> DatasetSpec:
     versions = REGISTRY.get(name)
     if not versions:
         raise NotFound(f"unknown dataset {name!r}; known: {', '.join(names())}",
-                       code="unknown_dataset")
+                       code=Code.UNKNOWN_DATASET)
     if version is None:
         version = max(versions)
     try:
@@ -44,7 +44,7 @@ def get(name: str, version: int | None = None) -> DatasetSpec:
     except KeyError:
         raise NotFound(f"dataset {name!r} has no version {version}; known: "
                        f"{', '.join(map(str, sorted(versions)))}",
-                       code="unknown_schema_version") from None
+                       code=Code.UNKNOWN_SCHEMA_VERSION) from None
 
 
 def schema_text(spec: DatasetSpec) -> str:

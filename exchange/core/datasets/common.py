@@ -11,7 +11,7 @@ from stdnum.vn import mst as _mst
 
 from exchange.core.datasets import admin_units
 from exchange.core.datasets.base import RuleContext
-from exchange.core.errors import Violation
+from exchange.core.errors import Code, Violation
 
 __all__ = [
     "Address",
@@ -67,16 +67,16 @@ def address_rules(addr: Address, path: str) -> list[Violation]:
     out: list[Violation] = []
     province_ok = admin_units.province_exists(addr.province_code)
     if not province_ok:
-        out.append(Violation("unknown_province",
+        out.append(Violation(Code.UNKNOWN_PROVINCE,
                              f"no province {addr.province_code!r} in the 2025 list",
                              f"{path}.province_code"))
     ward_prov = admin_units.ward_province(addr.ward_code)
     if ward_prov is None:
-        out.append(Violation("unknown_ward", f"no commune {addr.ward_code!r} in the 2025 list",
+        out.append(Violation(Code.UNKNOWN_WARD, f"no commune {addr.ward_code!r} in the 2025 list",
                              f"{path}.ward_code"))
     elif province_ok and ward_prov != addr.province_code:
         out.append(Violation(
-            "ward_not_in_province",
+            Code.WARD_NOT_IN_PROVINCE,
             f"commune {addr.ward_code} belongs to province {ward_prov}, "
             f"not {addr.province_code}", f"{path}.ward_code"))
     return out
@@ -91,11 +91,11 @@ def mst_problem(tax_id: str) -> tuple[str, str] | None:
     python-stdnum's ``stdnum.vn.mst``.
     """
     if tax_id[2:9] == "0000000":
-        return "mst_serial", "tax code serial N3..N9 0000000 is never issued"
+        return Code.MST_SERIAL, "tax code serial N3..N9 0000000 is never issued"
     if len(tax_id) == 14 and tax_id[11:] == "000":
-        return "mst_branch", "branch suffix 000 is never issued (001..999)"
+        return Code.MST_BRANCH, "branch suffix 000 is never issued (001..999)"
     if not _mst.is_valid(tax_id):
-        return "mst_checksum", f"tax code {tax_id} fails its check digit (Circular 86/2024)"
+        return Code.MST_CHECKSUM, f"tax code {tax_id} fails its check digit (Circular 86/2024)"
     return None
 
 
@@ -103,7 +103,7 @@ def personal_id_problem(pid: str) -> tuple[str, str] | None:
     """(code, message) if the birth-registration province PPP of a 12-digit id is unknown."""
     # Circular 07/2016/TT-BCA Annex 1: PPP is one of the 63 province codes
     if pid[:3] not in admin_units.BIRTH_PROVINCES:
-        return "unknown_birth_province", (
+        return Code.UNKNOWN_BIRTH_PROVINCE, (
             f"personal id {pid} starts with {pid[:3]}, not a birth-registration province code "
             "(Circular 07/2016/TT-BCA Annex 1)")
     return None
@@ -117,7 +117,7 @@ def owner_id_problem(owner: str) -> str | None:
 
 def future(value: dt.date, ctx: RuleContext, path: str) -> list[Violation]:
     if value > ctx.today:
-        return [Violation("future_date", f"{value.isoformat()} is after today "
+        return [Violation(Code.FUTURE_DATE, f"{value.isoformat()} is after today "
                                          f"({ctx.today.isoformat()})", path)]
     return []
 

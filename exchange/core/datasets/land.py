@@ -26,7 +26,7 @@ from exchange.core.datasets.common import (
     future,
     owner_id_problem,
 )
-from exchange.core.errors import Violation
+from exchange.core.errors import Code, Violation
 
 __all__ = ["PURPOSES", "SPEC", "Parcel", "geohash_decode", "parcel_key"]
 
@@ -99,16 +99,16 @@ def location(p: Parcel, ctx: RuleContext) -> list[Violation]:
     """The commune exists; the address names the same commune (Decree 101/2024 Art. 6)."""
     out = address_rules(p.address, "$.address")
     if not admin_units.ward_exists(p.ward_code):
-        out.append(Violation("unknown_ward", f"no commune {p.ward_code!r} in the 2025 list",
+        out.append(Violation(Code.UNKNOWN_WARD, f"no commune {p.ward_code!r} in the 2025 list",
                              "$.ward_code"))
     elif p.address.ward_code != p.ward_code:
-        out.append(Violation("ward_mismatch",
+        out.append(Violation(Code.WARD_MISMATCH,
                              f"address commune {p.address.ward_code} is not the parcel's "
                              f"commune {p.ward_code}", "$.address.ward_code"))
     if p.parcel_id is not None:
         lat, lon = geohash_decode(p.parcel_id)
         if not (_LAT[0] <= lat <= _LAT[1] and _LON[0] <= lon <= _LON[1]):
-            out.append(Violation("parcel_id_outside_vietnam",
+            out.append(Violation(Code.PARCEL_ID_OUTSIDE_VIETNAM,
                                  f"GeoHash {p.parcel_id} is at {lat:.4f}, {lon:.4f}, "
                                  "outside Vietnam", "$.parcel_id"))
     return out
@@ -118,14 +118,14 @@ def area(p: Parcel, ctx: RuleContext) -> list[Violation]:
     # certificates state the area in m² with one decimal (Circular 10/2024/TT-BTNMT Art. 6)
     tenths = p.area_m2 * 10
     if not math.isfinite(tenths) or abs(tenths - round(tenths)) > 1e-6 * max(1.0, tenths):
-        return [Violation("area_precision", f"area {p.area_m2} m² has more than one decimal",
+        return [Violation(Code.AREA_PRECISION, f"area {p.area_m2} m² has more than one decimal",
                           "$.area_m2")]
     return []
 
 
 def purposes(p: Parcel, ctx: RuleContext) -> list[Violation]:
     if len(set(p.purposes)) != len(p.purposes):
-        return [Violation("land_purpose", "a purpose is listed twice", "$.purposes")]
+        return [Violation(Code.LAND_PURPOSE, "a purpose is listed twice", "$.purposes")]
     return []
 
 
@@ -135,9 +135,9 @@ def owners(p: Parcel, ctx: RuleContext) -> list[Violation]:
     for i, owner in enumerate(p.owners):
         problem = owner_id_problem(owner)
         if problem:
-            out.append(Violation("owner_id", problem, f"$.owners[{i}]"))
+            out.append(Violation(Code.OWNER_ID, problem, f"$.owners[{i}]"))
     if len(set(p.owners)) != len(p.owners):
-        out.append(Violation("owner_id", "an owner is listed twice", "$.owners"))
+        out.append(Violation(Code.OWNER_ID, "an owner is listed twice", "$.owners"))
     return out
 
 
@@ -161,18 +161,18 @@ SPEC = DatasetSpec(
     recommended=("parcel_id", "certificate_serial"),
     rules=(location, area, purposes, owners, dates),
     codes={
-        "$.ward_code": "unknown_ward",
-        "$.address.province_code": "unknown_province",
-        "$.address.ward_code": "unknown_ward",
-        "$.parcel_id": "parcel_id_format",
-        "$.area_m2": "area_range",
-        "$.purposes": "land_purpose",
-        "$.purposes[*]": "land_purpose",
-        "$.certificate_serial": "certificate_serial",
-        "$.owners": "owner_id",
-        "$.owners[*]": "owner_id",
-        "$.map_sheet": "map_sheet_range",
-        "$.parcel_number": "parcel_number_range",
+        "$.ward_code": Code.UNKNOWN_WARD,
+        "$.address.province_code": Code.UNKNOWN_PROVINCE,
+        "$.address.ward_code": Code.UNKNOWN_WARD,
+        "$.parcel_id": Code.PARCEL_ID_FORMAT,
+        "$.area_m2": Code.AREA_RANGE,
+        "$.purposes": Code.LAND_PURPOSE,
+        "$.purposes[*]": Code.LAND_PURPOSE,
+        "$.certificate_serial": Code.CERTIFICATE_SERIAL,
+        "$.owners": Code.OWNER_ID,
+        "$.owners[*]": Code.OWNER_ID,
+        "$.map_sheet": Code.MAP_SHEET_RANGE,
+        "$.parcel_number": Code.PARCEL_NUMBER_RANGE,
     },
     text_fields=("address.street",),
     code_fields=("certificate_serial",),

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.core.errors import Violation
+from exchange.core.errors import Code, Violation
 
 __all__ = [
     "is_normalised",
@@ -146,7 +146,7 @@ def normalisation_notes(data: Any, text_fields: Iterable[str]) -> list[Violation
             if is_normalised(value):
                 continue
             notes.append(Violation(
-                "not_normalised",
+                Code.NOT_NORMALISED,
                 f"not in canonical form (NFC, trimmed, single spaces, tone placement \"Hòa\"); "
                 f"normalised: {normalise_text(value)!r}",
                 f"$.{dotted}",
@@ -155,7 +155,7 @@ def normalisation_notes(data: Any, text_fields: Iterable[str]) -> list[Violation
             for i, item in enumerate(value):
                 if isinstance(item, str) and not is_normalised(item):
                     notes.append(Violation(
-                        "not_normalised",
+                        Code.NOT_NORMALISED,
                         f"not in canonical form; normalised: {normalise_text(item)!r}",
                         f"$.{dotted}[{i}]",
                     ))

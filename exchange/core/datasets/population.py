@@ -24,7 +24,7 @@ from exchange.core.datasets.common import (
     address_rules,
     future,
 )
-from exchange.core.errors import Violation
+from exchange.core.errors import Code, Violation
 
 __all__ = ["SPEC", "Person"]
 
@@ -54,11 +54,11 @@ def id_structure(p: Person, ctx: RuleContext) -> list[Violation]:
     """PPP G YY of the id agree with the birth data (Circular 07/2016/TT-BCA Art. 7)."""
     out: list[Violation] = []
     if p.id[:3] not in BIRTH_PROVINCES:
-        out.append(Violation("unknown_birth_province",
+        out.append(Violation(Code.UNKNOWN_BIRTH_PROVINCE,
                              f"id starts with {p.id[:3]}, not a province code of Circular "
                              "07/2016/TT-BCA Annex 1", "$.id"))
     elif p.id[:3] != p.birth_registration_province:
-        out.append(Violation("id_birth_province_mismatch",
+        out.append(Violation(Code.ID_BIRTH_PROVINCE_MISMATCH,
                              f"id starts with {p.id[:3]} but the birth was registered in "
                              f"{p.birth_registration_province}", "$.id"))
     # G = 2 * (century - 20) + (1 if female): 20th c. 0/1, 21st 2/3, 22nd 4/5 ... (Art. 7(2))
@@ -67,11 +67,11 @@ def id_structure(p: Person, ctx: RuleContext) -> list[Violation]:
     expected_g = 2 * century + (1 if p.sex == "female" else 0)
     if not 0 <= expected_g <= 9 or p.id[3] != str(expected_g):
         out.append(Violation(
-            "id_century_sex_mismatch",
+            Code.ID_CENTURY_SEX_MISMATCH,
             f"digit 4 of the id is {p.id[3]}; a {p.sex} born in {year} has "
             f"{expected_g if 0 <= expected_g <= 9 else 'no valid digit'}", "$.id"))
     if p.id[4:6] != f"{year % 100:02d}":
-        out.append(Violation("id_birth_year_mismatch",
+        out.append(Violation(Code.ID_BIRTH_YEAR_MISMATCH,
                              f"digits 5-6 of the id are {p.id[4:6]}, the birth year is {year}",
                              "$.id"))
     return out
@@ -82,7 +82,7 @@ def birth_province(p: Person, ctx: RuleContext) -> list[Violation]:
     # when the id carries the same code, id_structure has reported it already
     code = p.birth_registration_province
     if code not in BIRTH_PROVINCES and code != p.id[:3]:
-        return [Violation("unknown_birth_province",
+        return [Violation(Code.UNKNOWN_BIRTH_PROVINCE,
                           f"{p.birth_registration_province} is not a province code of Circular "
                           "07/2016/TT-BCA Annex 1", "$.birth_registration_province")]
     return []
@@ -93,15 +93,15 @@ def dates(p: Person, ctx: RuleContext) -> list[Violation]:
     out = future(p.birth_date, ctx, "$.birth_date") + future(p.as_of, ctx, "$.as_of")
     if p.status == "deceased":
         if p.death_date is None:
-            out.append(Violation("death_date_required", "a deceased person needs a death_date",
+            out.append(Violation(Code.DEATH_DATE_REQUIRED, "a deceased person needs a death_date",
                                  "$.death_date"))
     elif p.death_date is not None:
-        out.append(Violation("death_date_not_allowed", "a living person has no death_date",
+        out.append(Violation(Code.DEATH_DATE_NOT_ALLOWED, "a living person has no death_date",
                              "$.death_date"))
     if p.death_date is not None:
         out += future(p.death_date, ctx, "$.death_date")
         if p.death_date < p.birth_date:
-            out.append(Violation("death_before_birth",
+            out.append(Violation(Code.DEATH_BEFORE_BIRTH,
                                  f"death {p.death_date} is before birth {p.birth_date}",
                                  "$.death_date"))
     return out
@@ -113,7 +113,7 @@ def residence(p: Person, ctx: RuleContext) -> list[Violation]:
 
 def nationality(p: Person, ctx: RuleContext) -> list[Violation]:
     if p.nationality not in ISO_COUNTRIES:
-        return [Violation("unknown_country", f"{p.nationality} is not an ISO 3166-1 code",
+        return [Violation(Code.UNKNOWN_COUNTRY, f"{p.nationality} is not an ISO 3166-1 code",
                           "$.nationality")]
     return []
 
@@ -137,13 +137,13 @@ SPEC = DatasetSpec(
     recommended=("ethnicity", "religion"),
     rules=(id_structure, birth_province, dates, residence, nationality),
     codes={
-        "$.id": "id_format",
-        "$.birth_registration_province": "unknown_birth_province",
-        "$.permanent_address.province_code": "unknown_province",
-        "$.permanent_address.ward_code": "unknown_ward",
-        "$.nationality": "unknown_country",
-        "$.sex": "sex_code",
-        "$.status": "status_code",
+        "$.id": Code.ID_FORMAT,
+        "$.birth_registration_province": Code.UNKNOWN_BIRTH_PROVINCE,
+        "$.permanent_address.province_code": Code.UNKNOWN_PROVINCE,
+        "$.permanent_address.ward_code": Code.UNKNOWN_WARD,
+        "$.nationality": Code.UNKNOWN_COUNTRY,
+        "$.sex": Code.SEX_CODE,
+        "$.status": Code.STATUS_CODE,
     },
     text_fields=("full_name", "permanent_address.street", "ethnicity", "religion"),
     # births and deaths are registered every day, all day

@@ -23,7 +23,7 @@ from exchange.core.datasets.common import (
     mst_problem,
     personal_id_problem,
 )
-from exchange.core.errors import Violation
+from exchange.core.errors import Code, Violation
 
 __all__ = ["SPEC", "Taxpayer"]
 
@@ -57,14 +57,14 @@ def tax_id_rules(t: Taxpayer, ctx: RuleContext) -> list[Violation]:
     """MST check digit and components; 12-digit ids only for people (Circular 86/2024 Art. 5)."""
     if len(t.tax_id) == 12:
         if t.kind == "organisation":
-            return [Violation("tax_id_kind",
+            return [Violation(Code.TAX_ID_KIND,
                               "an organisation's tax code is a 10-digit MST, not a personal id",
                               "$.tax_id")]
         problem = personal_id_problem(t.tax_id)
         if problem:
             return [Violation(problem[0], problem[1], "$.tax_id")]
         if t.personal_id is not None and t.personal_id != t.tax_id:
-            return [Violation("tax_id_personal_mismatch",
+            return [Violation(Code.TAX_ID_PERSONAL_MISMATCH,
                               "a 12-digit tax id is the person's own personal id "
                               "(Circular 86/2024 Art. 5(5))", "$.personal_id")]
         return []
@@ -77,7 +77,7 @@ def personal_id_rules(t: Taxpayer, ctx: RuleContext) -> list[Violation]:
     # their head (Circular 86/2024 Art. 7)
     if t.personal_id is None:
         if t.kind != "organisation":
-            return [Violation("personal_id_required",
+            return [Violation(Code.PERSONAL_ID_REQUIRED,
                               f"a taxpayer of kind {t.kind} needs the personal_id",
                               "$.personal_id")]
         return []
@@ -88,7 +88,7 @@ def personal_id_rules(t: Taxpayer, ctx: RuleContext) -> list[Violation]:
 def dates(t: Taxpayer, ctx: RuleContext) -> list[Violation]:
     out = future(t.registration_date, ctx, "$.registration_date") + future(t.as_of, ctx, "$.as_of")
     if t.as_of < t.registration_date:
-        out.append(Violation("as_of_before_registration",
+        out.append(Violation(Code.AS_OF_BEFORE_REGISTRATION,
                              "as_of is before the registration date", "$.as_of"))
     return out
 
@@ -115,13 +115,13 @@ SPEC = DatasetSpec(
     recommended=("personal_id",),
     rules=(tax_id_rules, personal_id_rules, dates, address),
     codes={
-        "$.tax_id": "tax_id_format",
-        "$.personal_id": "id_format",
-        "$.address.province_code": "unknown_province",
-        "$.address.ward_code": "unknown_ward",
-        "$.kind": "taxpayer_kind",
-        "$.status": "status_code",
-        "$.tax_office": "tax_office_format",
+        "$.tax_id": Code.TAX_ID_FORMAT,
+        "$.personal_id": Code.ID_FORMAT,
+        "$.address.province_code": Code.UNKNOWN_PROVINCE,
+        "$.address.ward_code": Code.UNKNOWN_WARD,
+        "$.kind": Code.TAXPAYER_KIND,
+        "$.status": Code.STATUS_CODE,
+        "$.tax_office": Code.TAX_OFFICE_FORMAT,
     },
     text_fields=("name", "address.street"),
     update_interval_s=86_400,

