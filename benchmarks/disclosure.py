@@ -12,7 +12,9 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange.core import datasets, disclosure
-from exchange.core.signing import BatchProof, Verifier, seal
+from exchange.core.envelope import rfc3339
+from exchange.core.seal import seal
+from exchange.core.signing import BatchProof, Verifier
 from exchange.sim.generate import Generator
 
 NODE = "vn.gov.mps.population"
@@ -26,7 +28,7 @@ def main(records: int = 20_000) -> None:
     out = {}
 
     t = time.perf_counter()
-    batches = [seal(key, NODE, spec, items[i:i + 1000], os.urandom(32))
+    batches = [seal(key, NODE, spec, items[i:i + 1000], os.urandom(32), time=rfc3339(time.time()))
                for i in range(0, records, 1000)]
     out["seal_us"] = (time.perf_counter() - t) / records * 1e6
 

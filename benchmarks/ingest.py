@@ -21,7 +21,8 @@ from exchange import pki
 from exchange.broker.app import Broker
 from exchange.core import datasets, merkle, tlog
 from exchange.core.access import BrokerConfig, DatasetConfig
-from exchange.core.signing import seal
+from exchange.core.envelope import rfc3339
+from exchange.core.seal import seal
 from exchange.sim.generate import Generator
 from exchange.store.sqlite import SqliteStore
 
@@ -66,7 +67,7 @@ def main(records: int = 20_000) -> None:
     people = Generator(1, today=dt.date(2026, 11, 22)).population(records)
     bodies = [msgspec.msgpack.encode(seal(key, NODE, spec, [(p["id"], 1, p) for p in
                                                             people[i:i + 1000]],
-                                          os.urandom(32)))
+                                          os.urandom(32), time=rfc3339(time.time())))
               for i in range(0, records, 1000)]
     on: list[float] = []
     off: list[float] = []

@@ -22,7 +22,8 @@ import msgspec
 from benchmarks.hdr import Histogram
 from exchange import pki
 from exchange.core import datasets
-from exchange.core.signing import seal
+from exchange.core.envelope import rfc3339
+from exchange.core.seal import seal
 from exchange.core.wire import PublishReply
 from exchange.node import Delivery, Node, NodeConfig, Record
 from exchange.sim.generate import Generator
@@ -63,7 +64,8 @@ def seal_batches(pki_dir: Path, node: str, pool: Pool, total: int, batch: int
     left = total
     while left > 0:
         n = min(batch, left)
-        yield n, _msgpack.encode(seal(key, node, spec, pool.take(n), os.urandom(32)))
+        yield n, _msgpack.encode(seal(key, node, spec, pool.take(n), os.urandom(32),
+                                      time=rfc3339(time.time())))
         left -= n
 
 

@@ -27,8 +27,8 @@ from exchange import pki
 from exchange.core import datasets, disclosure, merkle, tlog
 from exchange.core.envelope import digest
 from exchange.core.errors import Code, ExchangeError, InputError, IntegrityError
+from exchange.core.ledger import StoredBody
 from exchange.core.signing import Statement, Verifier
-from exchange.store.base import StoredBody
 
 __all__ = ["AuditResult", "Trust", "audit_data", "write_trust"]
 

@@ -25,6 +25,8 @@ from exchange.store.base import Store
 from exchange.store.sqlite import SqliteStore
 
 TODAY = dt.date(2026, 11, 22)
+#: the statement time of batches the suites seal themselves (the core never reads a clock)
+SEALED_AT = "2026-11-22T09:00:00Z"
 
 # structured logs to stderr, warnings and up: stdout stays clean for the CLI's own output
 logs.configure("warning", json=True)
@@ -111,11 +113,11 @@ def sealed(env: Env, node: str, records: list[dict[str, Any]], *, dataset: str =
     """A signed ``Batch`` of ``records`` as ``node`` (signed with ``signer``'s key if given);
     the subject of each record is its ``id`` (or ``?``)."""
     from exchange.core import datasets
-    from exchange.core.signing import seal
+    from exchange.core.seal import seal
 
     key = pki.load_node_identity(env.pki_dir, signer or node).signing_key
     items = [(str(r.get("id", "?")), version, r) for r in records]
-    return seal(key, node, datasets.get(dataset), items, seed)
+    return seal(key, node, datasets.get(dataset), items, seed, time=SEALED_AT)
 
 
 async def eventually(condition: Any, within: float = 10.0, what: str = "condition") -> None:

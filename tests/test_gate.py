@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from exchange.core import datasets, gate
 from exchange.core.access import Limits
 from exchange.core.errors import AuthError, ExchangeError, IntegrityError
-from exchange.core.signing import Batch, Verifier, seal
+from exchange.core.seal import seal
+from exchange.core.signing import Batch, Verifier
 from exchange.core.wire import Duplicate
 from exchange.sim.generate import Generator, fault
 
@@ -288,16 +289,51 @@ def test_same_key_twice_in_a_batch_v2_then_v1_is_stale() -> None:
     assert [(v.index, v.code) for v in decided.rejected] == [(1, "stale_version")]
 
 
-def test_same_record_twice_in_a_batch_is_a_duplicate_of_a_placeholder() -> None:
+def test_same_record_twice_in_a_batch_is_a_duplicate_of_its_first() -> None:
     a, b = people(2)
-    # b is accepted first (k=0), then a (k=1); then a again: a duplicate of accepted[1]
+    # b is accepted first (offset 0), then a (offset 1); then a again: a duplicate of offset 1
     checked = check(sealed([(b["id"], 1, b), (a["id"], 1, a), (a["id"], 1, a),
                             (b["id"], 1, b)]))
     decided = gate.decide(checked, {})
     assert [c.index for c in decided.accepted] == [0, 1]
-    # -1-k marks "the k-th accepted record of this batch": the store assigns its real seq
-    assert decided.duplicates == [Duplicate(2, -1 - 1), Duplicate(3, -1 - 0)]
+    assert decided.duplicates == []
+    assert decided.echoes == [(2, 1), (3, 0)]
     assert decided.rejected == []
+    assert decided.replaces == [None, None]
+
+
+def _group(*batches: tuple[str, gate.Checked],
+           current: dict[str, dict[str, gate.Current]] | None = None) -> list[gate.Decided]:
+    return gate.decide_group(list(batches), current or {})
+
+
+def test_a_group_is_decided_in_arrival_order_across_batches() -> None:
+    a, b, c = people(3)
+    stored = {c["id"]: _current(check(sealed(items([c]))).candidates[0], 17)}
+    first = check(sealed(items([a, b])))
+    second = check(sealed([(a["id"], 2, {**a, "religion": "Khác"}), (b["id"], 1, b),
+                           (c["id"], 1, c)], seed=b"2" * 32))
+    third = check(sealed([(a["id"], 1, a)], seed=b"3" * 32))
+    d1, d2, d3 = _group(("population", first), ("population", second), ("population", third),
+                        current={"population": stored})
+    assert [x.index for x in d1.accepted] == [0, 1] and d1.offset == 0
+    # a's version 2 replaces the group's own version 1; b is a duplicate of the group's b;
+    # c one of the stored c
+    assert [x.index for x in d2.accepted] == [0] and d2.offset == 2
+    assert d2.replaces == [gate.IN_GROUP]
+    assert d2.echoes == [(1, 1)] and d2.duplicates == [Duplicate(2, 17)]
+    # version 1 of a is stale now: the group saw version 2
+    assert [(v.index, v.code) for v in d3.rejected] == [(0, "stale_version")]
+    assert d3.offset == 3 and d3.accepted == []
+
+
+def test_a_group_keeps_datasets_apart() -> None:
+    a = people(1)[0]
+    pop = check(sealed(items([a])))
+    same_key_elsewhere = gate.Checked([*pop.candidates], [])
+    d1, d2 = _group(("population", pop), ("tax", same_key_elsewhere))
+    # one key in two datasets is two records
+    assert len(d1.accepted) == len(d2.accepted) == 1 and d2.echoes == []
 
 
 def test_same_version_twice_in_a_batch_with_other_content_is_a_conflict() -> None:

@@ -15,9 +15,9 @@ import pytest
 from exchange import pki
 from exchange.core import datasets
 from exchange.core.receipts import ReceiptChecker
-from exchange.core.signing import seal
+from exchange.core.seal import seal
 from exchange.sim.generate import Generator
-from tests.conftest import OWNERS, TODAY, Env, people, sealed
+from tests.conftest import OWNERS, SEALED_AT, TODAY, Env, people, sealed
 
 POP = OWNERS["population"]
 
@@ -66,7 +66,8 @@ async def test_a_reference_resolves_within_the_same_commit(env: Env) -> None:
     key = pki.load_node_identity(env.pki_dir, OWNERS["vehicle"]).signing_key
     vbody = msgspec.msgpack.encode(seal(key, OWNERS["vehicle"], datasets.get("vehicle"),
                                         [(vehicle["plate"].replace("-", "").replace(".", "")
-                                          .replace(" ", ""), 1, vehicle)], os.urandom(32)))
+                                          .replace(" ", ""), 1, vehicle)], os.urandom(32),
+                                        time=SEALED_AT))
     publisher = env.broker.publisher
     # the vehicle arrives first in the group, its owner right after it
     v, p = await asyncio.gather(
@@ -84,13 +85,13 @@ async def test_a_group_holds_at_most_max_group_records(env: Env,
     monkeypatch.setattr(publish_mod, "MAX_GROUP_RECORDS", 5)
     store = env.broker.store
     sizes: list[list[int]] = []
-    append_group = store.append_group
+    append = store.append
 
-    async def counted(group: Any, now: float) -> Any:
-        sizes.append([len(a.accepted) for a in group])
-        return await append_group(group, now)
+    async def counted(plan: Any) -> Any:
+        sizes.append([b.count if b else 0 for b in plan.batches])
+        return await append(plan)
 
-    monkeypatch.setattr(store, "append_group", counted)
+    monkeypatch.setattr(store, "append", counted)
     bodies = [_body(env, people(3, seed=30 + i)) for i in range(4)] + [
         _body(env, people(7, seed=40))]
     outcomes = await asyncio.gather(*(env.broker.publisher.publish(

@@ -219,7 +219,7 @@ async def test_audit_catches_tampering_disguised_as_an_erasure(env: Env, tmp_pat
     dropping the salt is not an erasure, and the audit says so."""
     import msgspec
 
-    from exchange.store.base import StoredBody
+    from exchange.core.ledger import StoredBody
 
     data = await _stopped_data_dir(env)
     d = _copy(data, tmp_path / "disguised")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from exchange import pki
-from exchange.core import datasets, gate
+from exchange.core import datasets, gate, ledger
 from exchange.core.access import Limits
 from exchange.core.signing import Verifier
-from exchange.store.base import Append, StaleRead
+from exchange.store.base import StaleRead
 from exchange.store.nats.server import NatsCluster
 from tests import nats_fixtures
 from tests.conftest import make_pki, people
@@ -45,6 +45,6 @@ async def test_a_decision_made_stale_by_another_broker_is_refused(
         # ... and reads other keys since, as a reference lookup does
         await a.current("population", [other["id"]])
         with pytest.raises(StaleRead):
-            await a.append_group([Append(POP, "population", mine, decided.accepted, [],
-                                         replaces=decided.replaces)], time.time())
+            await a.append(ledger.plan([ledger.Append(POP, "population", mine, decided)],
+                                       time.time()))
         assert a.log_state()[0] == 2  # nothing of A's was stored

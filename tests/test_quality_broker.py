@@ -162,3 +162,28 @@ async def test_quality_cli_table_and_json(env: Env, capsys: Any) -> None:
     assert await asyncio.to_thread(main, [*args, "--json", "--dataset", "population"]) == 0
     report = msgspec.json.decode(capsys.readouterr().out)
     assert report["datasets"]["population"]["counters"]["accepted"] == 4
+
+
+async def test_counters_follow_only_what_was_committed(env: Env) -> None:
+    """A commit that fails counts nothing; the publisher's retry then counts once."""
+    from exchange.core.errors import Code, UnavailableError
+    from exchange.core.ledger import Plan
+    from exchange.store.base import Appended
+
+    store = env.broker.store
+    append = store.append
+    failed: list[int] = []
+
+    async def fails_once(plan: Plan) -> Appended:
+        if not failed:
+            failed.append(len(plan.entries))
+            raise UnavailableError("the disk is full", code=Code.STORE_UNAVAILABLE)
+        return await append(plan)
+
+    store.append = fails_once  # type: ignore[method-assign]
+    people = Generator(12, today=TODAY).population(4)
+    async with Node(env.node_config(OWNERS["population"])) as pop:
+        result = await pop.publish("population", [Record(p) for p in people])
+        assert result.accepted == 4 and failed == [4]
+        counters = (await _quality(pop, "population"))["counters"]
+    assert (counters["received"], counters["accepted"], counters["duplicates"]) == (4, 4, 0)

@@ -17,6 +17,8 @@ from exchange.core import disclosure, signing
 from exchange.core.datasets.base import DatasetSpec
 from exchange.core.envelope import Envelope, canonical_bytes
 from exchange.core.errors import ExchangeError, IntegrityError
+from exchange.core.seal import seal
+from tests.conftest import SEALED_AT
 
 NODE = "vn.gov.test.registry"
 
@@ -63,7 +65,7 @@ def _deliver(batch: signing.Batch, granted: set[str], groups: dict[str, tuple[st
 
 @given(people)
 def test_batch_round_trips_json_and_msgpack(datas: list[dict[str, Any]]) -> None:
-    batch = signing.seal(KEY, NODE, SPEC, _items(datas), os.urandom(32))
+    batch = seal(KEY, NODE, SPEC, _items(datas), os.urandom(32), time=SEALED_AT)
     for mod in (msgspec.json, msgspec.msgpack):
         again = mod.decode(mod.encode(batch), type=signing.Batch)
         assert again == batch
@@ -93,9 +95,9 @@ def test_commitments_of_a_record_are_each_groups_commit(datas: list[dict[str, An
 
 
 def test_envelope_round_trips_through_cloudevents_sdk() -> None:
-    batch = signing.seal(KEY, NODE, SPEC, _items([{"id": "001200000001", "name": "Nguyễn Văn A",
+    batch = seal(KEY, NODE, SPEC, _items([{"id": "001200000001", "name": "Nguyễn Văn A",
                                                      "city": "01", "ward": "00004"}]),
-                         os.urandom(32))
+                         os.urandom(32), time=SEALED_AT)
     event = batch.records[0].event
     fmt = JSONFormat()
     ce = fmt.read(None, msgspec.json.encode(event))
@@ -108,7 +110,7 @@ def test_envelope_round_trips_through_cloudevents_sdk() -> None:
 @given(people, st.sets(st.sampled_from(sorted(SPEC.groups))))
 def test_projected_records_verify_and_reveal_only_granted(datas: list[dict[str, Any]],
                                                           granted: set[str]) -> None:
-    batch = signing.seal(KEY, NODE, SPEC, _items(datas), os.urandom(32))
+    batch = seal(KEY, NODE, SPEC, _items(datas), os.urandom(32), time=SEALED_AT)
     fresh = signing.Verifier({NODE: KEY.public_key()})
     for event, salts, withheld, proof in _deliver(batch, granted, dict(SPEC.groups)):
         fresh.verify_record(event, SPEC.groups, salts, withheld, proof)
@@ -129,7 +131,7 @@ def test_random_groupings_verify(fields: list[str], data: st.DataObject) -> None
     record = {f: data.draw(st.one_of(st.integers(), text, st.none())) for f in fields}
     spec = DatasetSpec(name="people", version=1, record_type=Person, key=lambda r: "k",
                        groups=groups, required=(), recommended=())
-    batch = signing.seal(KEY, NODE, spec, [("k", 1, record)], os.urandom(32))
+    batch = seal(KEY, NODE, spec, [("k", 1, record)], os.urandom(32), time=SEALED_AT)
     granted = data.draw(st.sets(st.sampled_from(sorted(groups))))
     ((event, salts, withheld, proof),) = _deliver(batch, granted, groups)
     VERIFIER.verify_record(event, groups, salts, withheld, proof)
@@ -178,7 +180,7 @@ def test_any_single_bit_change_fails(datas: list[dict[str, Any]], granted: set[s
                                      data: st.DataObject) -> None:
     """A one-bit change anywhere — a field, an attribute, a salt, a commitment, the path, the
     statement or the signature — must fail verification."""
-    batch = signing.seal(KEY, NODE, SPEC, _items(datas), os.urandom(32))
+    batch = seal(KEY, NODE, SPEC, _items(datas), os.urandom(32), time=SEALED_AT)
     delivered = _deliver(batch, granted, dict(SPEC.groups))
     event, salts, withheld, proof = delivered[data.draw(st.integers(0, len(delivered) - 1))]
     tree = msgspec.to_builtins(Delivered(event, salts, withheld, proof), builtin_types=(bytes,))
@@ -199,7 +201,7 @@ def test_any_single_bit_change_fails(datas: list[dict[str, Any]], granted: set[s
 def _one(granted: set[str]) -> tuple[signing.Batch, list[Any]]:
     datas = [{"id": "079203001234", "name": "Trần Thị Bích", "city": "79", "ward": "26734"},
              {"id": "001090004321", "name": "Lê Văn Hòa", "city": "01", "ward": "00004"}]
-    batch = signing.seal(KEY, NODE, SPEC, _items(datas), os.urandom(32))
+    batch = seal(KEY, NODE, SPEC, _items(datas), os.urandom(32), time=SEALED_AT)
     return batch, _deliver(batch, granted, dict(SPEC.groups))
 
 

@@ -11,14 +11,16 @@ from typing import Any
 import pytest
 
 from exchange import pki
-from exchange.core import datasets, gate, merkle, tlog
+from exchange.core import datasets, gate, ledger, merkle, tlog
 from exchange.core.access import Limits
-from exchange.core.signing import Batch, Verifier, seal
-from exchange.store.base import Append, DeadLetter, Store
+from exchange.core.ledger import DeadLetter
+from exchange.core.seal import seal
+from exchange.core.signing import Batch, Verifier
+from exchange.store.base import Store
 from exchange.store.nats.store import NatsStore
 from exchange.store.sqlite import SqliteStore
 from tests import nats_fixtures
-from tests.conftest import OWNERS, make_pki, people
+from tests.conftest import OWNERS, SEALED_AT, make_pki, people
 from tests.nats_fixtures import store_url
 
 POP = OWNERS["population"]
@@ -63,7 +65,7 @@ def batch_of(pki_dir: Path, records: list[dict[str, Any]], version: int = 1,
              seed: int = 1) -> Batch:
     key = pki.load_node_identity(pki_dir, POP).signing_key
     return seal(key, POP, SPEC, [(r["id"], version, r) for r in records],
-                seed.to_bytes(32, "big"))
+                seed.to_bytes(32, "big"), time=SEALED_AT)
 
 
 async def publish(store: Store, pki_dir: Path, batch: Batch, dead: list[DeadLetter] | None = None
@@ -76,9 +78,9 @@ async def publish(store: Store, pki_dir: Path, batch: Batch, dead: list[DeadLett
     if not decided.accepted:
         await store.add_dead_letters(dead or [])
         return decided, 0, 0
-    batch_id, first = await store.append(POP, "population", batch, decided.accepted, dead or [],
-                                         time.time())
-    return decided, batch_id, first
+    appended = await store.append(ledger.plan(
+        [ledger.Append(POP, "population", batch, decided, dead or [])], time.time()))
+    return decided, appended.batch_ids[0], appended.first_seq
 
 
 def dead(i: int, code: str = "schema_violation") -> DeadLetter:
@@ -241,13 +243,15 @@ async def test_group_append_is_one_commit_in_group_order(store: Store, pki_dir: 
     ps = people(7, seed=61)
     batches = [batch_of(pki_dir, ps[:3], seed=1), batch_of(pki_dir, ps[3:4], seed=2),
                batch_of(pki_dir, ps[4:], seed=3)]
-    appends = []
-    for i, b in enumerate(batches):
-        checked = gate.check(b, node=POP, spec=SPEC, verifier=verifier, limits=Limits(),
-                             ctx=datasets.RuleContext())
-        accepted = [] if i == 1 else gate.decide(checked, {}).accepted
-        appends.append(Append(POP, "population", b, accepted, [dead(i)] if i == 1 else []))
-    ids, first = await store.append_group(appends, time.time())
+    # the middle batch had nothing accepted: only its dead letter goes with the group
+    checked = [gate.check(b, node=POP, spec=SPEC, verifier=verifier, limits=Limits(),
+                          ctx=datasets.RuleContext()) for b in batches]
+    checked[1] = gate.Checked([], [])
+    decisions = gate.decide_group([("population", c) for c in checked], {})
+    appends = [ledger.Append(POP, "population", b, d, [dead(i)] if i == 1 else [])
+               for i, (b, d) in enumerate(zip(batches, decisions, strict=True))]
+    appended = await store.append(ledger.plan(appends, time.time()))
+    ids, first = appended.batch_ids, appended.first_seq
     assert first == 0 and ids[1] == 0 and ids[0] and ids[2] and ids[0] != ids[2]
     rows = await store.read("population", -1, 10)
     assert [r.seq for r in rows] == list(range(6))

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from exchange.core.ledger import BatchRow, StoredRecord
 from exchange.core.signing import Statement
-from exchange.store.base import BatchRow, StoredRecord, Tail
+from exchange.store.base import Tail
 from exchange.store.nats.server import NatsCluster
 from exchange.store.nats.store import NatsStore
 from exchange.store.sqlite import SqliteStore

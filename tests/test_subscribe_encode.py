@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from exchange.broker.subscribe import _project, encode_record
 from exchange.core import datasets
 from exchange.core.errors import IntegrityError
-from exchange.core.signing import BatchProof, Verifier, seal
+from exchange.core.ledger import StoredBody, StoredRecord
+from exchange.core.seal import seal
+from exchange.core.signing import BatchProof, Verifier
 from exchange.core.wire import BatchRef, DeliveredRecord, RecordsIn
-from exchange.store.base import StoredBody, StoredRecord
-from tests.conftest import people
+from tests.conftest import SEALED_AT, people
 
 NODE = "vn.gov.mps.population"
 SPEC = datasets.get("population")
@@ -24,7 +25,7 @@ SPEC = datasets.get("population")
 def stored(completeness: float = 1.0) -> list[StoredRecord]:
     key = Ed25519PrivateKey.generate()
     batch = seal(key, NODE, SPEC, [(p["id"], 3, p) for p in people(5, seed=4)],
-                 os.urandom(32))
+                 os.urandom(32), time=SEALED_AT)
     commitments, digests, paths = Verifier({NODE: key.public_key()}).verify_batch(
         batch, SPEC.groups)
     return [StoredRecord(100 + i, "population", r.event.subject, 3, 7, i, 1.5e9, digests[i],
@@ -69,7 +70,8 @@ def test_subscriber_side_decoding_leaves_format_checks_to_the_signature() -> Non
     # the SDK decodes deliveries without the attribute patterns; an attribute changed in
     # transit, well-formed or not, still fails verification against the publisher's signature
     key = Ed25519PrivateKey.generate()
-    batch = seal(key, NODE, SPEC, [(p["id"], 1, p) for p in people(2, seed=6)], os.urandom(32))
+    batch = seal(key, NODE, SPEC, [(p["id"], 1, p) for p in people(2, seed=6)], os.urandom(32),
+                 time=SEALED_AT)
     verifier = Verifier({NODE: key.public_key()})
     _, _, paths = verifier.verify_batch(batch, SPEC.groups)
     rec = batch.records[0]

@@ -11,10 +11,11 @@ import msgspec
 
 from exchange import pki
 from exchange.core import datasets
-from exchange.core.signing import Batch, Verifier, seal
+from exchange.core.seal import seal
+from exchange.core.signing import Batch, Verifier
 from exchange.core.wire import BatchRef, DeliveredRecord, RecordsIn
 from exchange.node import Delivery, Node
-from tests.conftest import OWNERS, Env, people
+from tests.conftest import OWNERS, SEALED_AT, Env, people
 
 POP = OWNERS["population"]
 SPEC = datasets.get("population")
@@ -23,7 +24,7 @@ SPEC = datasets.get("population")
 def _batch(env: Env, n: int) -> tuple[Batch, list[list[bytes]]]:
     key = pki.load_node_identity(env.pki_dir, POP).signing_key
     batch = seal(key, POP, SPEC, [(p["id"], 1, p) for p in people(n, seed=71)],
-                 os.urandom(32))
+                 os.urandom(32), time=SEALED_AT)
     _, _, paths = Verifier({POP: key.public_key()}).verify_batch(batch, SPEC.groups)
     return batch, paths
 

@@ -3,9 +3,8 @@ append; scores on demand; Prometheus metrics. The scoring itself is ``exchange.q
 
 from __future__ import annotations
 
-import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -14,9 +13,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exchange.core import datasets, quality
-from exchange.core.errors import Violation
-from exchange.core.gate import Checked, Decided
-from exchange.store.base import QualityRow, Reference, Store
+from exchange.core.gate import Decided
+from exchange.core.ledger import QualityRow, Reference
+from exchange.store.base import Store
 
 __all__ = ["QualityTracker"]
 
@@ -56,55 +55,20 @@ class QualityTracker:
             c = self.counters[(dataset, publisher)] = quality.Counters()
         return c
 
-    def snapshot(self, dataset: str, publisher: str) -> bytes:
-        return _enc.encode(self._get(dataset, publisher))
+    def rows(self, deltas: Mapping[tuple[str, str], quality.Counters]) -> list[QualityRow]:
+        """The totals each (dataset, publisher) will have once ``deltas`` are committed: stored
+        in the same step as the records they count."""
+        return [(d, p, _enc.encode(self._get(d, p).merge(c))) for (d, p), c in deltas.items()]
 
-    def restore(self, dataset: str, publisher: str, snapshot: bytes) -> None:
-        self.counters[(dataset, publisher)] = _dec.decode(snapshot)
-
-    def row(self, dataset: str, publisher: str) -> QualityRow:
-        return (dataset, publisher, _enc.encode(self._get(dataset, publisher)))
-
-    def refused(self, dataset: str, publisher: str, records: int, code: str) -> QualityRow:
-        """A whole batch refused (bad signature, undecodable): each record counts as rejected."""
-        c = self._get(dataset, publisher)
-        c.received += records
-        c.rejected[code] = c.rejected.get(code, 0) + records
-        return self.row(dataset, publisher)
-
-    def gated(self, spec: datasets.DatasetSpec, publisher: str, checked: Checked,
-              decided: Decided, now: float) -> QualityRow:
-        """Count one batch's outcome. Call under the publisher's lock, before the append."""
-        c = self._get(spec.name, publisher)
-        first: dict[int | None, Violation] = {}
-        for v in decided.rejected:
-            first.setdefault(v.index, v)
-        c.received += len(decided.accepted) + len(decided.duplicates) + len(first)
-        c.duplicates += len(decided.duplicates)
-        for v in first.values():
-            c.rejected[v.code] = c.rejected.get(v.code, 0) + 1
-            if v.conflict:
-                c.conflicts += 1
-        c.not_normalised += sum(1 for x in checked.candidates if not x.normalised)
-        today = dt.datetime.fromtimestamp(now, dt.UTC).date()
-        for a in decided.accepted:
-            c.accepted += 1
-            c.completeness_sum += a.completeness
-            as_of = a.record.event.data.get("as_of")
-            if isinstance(as_of, str):
-                try:
-                    age_days = (today - dt.date.fromisoformat(as_of)).days
-                except ValueError:
-                    age_days = 0
-                c.as_of_age_sum_s += max(0, age_days) * 86_400.0
-                c.as_of_count += 1
-        if decided.accepted:
-            c.last_accepted_at = now
-        return self.row(spec.name, publisher)
+    def add(self, deltas: Mapping[tuple[str, str], quality.Counters]) -> None:
+        """Count what was committed (never before the commit: nothing to roll back)."""
+        for (d, p), c in deltas.items():
+            self.counters[(d, p)] = self._get(d, p).merge(c)
 
     async def unresolved_for(self, spec: datasets.DatasetSpec, decided: Decided
-                             ) -> list[Reference]:
-        """References of the accepted records to records the exchange does not hold."""
+                             ) -> tuple[list[Reference], int]:
+        """References of the accepted records to records the exchange does not hold, and how
+        many references they hold in all."""
         wanted: dict[str, list[tuple[str, str]]] = {}
         for a in decided.accepted:
             for target, key in quality.references(spec, a.record.event.data):
@@ -113,8 +77,7 @@ class QualityTracker:
         for target, pairs in wanted.items():
             have = await self.store.current(target, [k for k, _ in pairs])
             out.extend((target, k, spec.name, src) for k, src in pairs if k not in have)
-            self._get(spec.name, self._owners().get(spec.name, "")).references += len(pairs)
-        return out
+        return out, sum(len(p) for p in wanted.values())
 
     def delivered(self, dataset: str, subscriber: str, accepted_at: list[float],
                   now: float) -> None:

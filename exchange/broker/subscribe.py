@@ -26,8 +26,9 @@ from exchange.core import datasets
 from exchange.core.access import Limits, Policy
 from exchange.core.consumer import ConsumerState
 from exchange.core.errors import Code, ConflictError, ExchangeError, Forbidden, InputError
+from exchange.core.ledger import BatchRow, StoredBody, StoredRecord
 from exchange.core.wire import Ack, BatchRef, ClientFrame, Credit, DeliveredRecord, Hello
-from exchange.store.base import BatchRow, Store, StoredBody, StoredRecord
+from exchange.store.base import Store
 
 __all__ = ["Subscriptions", "encode_record", "parse_start"]
 

@@ -25,8 +25,8 @@ __all__ = [
     "Envelope",
     "canonical_bytes",
     "digest",
-    "now_rfc3339",
     "parse_type",
+    "rfc3339",
 ]
 
 SPECVERSION = "1.0"
@@ -83,10 +83,10 @@ def parse_type(type_: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
-def now_rfc3339(clock: dt.datetime | None = None) -> str:
-    """UTC time as RFC 3339 with a ``Z``, the form the CloudEvents SDKs write back unchanged."""
-    t = clock or dt.datetime.now(dt.UTC)
-    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+def rfc3339(t: float) -> str:
+    """Unix time as UTC RFC 3339 with a ``Z``, the form the CloudEvents SDKs write back
+    unchanged. The caller reads the clock: the core never does."""
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 _canon = msgspec.json.Encoder(order="sorted")

@@ -6,15 +6,17 @@ Two steps, because the version decision needs the store:
    (source, type, key, limits, schema, domain rules). A bad signature refuses the whole batch —
    the publisher's one signature vouches for all of its records or none; a record that is
    signed but invalid is refused alone.
-2. ``decide(...)`` takes the current version of each key from the store and sorts the valid
-   records into accepted, duplicates (same version, same content: a safe retry) and conflicts
-   (``version_conflict``: same version, other content; ``stale_version``: lower version).
+2. ``decide_group(...)`` takes the current version of each key from the store and sorts the
+   valid records of a group of batches, in arrival order, into accepted, duplicates (same
+   version, same content: a safe retry) and conflicts (``version_conflict``: same version,
+   other content; ``stale_version``: lower version). The one place versions are decided: the
+   broker decides every group commit here, and ``ledger`` turns the decision into the append.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +25,19 @@ import msgspec
 from exchange.core.access import Limits
 from exchange.core.datasets import DatasetSpec, RuleContext
 from exchange.core.envelope import parse_type
-from exchange.core.errors import Code, ExchangeError, IntegrityError, LimitExceeded, Violation
+from exchange.core.errors import (
+    Code,
+    ExchangeError,
+    InputError,
+    IntegrityError,
+    LimitExceeded,
+    Violation,
+)
 from exchange.core.signing import Batch, PublishedRecord, Verifier
 from exchange.core.wire import Duplicate
 
-__all__ = ["Candidate", "Checked", "Current", "Decided", "check", "decide"]
+__all__ = ["IN_GROUP", "Candidate", "Checked", "Current", "Decided", "check", "decide",
+           "decide_group"]
 
 _canon = msgspec.json.Encoder(order="sorted")
 
@@ -68,13 +78,25 @@ class Current:
 
 @dataclass
 class Decided:
+    """One batch's part of a group decision."""
+
     accepted: list[Candidate]
+    #: same version, same content as a record stored before the group (a safe retry)
     duplicates: list[Duplicate]
     rejected: list[Violation]
     #: per accepted record, the seq of the stored version it replaces as the decision saw it
-    #: (None: a new key; negative: a record accepted earlier in the same commit). A store
+    #: (None: a new key; ``IN_GROUP``: a record accepted earlier in the same group). A store
     #: shared by several brokers makes the append conditional on exactly that.
     replaces: list[int | None] = field(default_factory=list)
+    #: duplicates of records accepted earlier in the same group: (index, the record's offset
+    #: in the group); ``ledger.receipts`` resolves them once the group's first seq is known
+    echoes: list[tuple[int, int]] = field(default_factory=list)
+    #: offset of this batch's first accepted record in its group
+    offset: int = 0
+
+
+#: ``Decided.replaces`` of a record whose key was accepted earlier in the same group
+IN_GROUP = -1
 
 
 _CONTAINERS = (dict, list)
@@ -118,6 +140,17 @@ def check(
     if len(batch.records) > limits.max_batch_records:
         raise LimitExceeded(f"batch has {len(batch.records)} records; the limit is "
                             f"{limits.max_batch_records}", code=Code.BATCH_TOO_LARGE)
+    try:
+        return _check(batch, node, spec, verifier, limits, ctx, scorer)
+    except (TypeError, ValueError, OverflowError) as err:
+        # a value the canonical encoding cannot take: the publisher's fault, not ours
+        raise InputError(f"a record holds a value with no canonical form: {err}",
+                         code=Code.MALFORMED) from None
+
+
+def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limits: Limits,
+           ctx: RuleContext, scorer: Callable[[DatasetSpec, Mapping[str, Any]], float] | None
+           ) -> Checked:
     commitments, digests, paths = verifier.verify_batch(batch, spec.groups)
 
     candidates: list[Candidate] = []
@@ -165,35 +198,49 @@ def check(
     return Checked(candidates, rejected)
 
 
-def decide(checked: Checked, current: Mapping[str, Current], *,
-           first_placeholder: int = 0) -> Decided:
-    """Sort valid records by version against the store's current versions (in batch order)."""
-    latest = dict(current)
-    accepted: list[Candidate] = []
-    replaces: list[int | None] = []
-    duplicates: list[Duplicate] = []
-    rejected = list(checked.rejected)
-    for c in checked.candidates:
-        cur = latest.get(c.key)
-        if cur is not None:
-            if c.version < cur.version:
-                rejected.append(Violation(
-                    Code.STALE_VERSION, f"version {c.version} of {c.key} is older than the "
-                    f"stored version {cur.version}", "$.version", c.index))
-                continue
-            if c.version == cur.version:
-                if c.content == cur.content:
-                    seq = cur.seq
-                    duplicates.append(Duplicate(c.index, seq))
-                else:
-                    rejected.append(Violation(
-                        Code.VERSION_CONFLICT, f"version {c.version} of {c.key} is already "
-                        "stored with different content", "$.version", c.index))
-                continue
-        # a negative seq -1-k marks "the k-th record accepted in this batch": the store assigns
-        # the real seq, and the broker resolves such duplicates to it
-        latest[c.key] = Current(c.version, c.content, -1 - (first_placeholder + len(accepted)))
-        accepted.append(c)
-        replaces.append(None if cur is None else cur.seq)
-    rejected.sort(key=lambda v: v.index or 0)
-    return Decided(accepted, duplicates, rejected, replaces)
+def decide(checked: Checked, current: Mapping[str, Current]) -> Decided:
+    """Decide one batch alone (a group of one)."""
+    return decide_group([("", checked)], {"": current})[0]
+
+
+def decide_group(batches: Sequence[tuple[str, Checked]],
+                 current: Mapping[str, Mapping[str, Current]]) -> list[Decided]:
+    """Sort the valid records of a group of batches, in arrival order, against the store's
+    current versions (``current[dataset][key]``) and against each other: accepted, duplicates
+    (same version, same content: a safe retry), ``version_conflict`` (same version, other
+    content) and ``stale_version`` (a lower version). Accepted records take consecutive
+    offsets in the group; what they replace is recorded for a store shared with other brokers.
+    """
+    latest: dict[tuple[str, str], tuple[Current | None, int | None]] = {}
+    out: list[Decided] = []
+    offset = 0
+    for dataset, checked in batches:
+        stored = current.get(dataset, {})
+        decided = Decided([], [], list(checked.rejected), offset=offset)
+        for c in checked.candidates:
+            pair = (dataset, c.key)
+            cur, in_group = latest.get(pair) or (stored.get(c.key), None)
+            if cur is not None:
+                if c.version < cur.version:
+                    decided.rejected.append(Violation(
+                        Code.STALE_VERSION, f"version {c.version} of {c.key} is older than the "
+                        f"stored version {cur.version}", "$.version", c.index))
+                    continue
+                if c.version == cur.version:
+                    if c.content != cur.content:
+                        decided.rejected.append(Violation(
+                            Code.VERSION_CONFLICT, f"version {c.version} of {c.key} is already "
+                            "stored with different content", "$.version", c.index))
+                    elif in_group is not None:
+                        decided.echoes.append((c.index, in_group))
+                    else:
+                        decided.duplicates.append(Duplicate(c.index, cur.seq))
+                    continue
+            decided.replaces.append(IN_GROUP if in_group is not None
+                                    else None if cur is None else cur.seq)
+            latest[pair] = (Current(c.version, c.content, IN_GROUP), offset)
+            decided.accepted.append(c)
+            offset += 1
+        decided.rejected.sort(key=lambda v: v.index or 0)
+        out.append(decided)
+    return out

@@ -19,6 +19,7 @@ gate keeps (Decision 1437/QĐ-TTg's quality measures, DESIGN.md "Data principles
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,8 +27,10 @@ from typing import Any
 import msgspec
 
 from exchange.core.datasets import DatasetSpec
+from exchange.core.errors import Violation
+from exchange.core.gate import Checked, Decided
 
-__all__ = ["Counters", "Scores", "completeness", "references", "scores"]
+__all__ = ["Counters", "Scores", "completeness", "gated", "references", "refused", "scores"]
 
 _PERSONAL_ID = re.compile(r"^[0-9]{12}$")
 _TAX_ID = re.compile(r"^[0-9]{10}(-[0-9]{3})?$")
@@ -66,6 +69,44 @@ class Counters(msgspec.Struct, kw_only=True):
             last_accepted_at=max(self.last_accepted_at, other.last_accepted_at),
             delivered=self.delivered + other.delivered,
             delivered_timely=self.delivered_timely + other.delivered_timely)
+
+
+def gated(checked: Checked, decided: Decided, now: float, *, references: int = 0) -> Counters:
+    """What one decided batch adds to its (dataset, publisher) counters: a delta, merged into
+    the totals only once the batch is stored. ``references``: how many references to other
+    datasets its accepted records hold."""
+    first: dict[int | None, Violation] = {}
+    for v in decided.rejected:
+        first.setdefault(v.index, v)  # a record counts once, under its first finding
+    c = Counters(received=len(decided.accepted) + len(decided.duplicates)
+                 + len(decided.echoes) + len(first),
+                 duplicates=len(decided.duplicates) + len(decided.echoes),
+                 not_normalised=sum(1 for x in checked.candidates if not x.normalised),
+                 references=references)
+    for v in first.values():
+        c.rejected[v.code] = c.rejected.get(v.code, 0) + 1
+        if v.conflict:
+            c.conflicts += 1
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    for a in decided.accepted:
+        c.accepted += 1
+        c.completeness_sum += a.completeness
+        as_of = a.record.event.data.get("as_of")
+        if isinstance(as_of, str):
+            try:
+                age_days = (today - dt.date.fromisoformat(as_of)).days
+            except ValueError:
+                age_days = 0
+            c.as_of_age_sum_s += max(0, age_days) * 86_400.0
+            c.as_of_count += 1
+    if decided.accepted:
+        c.last_accepted_at = now
+    return c
+
+
+def refused(records: int, code: str) -> Counters:
+    """A whole batch refused (bad signature, undecodable): each record counts as rejected."""
+    return Counters(received=records, rejected={code: records})
 
 
 class Scores(msgspec.Struct, frozen=True):

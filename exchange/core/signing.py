@@ -9,18 +9,16 @@ published alone is a batch of one. This is X-Road's batch signature, with RFC 69
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange.core import disclosure, merkle
-from exchange.core.datasets import DatasetSpec
-from exchange.core.envelope import Envelope, NodeId, digest, now_rfc3339
+from exchange.core.envelope import Envelope, NodeId, digest
 from exchange.core.errors import AuthError, Code, IntegrityError
 
 __all__ = [
@@ -31,14 +29,11 @@ __all__ = [
     "Verifier",
     "check_signer",
     "record_digest",
-    "seal",
     "statement_bytes",
 ]
 
 # Domain separation: a signature over a batch statement can never be replayed as anything else.
 STATEMENT_CONTEXT = b"vn-exchange/batch-statement/v1\n"
-SEAL_CONTEXT = b"vn-exchange/seal/v1\x00"
-SALT_BYTES = disclosure.SALT_BYTES
 
 Bytes32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 Signature = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
@@ -99,52 +94,6 @@ def check_signer(event: Envelope, statement: Statement, dataset: str | None = No
     if (dataset or event.dataset) != statement.dataset:
         raise IntegrityError("record type does not match the signed dataset",
                              code=Code.SIGNATURE_INVALID)
-
-
-def seal(
-    key: Ed25519PrivateKey,
-    node: str,
-    spec: DatasetSpec,
-    items: Sequence[tuple[str, int, dict[str, Any]]],
-    seed: bytes,
-    *,
-    time: str | None = None,
-) -> Batch:
-    """Envelope, commit to and sign a batch of ``(key, version, data)`` records.
-
-    ``seed`` is the batch's one random value (``os.urandom(32)``); record ids and salts derive
-    from it, so sealing makes no system call per record. One SHAKE-256 call (FIPS 202, an
-    extendable-output function) stretches the seed into every record's id and salts: per
-    record HMACs cost more than the rest of sealing together.
-    """
-    if not items:
-        raise ValueError("a batch has at least one record")
-    now = time or now_rfc3339()
-    names = tuple(spec.groups)
-    width = SALT_BYTES * (len(names) + 1)
-    stream = hashlib.shake_256(SEAL_CONTEXT + seed).digest(width * len(items))
-    records: list[PublishedRecord] = []
-    leaves: list[bytes] = []
-    for i, (subject, version, data) in enumerate(items):
-        at = i * width
-        salts = {g: stream[at + SALT_BYTES * (j + 1):at + SALT_BYTES * (j + 2)]
-                 for j, g in enumerate(names)}
-        event = Envelope(id=_uuid4(stream[at:at + SALT_BYTES]), source=node, type=spec.type,
-                         subject=subject, time=now, dataschema=spec.dataschema,
-                         version=version, data=data)
-        commitments = disclosure.commitments(data, spec.groups, salts)
-        leaves.append(merkle.leaf_hash(digest(event.attributes(), commitments)))
-        records.append(PublishedRecord(event, salts))
-    statement = Statement(node=node, dataset=spec.name, root=merkle.root(leaves),
-                          size=len(items), time=now)
-    return Batch(statement, key.sign(statement_bytes(statement)), records)
-
-
-def _uuid4(raw: bytes) -> str:
-    """A random (version 4, RFC 9562 §5.4) UUID string from 16 random bytes."""
-    h = bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], 0x40 | raw[6] & 0x0F, raw[7],
-               0x80 | raw[8] & 0x3F, *raw[9:16]]).hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Verifier:

@@ -23,8 +23,8 @@ from typing import Annotated, Any
 import msgspec
 
 from exchange.core.envelope import SPECVERSION, Envelope
-from exchange.core.errors import Violation
-from exchange.core.signing import Bytes32, Signature, Statement
+from exchange.core.errors import Code, InputError, Violation
+from exchange.core.signing import Batch, Bytes32, Signature, Statement
 
 __all__ = [
     "PROBLEM_CODE_HEADER",
@@ -40,7 +40,39 @@ __all__ = [
     "Records",
     "RecordsIn",
     "SignedReceipt",
+    "decode_batch",
 ]
+
+
+def _no_ext(code: int, data: memoryview) -> Any:
+    # MessagePack extension types have no JSON form, so no canonical bytes: refuse them here
+    raise InputError(f"MessagePack extension type {code} is not allowed in records",
+                     code=Code.MALFORMED)
+
+
+_json_batch = msgspec.json.Decoder(Batch)
+_msgpack_batch = msgspec.msgpack.Decoder(Batch, ext_hook=_no_ext)
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
+
+
+def decode_batch(body: bytes, content_type: str) -> Batch:
+    """A published batch from its body (MessagePack or JSON), or the ``InputError`` that says
+    what is wrong with it: msgspec's errors are translated here, once."""
+    binary = content_type in MSGPACK_TYPES
+    try:
+        return (_msgpack_batch if binary else _json_batch).decode(body)
+    except msgspec.ValidationError as err:
+        raise InputError(f"batch does not match the wire schema: {err}",
+                         code=Code.SCHEMA_VIOLATION) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        # msgspec's MessagePack decoder raises UnicodeDecodeError for a str that is not
+        # UTF-8; a truncated body's message has no position, so give it
+        where = f" (at byte {len(body)})" if "truncated" in str(err) else ""
+        kind = "MessagePack" if binary else "JSON"
+        raise InputError(f"body is not valid {kind}: {err}{where}",
+                         code=Code.MALFORMED) from None
+    except RecursionError:
+        raise InputError("body is nested too deeply", code=Code.TOO_DEEP) from None
 
 
 class Duplicate(msgspec.Struct, frozen=True):

@@ -34,9 +34,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange import pki
+from exchange.clock import SYSTEM, Clock
 from exchange.core import datasets, merkle, tlog
-from exchange.core.datasets.normalise import normalise_record
-from exchange.core.envelope import parse_type
+from exchange.core.envelope import parse_type, rfc3339
 from exchange.core.errors import (
     AuthError,
     Code,
@@ -46,7 +46,8 @@ from exchange.core.errors import (
     Violation,
 )
 from exchange.core.receipts import ReceiptChecker
-from exchange.core.signing import Batch, BatchProof, Verifier, check_signer, record_digest, seal
+from exchange.core.seal import prepare, seal
+from exchange.core.signing import Batch, BatchProof, Verifier, check_signer, record_digest
 from exchange.core.wire import (
     PROBLEM_CODE_HEADER,
     Ack,
@@ -149,8 +150,9 @@ class _Pending:
 class Node:
     """A connected exchange node. Use as ``async with Node(config) as node``."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, *, clock: Clock = SYSTEM) -> None:
         self.config = config
+        self.clock = clock
         self.identity = pki.load_node_identity(config.pki_dir, config.node_id)
         self._ca = x509.load_pem_x509_certificate(self.identity.ca_cert.read_bytes())
         self._ssl: ssl.SSLContext = pki.client_ssl_context(self.identity)
@@ -320,23 +322,11 @@ class Node:
     async def _send(self, spec: datasets.DatasetSpec, pending: list[_Pending],
                     q: asyncio.Queue[_Pending], in_flight: asyncio.Semaphore) -> None:
         try:
-            items = []
-            for p in pending:
-                if self.config.normalise:
-                    data, changed = normalise_record(p.record.data)
-                    if changed:
-                        self.normalised += 1
-                else:
-                    data = dict(p.record.data)
-                # the key only: the broker's gate is the authority on schema and rules, and
-                # names every fault in its reply (`exchange schema validate` checks locally)
-                try:
-                    key = spec.key(msgspec.convert(data, spec.record_type))
-                except msgspec.ValidationError:
-                    key = _guess_key(spec, data)
-                items.append((key, p.record.version, data))
-            batch = seal(self.identity.signing_key, self.config.node_id, spec, items,
-                         os.urandom(32))
+            prepared = prepare(spec, [(p.record.data, p.record.version) for p in pending],
+                               normalise=self.config.normalise)
+            self.normalised += prepared.normalised
+            batch = seal(self.identity.signing_key, self.config.node_id, spec, prepared.items,
+                         os.urandom(32), time=rfc3339(self.clock.time()))
             reply = await self._post(spec.name, batch)
             self._resolve(pending, reply)
         except ExchangeError as err:
@@ -508,14 +498,6 @@ class _Stream:
         self.reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.reader
-
-
-def _guess_key(spec: datasets.DatasetSpec, data: Mapping[str, Any]) -> str:
-    """Best-effort key of an invalid record, so the broker can name it in the dead letter."""
-    for f in ("id", "tax_id", "plate"):
-        if isinstance(data.get(f), str) and data[f]:
-            return str(data[f])
-    return "?"
 
 
 def _problem(status: int, body: bytes) -> ExchangeError:

@@ -1,14 +1,15 @@
-"""The store interface every backend implements (sqlite now; NATS JetStream behind the same).
+"""The store interface every backend implements: sqlite, and NATS JetStream behind the same.
 
 A store keeps accepted records in one global order (``seq``, from 0), the current version of every
-key, publishers' batch statements, dead letters, and durable subscription positions. The broker
-serialises appends; a store makes each append atomic: all of a batch's records and dead letters,
-or none.
+key, publishers' batch statements, dead letters, and durable subscription positions. It executes
+the core's append plan (``exchange.core.ledger.Plan``): every record, log leaf, dead letter and
+quality row of a group commit, atomically, or none of them. The plan is the only place rows are
+built; a store only turns them into its own statements or messages.
 
-``append`` is conditional on what the caller's last ``current`` call returned for the same keys.
-A store that several broker processes append to at once (NATS) checks that in the append itself
-and raises ``StaleRead`` when another process changed one of those keys in between; the caller then
-reads ``current`` again and decides again. The sqlite store has one writer and never raises it.
+``append`` is conditional on what the plan's decision saw (``Plan.replaces``). A store that several
+broker processes append to at once (NATS) checks that in the append itself and raises
+``StaleRead`` when another process changed one of those keys in between; the broker then reads
+``current`` again and decides again. The sqlite store has one writer and never raises it.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import msgspec
-
 from exchange.core import tlog
-from exchange.core.envelope import Envelope
-from exchange.core.gate import Candidate, Current
-from exchange.core.signing import Batch, Statement
+from exchange.core.gate import Current
+from exchange.core.ledger import (
+    BatchRow,
+    DeadLetter,
+    Plan,
+    QualityRow,
+    Reference,
+    StoredRecord,
+)
 
-__all__ = ["Append", "DeadLetter", "GroupAppends", "StaleRead", "Store", "StoredBody",
-           "StoredRecord", "SubscriptionRow", "Tail"]
+__all__ = ["Appended", "StaleRead", "Store", "SubscriptionRow", "Tail"]
 
 
 class StaleRead(Exception):
@@ -36,67 +40,13 @@ class StaleRead(Exception):
     and only gives up as ``contended`` (503, retry)."""
 
 
-#: (target dataset, target key, referring dataset, referring key)
-Reference = tuple[str, str, str, str]
-#: (dataset, publisher, MessagePack of exchange.quality.Counters)
-QualityRow = tuple[str, str, bytes]
-
-
-class StoredBody(msgspec.Struct, frozen=True, array_like=True):
-    """What the store keeps per record, besides its indexed columns (MessagePack)."""
-
-    event: Envelope
-    salts: dict[str, bytes]
-    commitments: dict[str, bytes]
-    path: list[bytes]
-    completeness: float = 1.0
-
-
 @dataclass(frozen=True, slots=True)
-class Append:
-    """One batch's part of a (group) append: its accepted records and everything stored with
-    them in the same transaction."""
+class Appended:
+    """Where a plan landed: the id of each planned batch (0 for one with nothing accepted) and
+    the seq of the group's first record."""
 
-    publisher: str
-    dataset: str
-    batch: Batch
-    accepted: Sequence[Candidate]
-    dead: Sequence[DeadLetter]
-    unresolved: Sequence[Reference] = ()
-    quality: Sequence[QualityRow] = ()
-    #: per accepted record, the seq of the version it replaces as the decision saw it
-    #: (``gate.Decided.replaces``); empty: the store uses what it read last
-    replaces: Sequence[int | None] = ()
-
-
-class StoredRecord(msgspec.Struct, frozen=True):
-    """One stored record's columns. Only atomic values: msgspec leaves such a Struct out of the
-    cycle collector, so the broker's in-memory tail and caches add nothing to its pauses."""
-
-    seq: int
-    dataset: str
-    key: str
-    version: int
-    batch_id: int
-    index: int
-    accepted_at: float
-    digest: bytes
-    body: bytes  # StoredBody, MessagePack
-
-
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """A refused record (or a refused batch, index None), kept for its publisher."""
-
-    id: int = 0
-    publisher: str
-    dataset: str
-    received_at: float
-    index: int | None
-    code: str
-    path: str
-    message: str
-    #: the refused record as received (JSON), or a prefix of an undecodable body
-    record: bytes = b""
+    batch_ids: list[int]
+    first_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +56,6 @@ class SubscriptionRow:
     name: str
     acked: int
     created_at: float
-
-
-class BatchRow(msgspec.Struct, frozen=True):
-    id: int
-    statement: Statement
-    signature: bytes
 
 
 class Tail:
@@ -164,25 +108,6 @@ class Tail:
         return {i: b for i in ids if (b := self._batches.get(i)) is not None}
 
 
-class GroupAppends:
-    """``append`` for a store that appends in groups: a group of one."""
-
-    #: a group is one atomic batch of bounded size (NATS): at most ``max_batch_records``
-    atomic_batch_bounded = False
-
-    async def append_group(self, group: Sequence[Append], now: float
-                           ) -> tuple[list[int], int]:
-        raise NotImplementedError
-
-    async def append(self, publisher: str, dataset: str, batch: Batch,
-                     accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
-                     now: float, *, unresolved: Sequence[Reference] = (),
-                     quality: Sequence[QualityRow] = ()) -> tuple[int, int]:
-        (batch_id,), first = await self.append_group(
-            [Append(publisher, dataset, batch, accepted, dead, unresolved, quality)], now)
-        return batch_id, first
-
-
 class Store(Protocol):
     atomic_batch_bounded: bool
 
@@ -195,21 +120,11 @@ class Store(Protocol):
 
     async def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]: ...
 
-    async def append(self, publisher: str, dataset: str, batch: Batch,
-                     accepted: Sequence[Candidate], dead: Sequence[DeadLetter],
-                     now: float, *, unresolved: Sequence[Reference] = (),
-                     quality: Sequence[QualityRow] = ()) -> tuple[int, int]:
-        """Store accepted records and dead letters atomically; return (batch id, first seq).
-
-        In the same step: the accepted keys' old references are replaced by ``unresolved``,
-        references waiting for the accepted keys are resolved, and ``quality`` rows are saved.
-        """
-        ...
-
-    async def append_group(self, group: Sequence[Append], now: float
-                           ) -> tuple[list[int], int]:
-        """Several batches as one ``append`` (group commit), their records in group order:
-        each batch's id (0 for one with nothing accepted) and the group's first seq."""
+    async def append(self, plan: Plan) -> Appended:
+        """Store a group commit atomically: its records in plan order from the next seq on, their
+        log leaves, current versions, batch statements, references, dead letters and quality
+        rows. A key's older references are replaced by the plan's; references waiting for the
+        accepted keys are resolved."""
         ...
 
     async def add_dead_letters(self, dead: Sequence[DeadLetter], *,

@@ -24,19 +24,16 @@ import msgspec
 from exchange.core import merkle, tlog
 from exchange.core.errors import Code, InternalError, UnavailableError
 from exchange.core.gate import Current
-from exchange.core.signing import Statement
-from exchange.store.base import (
-    Append,
+from exchange.core.ledger import (
     BatchRow,
     DeadLetter,
-    GroupAppends,
+    Plan,
     QualityRow,
     Reference,
-    StoredBody,
     StoredRecord,
-    SubscriptionRow,
-    Tail,
 )
+from exchange.core.signing import Statement
+from exchange.store.base import Appended, SubscriptionRow, Tail
 
 __all__ = ["SqliteStore"]
 
@@ -180,7 +177,7 @@ _UPSERT_QUALITY = ("INSERT INTO quality VALUES (?, ?, ?) ON CONFLICT(dataset, pu
                    "DO UPDATE SET counters=excluded.counters")
 
 
-class SqliteStore(GroupAppends):
+class SqliteStore:
     """``Store`` on one sqlite file (WAL). The broker serialises appends.
 
     Two connections. Every write (a group append, an ack, dead letters, a checkpoint) is one
@@ -191,6 +188,9 @@ class SqliteStore(GroupAppends):
     commit, so a subscriber never receives a record that may yet be rolled back or lost to a
     crash.
     """
+
+    #: a group commit is one sqlite transaction: no bound but memory
+    atomic_batch_bounded = False
 
     def __init__(self, path: str | Path, *, durability: str = "full",
                  tail_records: int = 10_000) -> None:
@@ -294,70 +294,52 @@ class SqliteStore(GroupAppends):
                 out[key] = Current(version, content, seq)
         return out
 
-    async def append_group(self, group: Sequence[Append], now: float
-                           ) -> tuple[list[int], int]:
-        """Several batches in one transaction (group commit): one fsync for all of them.
-
-        Their accepted records take consecutive seqs in group order. Returns each batch's id
-        (0 for a batch with nothing accepted) and the seq of the group's first record.
-        """
+    async def append(self, plan: Plan) -> Appended:
+        """A group commit in one transaction: one fsync for all of its batches, every row from
+        the plan, the log's new nodes with them."""
         async with self._writing:
             first = self._head + 1
-            seq = first
             nodes: list[tuple[int, int, bytes]] = []
             tree = merkle.CompactRange(self._tree.size, self._tree.frontier,
                                        on_node=lambda lvl, idx, h: nodes.append((lvl, idx, h)))
-            us = tlog.micros(now)
+            for leaf in plan.leaves(first):
+                tree.append(leaf)  # stored iff logged: the same transaction
             ids: list[int] = []
             batch_id = self._last_batch
-            # every statement once per group, not once per batch: one thread hop each
             batch_rows: list[tuple[object, ...]] = []
+            for b in plan.batches:
+                if b is None:
+                    ids.append(0)
+                    continue
+                batch_id += 1
+                ids.append(batch_id)
+                batch_rows.append((batch_id, b.publisher, b.dataset, _body.encode(b.statement),
+                                   b.signature, plan.now))
             tail: list[StoredRecord] = []
-            tail_batches: list[BatchRow] = []
             rows: list[tuple[object, ...]] = []
             cur_rows: list[tuple[str, str, int, bytes, int]] = []
-            dead: list[DeadLetter] = []
-            refs: dict[tuple[str, str], list[Reference]] = {}
-            quality: dict[tuple[str, str], QualityRow] = {}
-            for a in group:
-                if a.accepted:
-                    batch_id += 1
-                    batch_rows.append((batch_id, a.publisher, a.dataset,
-                                       _body.encode(a.batch.statement), a.batch.signature, now))
-                    root = a.batch.statement.root
-                    tail_batches.append(BatchRow(batch_id, a.batch.statement,
-                                                 a.batch.signature))
-                    for c in a.accepted:
-                        body = _body.encode(StoredBody(c.record.event, c.record.salts,
-                                                       c.commitments, c.path, c.completeness))
-                        record = (seq, a.dataset, c.key, c.version, batch_id, c.index, now,
-                                  c.digest, body)
-                        rows.append(record)
-                        tail.append(StoredRecord(*record))
-                        cur_rows.append((a.dataset, c.key, c.version, c.content, seq))
-                        # the log grows in the same transaction: stored iff logged
-                        tree.append(tlog.entry_leaf(seq, a.dataset, a.publisher, c.digest, root,
-                                                    us))
-                        seq += 1
-                        # a key's new version replaces the references of its older ones
-                        refs[(a.dataset, c.key)] = []
-                    for ref in a.unresolved:
-                        refs.setdefault((ref[2], ref[3]), []).append(ref)
-                ids.append(batch_id if a.accepted else 0)
-                dead.extend(a.dead)
-                for row in a.quality:  # counters are totals: the last row of each pair wins
-                    quality[(row[0], row[1])] = row
-            dead_rows = self._dead_rows(dead)
-            job = functools.partial(_commit_group, batch_rows, rows, cur_rows, nodes, refs,
-                                    dead_rows, list(quality.values()))
+            seq = first
+            for b, bid in zip(plan.batches, ids, strict=True):
+                if b is None:
+                    continue
+                for e in plan.entries[b.offset:b.offset + b.count]:
+                    record = e.stored(seq, bid)
+                    tail.append(record)
+                    rows.append((seq, e.dataset, e.key, e.version, bid, e.index, e.accepted_at,
+                                 e.digest, e.body))
+                    cur_rows.append((e.dataset, e.key, e.version, e.content, seq))
+                    seq += 1
+            job = functools.partial(_commit_group, batch_rows, rows, cur_rows, nodes,
+                                    plan.references(), self._dead_rows(plan.dead),
+                                    list(plan.quality))
             cancelled = await self._in_writer(job)
             self._head = seq - 1
-            self._tail.add(tail, tail_batches)
+            self._tail.add(tail, plan.batch_rows(ids))
             self._last_batch = batch_id
             self._tree = merkle.CompactRange(tree.size, tree.frontier)
             if cancelled:
                 raise asyncio.CancelledError
-            return ids, first
+            return Appended(ids, first)
 
     async def _in_writer(self, job: Callable[[sqlite3.Connection], None]) -> bool:
         """Run one whole transaction on the writer connection, in one hop to its thread.

@@ -67,20 +67,17 @@ import nats.js.errors
 from exchange.core import merkle, tlog
 from exchange.core.errors import Code, InputError, IntegrityError, InternalError, UnavailableError
 from exchange.core.gate import Current
-from exchange.core.signing import Statement
-from exchange.store.base import (
-    Append,
+from exchange.core.ledger import (
     BatchRow,
     DeadLetter,
-    GroupAppends,
+    Entry,
+    Plan,
     QualityRow,
     Reference,
-    StaleRead,
-    StoredBody,
     StoredRecord,
-    SubscriptionRow,
-    Tail,
 )
+from exchange.core.signing import Statement
+from exchange.store.base import Appended, StaleRead, SubscriptionRow, Tail
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
@@ -88,29 +85,6 @@ from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 __all__ = ["NatsStore", "parse_url"]
 
 log = structlog.get_logger("exchange.store.nats.store")
-
-
-class Entry(msgspec.Struct, frozen=True, array_like=True):
-    """One record message in the records stream (MessagePack)."""
-
-    dataset: str
-    key: str
-    version: int
-    #: position among the batch's accepted records: batch id = stream sequence - n
-    n: int
-    index: int
-    accepted_at: float
-    digest: bytes
-    content: bytes
-    publisher: str
-    batch_root: bytes
-    body: bytes  # StoredBody, MessagePack
-    #: on the batch's first record (n == 0): the statement (MessagePack) and its signature
-    statement: bytes = b""
-    signature: bytes = b""
-    #: (dataset, key) of records this one refers to that the exchange did not hold when it was
-    #: accepted; unresolved while the target stays missing (derived by every broker)
-    refs: list[tuple[str, str]] = []
 
 
 class SubValue(msgspec.Struct, frozen=True, array_like=True):
@@ -172,7 +146,7 @@ def _unavailable(what: str) -> Iterator[None]:
                                ) from None
 
 
-class NatsStore(GroupAppends):
+class NatsStore:
     """``Store`` on a NATS JetStream cluster (see the module docstring)."""
 
     #: a group commit is one atomic NATS batch: at most the server's batch limit of messages
@@ -205,7 +179,6 @@ class NatsStore(GroupAppends):
         self._times: dict[str, array[float]] = {}
         self._current: dict[tuple[str, str], Current] = {}
         self._refs: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        self._read: dict[str, dict[str, int]] = {}
         self._target = 0
         self._applied = asyncio.Event()
         self._hint = asyncio.Event()
@@ -474,15 +447,10 @@ class NatsStore(GroupAppends):
         return seqs[-1] if seqs else -1
 
     async def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]:
-        out: dict[str, Current] = {}
-        read: dict[str, int] = {}
-        for k in keys:
-            cur = self._current.get((dataset, k))
-            read[k] = cur.seq + 1 if cur is not None else 0
-            if cur is not None:
-                out[k] = cur
-        self._read[dataset] = read
-        return out
+        """From the versions the tailer has read back: a stale one only costs a retry, because
+        the append is conditional on exactly what the decision saw."""
+        found = self._current
+        return {k: cur for k in keys if (cur := found.get((dataset, k))) is not None}
 
     def _subject(self, dataset: str, key: str) -> str:
         return f"{self.prefix}.rec.{dataset}.{token(key)}"
@@ -515,56 +483,24 @@ class NatsStore(GroupAppends):
                     await nc.publish(subject, data, headers=h)
         raise AssertionError("unreachable")
 
-    async def append_group(self, group: Sequence[Append], now: float
-                           ) -> tuple[list[int], int]:
-        """Several batches as one atomic NATS batch (group commit): all stored or none.
+    async def append(self, plan: Plan) -> Appended:
+        """A group commit as one atomic NATS batch: all stored or none.
 
-        Their records take consecutive seqs in group order; each key's expected last subject
-        sequence is checked once, at its first record in the group. Returns each batch's id
-        (the stream sequence of its first record; 0 for a batch with nothing accepted) and the
-        seq of the group's first record. The caller keeps a group within the server's atomic
-        batch limit (``limits.max_batch_records``)."""
+        Its records take consecutive seqs in plan order; each key's expected last subject
+        sequence is checked once, at its first record in the group (what the decision saw).
+        A batch's id is the stream sequence of its first record. The broker keeps a group
+        within the server's atomic batch limit (``limits.max_batch_records``)."""
         self._check_connected()
         msgs: list[tuple[str, bytes, dict[str, str]]] = []
-        seen: set[tuple[str, str]] = set()
-        offsets: list[int | None] = []
-        dead: list[DeadLetter] = []
-        quality: dict[tuple[str, str], QualityRow] = {}
-        for a in group:
-            read = self._read.get(a.dataset, {})
-            refs: dict[str, list[tuple[str, str]]] = {}
-            for target, target_key, _, key in a.unresolved:
-                refs.setdefault(key, []).append((target, target_key))
-            stmt = _enc.encode(a.batch.statement)
-            offsets.append(len(msgs) if a.accepted else None)
-            for n, c in enumerate(a.accepted):
-                body = _enc.encode(StoredBody(c.record.event, c.record.salts, c.commitments,
-                                              c.path, c.completeness))
-                entry = Entry(a.dataset, c.key, c.version, n, c.index, now, c.digest,
-                              c.content, a.publisher, a.batch.statement.root, body,
-                              stmt if n == 0 else b"", a.batch.signature if n == 0 else b"",
-                              refs.get(c.key, []))
-                headers = {}
-                if (a.dataset, c.key) not in seen:
-                    seen.add((a.dataset, c.key))
-                    # conditional on exactly what the decision saw: the key's subject last
-                    # written at that version's stream sequence (0: never)
-                    replaced = a.replaces[n] if n < len(a.replaces) else -1
-                    if replaced is None:
-                        expected = 0
-                    elif replaced >= 0:
-                        expected = replaced + 1
-                    else:  # no decision given: what this store read last for the key
-                        last_read = read.get(c.key)
-                        cur = self._current.get((a.dataset, c.key))
-                        expected = (last_read if last_read is not None
-                                    else cur.seq + 1 if cur is not None else 0)
-                    headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
-                msgs.append((self._subject(a.dataset, c.key), _enc.encode(entry), headers))
-            dead.extend(a.dead)
-            for row in a.quality:  # counters are totals: the last row of each pair wins
-                quality[(row[0], row[1])] = row
-        first = self._tree.size
+        for e, replaced, first in zip(plan.entries, plan.replaces, plan.first, strict=True):
+            headers = {}
+            if first:
+                # conditional on exactly what the decision saw: the key's subject last written
+                # at that version's stream sequence (0: never)
+                expected = 0 if replaced is None else replaced + 1
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+            msgs.append((self._subject(e.dataset, e.key), _enc.encode(e), headers))
+        first_seq = self._tree.size
         if msgs:
             try:
                 last_stream_seq = await self._atomic(msgs)
@@ -573,15 +509,16 @@ class NatsStore(GroupAppends):
                 # anew
                 await self._catch_up()
                 raise
-            first = last_stream_seq - len(msgs)  # seq of the first record (stream seq - 1)
+            first_seq = last_stream_seq - len(msgs)  # seq of the first record (stream seq - 1)
             with _unavailable("announcing an append"):
-                for dataset in dict.fromkeys(a.dataset for a in group if a.accepted):
+                for dataset in dict.fromkeys(b.dataset for b in plan.batches if b is not None):
                     await self.nc.publish(f"{self.prefix}.appended.{dataset}",
                                           str(last_stream_seq - 1).encode())
-        await self.add_dead_letters(dead, quality=list(quality.values()))
+        await self.add_dead_letters(plan.dead, quality=plan.quality)
         if msgs:
-            await self._wait_applied(first + len(msgs))
-        return [0 if o is None else first + o + 1 for o in offsets], first
+            await self._wait_applied(first_seq + len(msgs))
+        return Appended([0 if b is None else first_seq + b.offset + 1 for b in plan.batches],
+                        first_seq)
 
     async def add_dead_letters(self, dead: Sequence[DeadLetter], *,
                                quality: Sequence[QualityRow] = ()) -> None:
