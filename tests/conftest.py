@@ -13,10 +13,10 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from exchange import logger as logs
-from exchange import pki
+from exchange import logger, pki
 from exchange.broker.app import Broker, create_app
 from exchange.broker.server import wire_store
+from exchange.clock import SYSTEM, Clock
 from exchange.core.access import BrokerConfig, DatasetConfig, Limits
 from exchange.node import NodeConfig
 from exchange.sim.agencies import AGREEMENTS as AGREEMENTS  # re-exported for the suites
@@ -29,7 +29,7 @@ TODAY = dt.date(2026, 11, 22)
 SEALED_AT = "2026-11-22T09:00:00Z"
 
 # structured logs to stderr, warnings and up: stdout stays clean for the CLI's own output
-logs.configure("warning", json=True)
+logger.configure("warning", json=True)
 
 OUTSIDER = "vn.gov.test.outsider"
 
@@ -70,12 +70,12 @@ def broker_config(pki_dir: Path, data_dir: Path, **limits: Any) -> BrokerConfig:
         agreements=AGREEMENTS)
 
 
-async def start_broker(config: BrokerConfig, store: Store | None = None
-                       ) -> tuple[Broker, web.AppRunner, str]:
+async def start_broker(config: BrokerConfig, store: Store | None = None, *,
+                       clock: Clock = SYSTEM) -> tuple[Broker, web.AppRunner, str]:
     """A broker in this process over TLS on 127.0.0.1; on sqlite in its data dir by default."""
     tls = pki.ServerTLS(config.pki_dir)
     broker = Broker(config, store or SqliteStore(Path(config.data_dir) / "exchange.sqlite"),
-                    tls=tls)
+                    tls=tls, clock=clock)
     wire_store(broker)
     runner = web.AppRunner(create_app(broker), access_log=None)
     await runner.setup()

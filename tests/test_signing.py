@@ -53,10 +53,11 @@ def _items(datas: list[dict[str, Any]]) -> list[tuple[str, int, dict[str, Any]]]
 def _deliver(batch: signing.Batch, granted: set[str], groups: dict[str, tuple[str, ...]]
              ) -> list[tuple[Envelope, dict[str, bytes], dict[str, bytes], signing.BatchProof]]:
     """What a broker would hand a subscriber: projected records with their proofs."""
-    _, _, paths = VERIFIER.verify_batch(batch, groups)
+    commitments, _, paths = VERIFIER.verify_batch(batch, groups)
     out = []
     for i, rec in enumerate(batch.records):
-        data, salts, withheld = disclosure.project(rec.event.data, groups, rec.salts, granted)
+        data, salts, withheld = disclosure.project(rec.event.data, groups, rec.salts,
+                                                   commitments[i], granted)
         event = msgspec.structs.replace(rec.event, data=data)
         proof = signing.BatchProof(batch.statement, batch.signature, i, paths[i])
         out.append((event, salts, withheld, proof))

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ import msgspec
 import pytest
 
 from exchange import pki
+from exchange.broker.app import Broker
+from exchange.clock import FakeClock
 from exchange.core import datasets
 from exchange.core.errors import IntegrityError
+from exchange.core.feed import Feed
 from exchange.core.signing import BatchProof, Verifier, record_digest
 from exchange.core.wire import Hello, Records
 from exchange.node import Delivery, Node, Record
@@ -108,7 +112,7 @@ async def test_no_credit_no_records_and_nothing_held(env: Env) -> None:
     async with session(env, TAX) as s:
         sub = await subscribe(s, "idle")
         await sub.hello()
-        state = env.broker.subscriptions.live[(TAX, "population", "idle")]
+        state = env.broker.subscriptions.live[(TAX, "population", "idle")].state
         tracemalloc.start()
         try:
             before = tracemalloc.take_snapshot()
@@ -123,7 +127,7 @@ async def test_no_credit_no_records_and_nothing_held(env: Env) -> None:
         finally:
             tracemalloc.stop()
         grown = sum(st.size_diff for st in after.compare_to(before, "filename")
-                    if "subscribe.py" in str(st.traceback) or "consumer.py" in str(st.traceback))
+                    if "subscribe.py" in str(st.traceback) or "feed.py" in str(st.traceback))
         assert grown < 64 * 1024
         # the first records frame after the first credit starts at seq 0 with one record:
         # nothing was sent before it (frames arrive in order)
@@ -255,68 +259,85 @@ async def test_start_at_a_time(env: Env) -> None:
         await sub.ws.close()
 
 
+@dataclass
+class Timed:
+    """A second broker on the same PKI, on a clock the test moves."""
+
+    url: str
+    clock: FakeClock
+    broker: Broker
+
+
 @pytest.fixture
-async def quick(env: Env, tmp_path: Path) -> AsyncIterator[str]:
-    """A second broker on the same PKI whose unacked records come back after 0.3 s."""
-    config = broker_config(env.pki_dir, tmp_path / "quick", ack_timeout_s=0.3)
-    broker, runner, url = await start_broker(config)
+async def timed(env: Env, tmp_path: Path) -> AsyncIterator[Timed]:
+    config = broker_config(env.pki_dir, tmp_path / "timed")
+    clock = FakeClock()
+    broker, runner, url = await start_broker(config, clock=clock)
     try:
-        yield url
+        yield Timed(url, clock, broker)
     finally:
         await runner.cleanup()
     assert broker.subscriptions.live == {}
 
 
-async def test_unacked_records_are_redelivered(env: Env, quick: str) -> None:
-    await publish(env, people(5), url=quick)
-    async with session(env, TAX, quick) as s:
+async def settled(feed: Feed, credits: int) -> None:
+    """Until the broker's feed has taken the credit just sent: the pump then waits on the
+    clock, so moving it is what happens next."""
+    # a poll, because a credit frame arriving raises no event a test can hold
+    await eventually(lambda: feed.state.credits == credits, what=f"{credits} credits")
+
+
+async def test_unacked_records_are_redelivered(env: Env, timed: Timed) -> None:
+    await publish(env, people(5), url=timed.url)
+    timeout = timed.broker.limits.ack_timeout_s
+    async with session(env, TAX, timed.url) as s:
         sub = await subscribe(s, "slow")
         await sub.hello()
         await sub.credit(5)
         first = await sub.records(5)
         assert [r.seq for r in first] == [0, 1, 2, 3, 4]
         assert not any(r.redelivered for r in first)
-        # a reader grants credit again for what it read, but does not ack: after ack_timeout
-        # the same records come again, flagged
+        # a reader grants credit again for what it read, but does not ack
         await sub.credit(5)
+        feed = timed.broker.subscriptions.live[(TAX, "population", "slow")]
+        await settled(feed, 5)
+        # just short of the ack timeout nothing is due ...
+        await timed.clock.advance(timeout - 0.001)
+        assert feed.state.redeliveries == 0 and feed.state.credits == 5
+        # ... at the timeout the same records come again, flagged
+        await timed.clock.advance(0.001)
         again = await sub.records(5)
+        assert feed.state.redeliveries == 5
         assert [r.seq for r in again] == [0, 1, 2, 3, 4]
         assert all(r.redelivered for r in again)
         assert [r.event.id for r in again] == [r.event.id for r in first]
         await sub.ack(4)
-        await eventually(lambda: _eq(acked(env, TAX, "slow", quick), 4), what="ack 4")
-        # fully acked: no third delivery; new records are not flagged
-        await publish(env, people(6)[5:], seed=2, url=quick)
+        await eventually(lambda: _eq(acked(env, TAX, "slow", timed.url), 4), what="ack 4")
+        # fully acked: no third delivery however long it waits; new records are not flagged
+        await timed.clock.advance(10 * timeout)
+        await publish(env, people(6)[5:], seed=2, url=timed.url)
         await sub.credit(1)
-        while True:
-            frame = await sub.frame()
-            assert isinstance(frame, Records)
-            if frame.records[-1].seq == 5:
-                break
-            # only if this test stalled past another ack timeout before its ack arrived
-            assert all(r.redelivered for r in frame.records)
-        assert not frame.records[-1].redelivered
+        frame = await sub.frame()
+        assert isinstance(frame, Records)
+        assert [(r.seq, r.redelivered) for r in frame.records] == [(5, False)]
         await sub.ws.close()
 
 
-async def test_redelivery_resumes_after_a_partial_ack(env: Env, quick: str) -> None:
-    await publish(env, people(6), url=quick)
-    async with session(env, TAX, quick) as s:
+async def test_redelivery_resumes_after_a_partial_ack(env: Env, timed: Timed) -> None:
+    await publish(env, people(6), url=timed.url)
+    async with session(env, TAX, timed.url) as s:
         sub = await subscribe(s, "partial")
         await sub.hello()
         await sub.credit(6)
         await sub.records(6)
         await sub.credit(6)  # credit for what it read
         await sub.ack(3)
-        # go-back-N from the last ack (if the timer beat the ack, 0..5 came once more first)
-        while True:
-            frame = await sub.frame()
-            assert isinstance(frame, Records)
-            again = frame.records
-            if again[0].seq == 4:
-                break
-            assert again[0].seq == 0
-        assert [(r.seq, r.redelivered) for r in again] == [(4, True), (5, True)]
+        await eventually(lambda: _eq(acked(env, TAX, "partial", timed.url), 3), what="ack 3")
+        await timed.clock.advance(timed.broker.limits.ack_timeout_s)
+        # go-back-N from the last ack: only what is unacked comes again
+        frame = await sub.frame()
+        assert isinstance(frame, Records)
+        assert [(r.seq, r.redelivered) for r in frame.records] == [(4, True), (5, True)]
         await sub.ws.close()
 
 

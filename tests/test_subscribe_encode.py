@@ -1,5 +1,6 @@
-"""The broker's subscribe encoding: a fully granted record spliced from the stored MessagePack is
-byte for byte what decoding, projecting and encoding it gives."""
+"""The subscribe feed's encoding: a fully granted record spliced from the stored MessagePack is
+byte for byte what decoding, projecting (``disclosure.project``, the one projection) and encoding
+it gives."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange.broker.subscribe import _project, encode_record
 from exchange.core import datasets
 from exchange.core.errors import IntegrityError
+from exchange.core.feed import encode_record, projected
 from exchange.core.ledger import StoredBody, StoredRecord
 from exchange.core.seal import seal
 from exchange.core.signing import BatchProof, Verifier
@@ -41,7 +42,7 @@ def test_spliced_full_grant_is_the_projected_record(redelivered: bool) -> None:
         raw = encode_record(r, full, redelivered, binary=True)
         assert raw is not None
         body = msgspec.msgpack.decode(r.body, type=StoredBody)
-        assert bytes(raw) == msgspec.msgpack.encode(_project(r, body, full, redelivered))
+        assert bytes(raw) == msgspec.msgpack.encode(projected(r, full, redelivered))
         got = msgspec.msgpack.decode(bytes(raw), type=DeliveredRecord)
         assert got.event == body.event and got.salts == body.salts and not got.withheld
 

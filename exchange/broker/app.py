@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,6 +25,7 @@ from exchange.broker.hub import Hub
 from exchange.broker.metrics import QualityTracker
 from exchange.broker.publish import Publisher
 from exchange.broker.subscribe import Subscriptions
+from exchange.clock import SYSTEM, Clock
 from exchange.core import datasets, tlog
 from exchange.core.access import BrokerConfig, Limits, Policy, parse_config
 from exchange.core.errors import (
@@ -45,7 +45,7 @@ from exchange.store.base import Store
 
 __all__ = ["BROKER", "Broker", "create_app"]
 
-log = structlog.get_logger("exchange.broker")
+logger = structlog.get_logger("exchange.broker")
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
 PROBLEM = "application/problem+json"
@@ -55,30 +55,34 @@ class Broker:
     """Everything one broker process holds: config, access policy, keys, store, live state."""
 
     def __init__(self, config: BrokerConfig, store: Store, *, config_path: Path | None = None,
-                 tls: pki.ServerTLS | None = None) -> None:
+                 tls: pki.ServerTLS | None = None, clock: Clock = SYSTEM) -> None:
         self.config_path = config_path
+        self.clock = clock
         self.store = store
         self.tls = tls
         self.pki_dir = Path(config.pki_dir)
         self.identity = pki.load_broker_identity(self.pki_dir)
         self.hub = Hub()
-        self.started = time.time()
+        self.started = clock.time()
         #: open WebSockets per node, bounded by limits.max_connections_per_node
         self.sockets: Counter[str] = Counter()
         self._apply(config)
         self.verifier = Verifier(lambda node: self.signing_keys.get(node))
-        self.quality = (QualityTracker(store, owners=lambda: self.policy.owners)
+        self.quality = (QualityTracker(store, owners=lambda: self.policy.owners,
+                                       clock=clock.time)
                         if config.quality else None)
         self.publisher = Publisher(store=store, broker_id=self.identity.node_id,
                                    signing_key=self.identity.signing_key,
                                    verifier=self.verifier, limits=lambda: self.limits,
-                                   on_append=self.hub.appended, quality=self.quality)
+                                   on_append=self.hub.appended, quality=self.quality,
+                                   clock=clock)
         self.log = LogService(
             store, tlog.NoteKey.from_private(self.log_origin, self.identity.signing_key),
             self.log_origin, config.checkpoint_interval_s)
         self.subscriptions = Subscriptions(store=store, hub=self.hub,
                                            policy=lambda: self.policy,
-                                           limits=lambda: self.limits, quality=self.quality)
+                                           limits=lambda: self.limits, quality=self.quality,
+                                           clock=clock)
 
     def _apply(self, config: BrokerConfig) -> None:
         groups = {name: dict(datasets.get(name).groups) for name in datasets.names()}
@@ -100,7 +104,7 @@ class Broker:
         self._apply(config)
         if self.tls is not None:
             self.tls.reload()
-        log.info("reloaded", datasets=len(config.datasets), agreements=len(config.agreements))
+        logger.info("reloaded", datasets=len(config.datasets), agreements=len(config.agreements))
 
 
 def load_config(path: Path) -> BrokerConfig:
@@ -134,7 +138,7 @@ async def problem_middleware(request: web.Request,
     try:
         return await handler(request)
     except ExchangeError as err:
-        log.info("refused", code=err.code, status=err.status, detail=err.message)
+        logger.info("refused", code=err.code, status=err.status, detail=err.message)
         return problem_response(err, request)
     except web.HTTPRequestEntityTooLarge as exc:
         return problem_response(LimitExceeded(f"body larger than {exc.text}",
@@ -148,7 +152,7 @@ async def problem_middleware(request: web.Request,
             http_err.status = exc.status
         return problem_response(http_err, request)
     except Exception:
-        log.exception("internal_error")
+        logger.exception("internal_error")
         return problem_response(InternalError("internal error; the request id is in the log",
                                               code=Code.INTERNAL_ERROR), request)
     finally:
@@ -181,7 +185,7 @@ def _ok(body: Any, status: int = 200) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     return _ok({"status": "ok", "broker": broker.identity.node_id,
-                "head": await broker.store.head(), "uptime_s": round(time.time() -
+                "head": await broker.store.head(), "uptime_s": round(broker.clock.time() -
                                                                       broker.started, 3)})
 
 
@@ -221,7 +225,7 @@ async def post_records(request: web.Request) -> web.Response:
     broker.policy.check_publish(node, dataset)
     body = await request.read()
     outcome = await broker.publisher.publish(node, dataset, body, request.content_type)
-    log.info("published", accepted=outcome.receipt.receipt.accepted,
+    logger.info("published", accepted=outcome.receipt.receipt.accepted,
              duplicates=len(outcome.receipt.receipt.duplicates),
              rejected=len(outcome.receipt.receipt.rejected), last_seq=outcome.last_seq)
     if outcome.problem is not None:
@@ -281,7 +285,7 @@ async def _publish_stream(request: web.Request, broker: Broker, node: str, datas
         except ExchangeError as err:
             return PublishReply(problem=err.problem(instance=request.path))
         except Exception:
-            log.exception("internal_error")
+            logger.exception("internal_error")
             return PublishReply(problem=InternalError(
                 "internal error; the request id is in the log",
                 code=Code.INTERNAL_ERROR).problem(instance=request.path))
@@ -431,7 +435,7 @@ async def get_quality(request: web.Request) -> web.Response:
 async def _lags(broker: Broker) -> list[dict[str, Any]]:
     """Every subscription's lag in records and in seconds (age of its oldest unacked record)."""
     out = []
-    now = time.time()
+    now = broker.clock.time()
     for row in await broker.store.subscriptions():
         behind = await broker.store.read(row.dataset, row.acked, 1)
         out.append({"node": row.node, "dataset": row.dataset, "name": row.name,

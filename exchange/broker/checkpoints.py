@@ -21,7 +21,7 @@ from exchange.store.base import Store
 
 __all__ = ["LogService"]
 
-log = structlog.get_logger("exchange.log")
+logger = structlog.get_logger("exchange.checkpoints")
 
 MAX_ENTRIES = 1000
 
@@ -66,7 +66,7 @@ class LogService:
         except Exception:
             # stopping must not fail for it: the records are stored and logged, and the next
             # broker to run signs the checkpoint that covers them
-            log.exception("final_checkpoint_failed")
+            logger.exception("final_checkpoint_failed")
 
     async def _loop(self) -> None:
         while True:
@@ -74,7 +74,7 @@ class LogService:
             try:
                 await self.checkpoint()
             except Exception:  # never let the timer die; the next tick tries again
-                log.exception("checkpoint_failed")
+                logger.exception("checkpoint_failed")
 
     async def checkpoint(self) -> tlog.Checkpoint:
         """Sign the committed log if it grew since the last checkpoint."""
@@ -92,7 +92,7 @@ class LogService:
             tlog.check_consistent(last, cp, proof)  # never sign a split view
         await self.store.add_checkpoint(cp, time.time())
         self.latest = cp
-        log.debug("checkpoint", size=size)
+        logger.debug("checkpoint", size=size)
         return cp
 
     async def _prove(self, prove: Callable[[merkle.NodeReader], list[bytes]]) -> list[bytes]:

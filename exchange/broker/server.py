@@ -21,7 +21,7 @@ from exchange.store.sqlite import SqliteStore
 
 __all__ = ["make_store", "serve", "wire_store"]
 
-log = structlog.get_logger("exchange.broker")
+logger = structlog.get_logger("exchange.broker")
 
 
 def make_store(config: BrokerConfig) -> Store:
@@ -74,7 +74,7 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
     pidfile = Path(config.data_dir) / "broker.pid"
     pidfile.write_text(f"{os.getpid()}\n")
     print(f'{{"event": "listening", "host": "{host}", "port": {bound}}}', flush=True)
-    log.info("listening", host=host, port=bound, store=config.store, data_dir=config.data_dir)
+    logger.info("listening", host=host, port=bound, store=config.store, data_dir=config.data_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -84,7 +84,7 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
         try:
             broker.reload()
         except Exception as err:  # keep serving with the old config; say why loudly
-            log.error("reload_failed", error=str(err))
+            logger.error("reload_failed", error=str(err))
 
     loop.add_signal_handler(signal.SIGHUP, _reload)
     if ready is not None:
@@ -92,7 +92,7 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
     try:
         await stop.wait()
     finally:
-        log.info("stopping")
+        logger.info("stopping")
         await runner.cleanup()
         pidfile.unlink(missing_ok=True)
 

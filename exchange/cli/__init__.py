@@ -31,12 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from exchange import logger as logs
+    from exchange import logger
 
     parser = build_parser()
     args = parser.parse_args(argv)
     # logs go to stderr, quiet by default; long-running commands raise the level themselves
-    logs.configure(os.environ.get("EXCHANGE_LOG_LEVEL", "warning"))
+    logger.configure(os.environ.get("EXCHANGE_LOG_LEVEL", "warning"))
     rc: int = args.func(args)
     return rc
 

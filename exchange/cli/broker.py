@@ -48,10 +48,10 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from exchange import logger as logs
+    from exchange import logger
     from exchange.broker.server import main_serve
 
-    logs.configure(args.log_level)
+    logger.configure(args.log_level)
     try:
         config = _load(args)
     except (ExchangeError, OSError) as err:

@@ -120,10 +120,10 @@ def _usage(message: str) -> int:
 
 def _configure_logging(path: Path) -> IO[str]:
     """The nodes' logs (and any library's) go to a file: the terminal shows progress only."""
-    from exchange import logger as logs
+    from exchange import logger
 
     fh = path.open("a", encoding="utf-8")
-    logs.configure("info", json=True)
+    logger.configure("info", json=True)
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=fh))
     handler = logging.StreamHandler(fh)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))

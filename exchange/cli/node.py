@@ -46,10 +46,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from exchange import logger as logs
+    from exchange import logger
     from exchange.sim import agencies
 
-    logs.configure(args.log_level)
+    logger.configure(args.log_level)
     try:
         node_config, config = agencies.load_node_file(args.config)
     except ExchangeError as err:

@@ -90,18 +90,21 @@ def _layout(groups: Mapping[str, tuple[str, ...]]) -> tuple[dict[str, str], dict
 
 
 def project(data: Mapping[str, Any], groups: Mapping[str, tuple[str, ...]],
-            salts: Mapping[str, bytes], granted: Collection[str]
+            salts: Mapping[str, bytes], commitments: Mapping[str, bytes],
+            granted: Collection[str]
             ) -> tuple[dict[str, Any], dict[str, bytes], dict[str, bytes]]:
-    """Keep the granted groups, withhold the rest as commitments.
+    """A record as an agreement may see it: the granted groups' fields and salts, and every
+    other group as the commitment the publisher signed (``commitments``, as the gate computed
+    them). The one projection: the broker's subscribe feed runs exactly this.
 
-    Returns ``(data, salts, withheld)`` for the projected record: only granted fields and salts,
-    and the commitment of every withheld group.
+    Returns ``(data, salts, withheld)``. A fully granted record is returned whole.
     """
+    if not set(groups) - set(granted):
+        return dict(data), {g: s for g, s in salts.items() if g in commitments}, {}
     keep_fields = {f for g in granted if g in groups for f in groups[g]}
     out_data = {f: v for f, v in data.items() if f in keep_fields}
     out_salts = {g: s for g, s in salts.items() if g in granted}
-    withheld = {g: commit(salts[g], g, data, fields)
-                for g, fields in groups.items() if g not in granted}
+    withheld = {g: c for g, c in commitments.items() if g not in granted}
     return out_data, out_salts, withheld
 
 

@@ -27,6 +27,9 @@ from exchange.core.errors import Code, InputError, Violation
 from exchange.core.signing import Batch, Bytes32, Signature, Statement
 
 __all__ = [
+    "CLOSE_AGREEMENT_CHANGED",
+    "CLOSE_BAD_FRAME",
+    "CLOSE_FORBIDDEN",
     "PROBLEM_CODE_HEADER",
     "Ack",
     "BatchRef",
@@ -122,6 +125,12 @@ RECEIPT_CONTEXT = b"vn-exchange/receipt/v1\n"
 #: status and headers but not its body (a refused WebSocket handshake in aiohttp): they rebuild
 #: the same error class from it (``ExchangeError.from_code``)
 PROBLEM_CODE_HEADER = "Problem-Code"
+
+#: WebSocket close codes in the private range (RFC 6455 §7.4.2); the close reason is the
+#: catalogue code of why
+CLOSE_BAD_FRAME = 4400
+CLOSE_FORBIDDEN = 4403
+CLOSE_AGREEMENT_CHANGED = 4409
 
 
 class PublishReply(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -62,7 +62,7 @@ from exchange.core.wire import (
 
 __all__ = ["Delivery", "Node", "NodeConfig", "PublishResult", "Record", "Subscription"]
 
-log = structlog.get_logger("exchange.node")
+logger = structlog.get_logger("exchange.node")
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
 _receipt_json = msgspec.json.Decoder(SignedReceipt)
@@ -387,7 +387,7 @@ class Node:
                 if attempt == self.config.retries:
                     raise UnavailableError(f"no broker reachable: {err!r}",
                                            code=Code.BROKER_UNREACHABLE) from None
-                log.warning("publish_retry", error=repr(err), broker=url, attempt=attempt)
+                logger.warning("publish_retry", error=repr(err), broker=url, attempt=attempt)
                 self._fail_over(url)
                 await asyncio.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
@@ -567,26 +567,26 @@ class Subscription:
                 raise
             except ExchangeError as err:
                 if err.status in (401, 403, 404):
-                    log.error("subscription_refused", dataset=self.dataset, code=err.code,
+                    logger.error("subscription_refused", dataset=self.dataset, code=err.code,
                               detail=err.message)
                     raise
-                log.warning("subscription_error", dataset=self.dataset, code=err.code,
+                logger.warning("subscription_error", dataset=self.dataset, code=err.code,
                             detail=err.message)
             except aiohttp.WSServerHandshakeError as err:
                 if err.status in (401, 403, 404):
                     # refused for good (no agreement, revoked, unknown dataset): say so and stop
                     refused = handshake_refused(err, f"subscribing to {self.dataset}")
-                    log.error("subscription_refused", dataset=self.dataset, status=err.status,
+                    logger.error("subscription_refused", dataset=self.dataset, status=err.status,
                               code=refused.code, detail=refused.message)
                     raise refused from None
-                log.info("subscription_reconnect", dataset=self.dataset, error=repr(err))
+                logger.info("subscription_reconnect", dataset=self.dataset, error=repr(err))
             except (aiohttp.ClientError, OSError, TimeoutError) as err:
-                log.info("subscription_reconnect", dataset=self.dataset, error=repr(err))
+                logger.info("subscription_reconnect", dataset=self.dataset, error=repr(err))
             except Exception:
                 # the handler failed: its record is not acked, so it comes again after the
                 # reconnect; records handled before it are dropped as already seen
                 self.handler_errors += 1
-                log.exception("handler_failed", dataset=self.dataset, subscription=self.name)
+                logger.exception("handler_failed", dataset=self.dataset, subscription=self.name)
             self.connected.clear()
             self.reconnects += 1
             self.node._fail_over(self._url)
@@ -650,7 +650,7 @@ class Subscription:
             except ExchangeError as err:
                 # no certified key for this signer: its records fail verification below and
                 # are kept as evidence; the rest of the frame goes on
-                log.error("signer_untrusted", signer=b.statement.node, code=err.code)
+                logger.error("signer_untrusted", signer=b.statement.node, code=err.code)
         known: dict[int, dict[bytes, tuple[int, int]]] = {}
         types: dict[str, tuple[str, datasets.DatasetSpec]] = {}
         whole = self._verify_whole(frame.records, batches, types)
@@ -670,7 +670,7 @@ class Subscription:
                 dataset, digest = done or self._verify(rec, batches, known, types)
             except ExchangeError as err:
                 # loudly: a record that does not verify means someone altered it in transit
-                log.error("record_verification_failed", seq=rec.seq, code=err.code,
+                logger.error("record_verification_failed", seq=rec.seq, code=err.code,
                           detail=err.message)
                 self.evidence.append((rec.seq, err.code))
                 last = rec.seq
@@ -818,7 +818,7 @@ class LogMonitor:
             except IntegrityError as err:
                 if err.code == "split_view":
                     self.evidence.append((old.note, cp.note))
-                    log.error("split_view", trusted_size=old.size, seen_size=cp.size,
+                    logger.error("split_view", trusted_size=old.size, seen_size=cp.size,
                               detail=err.message)
                     self._save_evidence(old, cp)
                 raise
@@ -860,12 +860,12 @@ class LogMonitor:
                     await self.verify_inclusion(seq, leaf)
                 except IntegrityError as err:
                     self.failures.append((seq, err.code))
-                    log.error("inclusion_failed", seq=seq, code=err.code, detail=err.message)
+                    logger.error("inclusion_failed", seq=seq, code=err.code, detail=err.message)
                 except (aiohttp.ClientError, OSError, TimeoutError, UnavailableError):
                     self._pending.append((seq, leaf))  # try again with the next batch
                 except ExchangeError as err:
                     # e.g. a broker behind the one that delivered the record (beyond_log)
-                    log.warning("inclusion_unchecked", seq=seq, code=err.code,
+                    logger.warning("inclusion_unchecked", seq=seq, code=err.code,
                                 detail=err.message)
                     self._pending.append((seq, leaf))
 

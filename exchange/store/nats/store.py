@@ -84,7 +84,7 @@ from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
 __all__ = ["NatsStore", "parse_url"]
 
-log = structlog.get_logger("exchange.store.nats.store")
+logger = structlog.get_logger("exchange.store.nats")
 
 
 class SubValue(msgspec.Struct, frozen=True, array_like=True):
@@ -275,13 +275,13 @@ class NatsStore:
         self._buckets.clear()
 
     async def _on_error(self, err: Exception) -> None:
-        log.warning("nats_error", error=repr(err))
+        logger.warning("nats_error", error=repr(err))
 
     async def _on_disconnect(self) -> None:
-        log.warning("nats_disconnected")
+        logger.warning("nats_disconnected")
 
     async def _on_reconnect(self) -> None:
-        log.info("nats_reconnected", server=str(self.nc.connected_url))
+        logger.info("nats_reconnected", server=str(self.nc.connected_url))
         self._hint.set()
 
     def _check_connected(self) -> None:
@@ -414,7 +414,7 @@ class NatsStore:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # NATS down: keep trying; publishes are refused meanwhile
-                log.warning("tail_failed", error=repr(err))
+                logger.warning("tail_failed", error=repr(err))
                 await asyncio.sleep(min(backoff * 4, 0.5))
                 backoff = min(backoff * 2, 0.25)
 

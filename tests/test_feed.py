@@ -1,18 +1,30 @@
-"""The subscription state machine: credits, cumulative acks, redelivery (pure, no socket)."""
+"""A subscription's feed: its state machine (credits, cumulative acks, redelivery) and the frames
+it makes from stored records (pure, no socket)."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
+import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from exchange.core.consumer import ConsumerState
+from exchange.core import datasets
 from exchange.core.errors import InputError
+from exchange.core.feed import ConsumerState, Feed, Frame, FrameCache, parse_request
+from exchange.core.ledger import BatchRow, StoredBody, StoredRecord
+from exchange.core.seal import seal
+from exchange.core.signing import Verifier
+from exchange.core.wire import Ack, Credit, Hello, Records
+from tests.conftest import SEALED_AT, people
 
 TIMEOUT = 10.0
+NODE = "vn.gov.mps.population"
+SPEC = datasets.get("population")
 
 
 def fresh(acked: int = -1) -> ConsumerState:
@@ -300,3 +312,155 @@ class ConsumerMachine(RuleBasedStateMachine):
 ConsumerMachine.TestCase.settings = settings(
     max_examples=200, stateful_step_count=40, deadline=None, derandomize=True)
 TestConsumerMachine = ConsumerMachine.TestCase
+
+
+# -- the feed: client frames and stored records in, frames out (no socket) -------------------
+
+
+def _stored(n: int, *, first_seq: int = 0, batch_id: int = 7, completeness: float = 1.0,
+            seed: int = 4) -> tuple[list[StoredRecord], dict[int, BatchRow]]:
+    """``n`` stored records of one batch, as a store would read them."""
+    key = Ed25519PrivateKey.generate()
+    batch = seal(key, NODE, SPEC, [(p["id"], 1, p) for p in people(n, seed=seed)],
+                 bytes(32), time=SEALED_AT)
+    commitments, digests, paths = Verifier({NODE: key.public_key()}).verify_batch(
+        batch, SPEC.groups)
+    rows = [StoredRecord(first_seq + i, "population", r.event.subject, 1, batch_id, i, 1.5e9,
+                         digests[i], msgspec.msgpack.encode(StoredBody(
+                             r.event, r.salts, commitments[i], paths[i], completeness)))
+            for i, r in enumerate(batch.records)]
+    return rows, {batch_id: BatchRow(batch_id, batch.statement, batch.signature)}
+
+
+def _feed(**kw: Any) -> Feed:
+    args: dict[str, Any] = {"dataset": "population", "acked": -1, "ack_timeout": TIMEOUT,
+                            "granted": list(SPEC.groups), "binary": True}
+    args.update(kw)
+    return Feed(**args)
+
+
+def _records(frame: Frame | None) -> Records:
+    assert frame is not None
+    decoded: Records = msgspec.msgpack.decode(frame.data, type=Records)
+    return decoded
+
+
+def test_a_feed_sends_nothing_without_credit_and_at_most_the_credit() -> None:
+    feed = _feed()
+    assert feed.wants() == 0
+    feed.receive(msgspec.msgpack.encode(Credit(3)))
+    assert feed.wants() == 3
+    rows, batches = _stored(5)
+    got = _records(feed.frame(rows[:3], batches, head=4, now=0.0))
+    assert [r.seq for r in got.records] == [0, 1, 2] and got.head == 4
+    assert feed.wants() == 0 and feed.position == 2
+
+
+def test_a_full_read_is_cut_at_a_batch_boundary_and_whole_batches_lose_their_paths() -> None:
+    a, ba = _stored(3, batch_id=1)
+    b, bb = _stored(4, first_seq=3, batch_id=2, seed=5)
+    feed = _feed()
+    feed.receive(msgspec.msgpack.encode(Credit(5)))
+    assert feed.wants() == 5
+    got = _records(feed.frame([*a, *b[:2]], {**ba, **bb}, head=6, now=0.0))
+    # the read was full and cut batch 2: it waits for the next frame
+    assert [r.seq for r in got.records] == [0, 1, 2] and [x.id for x in got.batches] == [1]
+    assert all(r.path == [] for r in got.records)  # batch 1 travels whole
+    feed.receive(msgspec.msgpack.encode(Credit(3)))
+    assert feed.position == 2 and feed.wants() == 5
+    # a read that was not full is sent as it is: the cut batch's records keep their paths
+    got = _records(feed.frame(b[:2], {}, head=6, now=0.0))
+    assert [r.seq for r in got.records] == [3, 4] and all(r.path for r in got.records)
+
+
+def test_paths_always_keeps_every_path() -> None:
+    rows, batches = _stored(3)
+    feed = _feed(always_paths=True)
+    feed.receive(msgspec.msgpack.encode(Credit(10)))
+    feed.wants()
+    assert all(r.path for r in _records(feed.frame(rows, batches, head=2, now=0.0)).records)
+
+
+def test_a_partial_grant_is_projected_and_withholds_the_rest() -> None:
+    rows, batches = _stored(2)
+    feed = _feed(granted=["residence"], binary=False)
+    feed.receive(b'{"type":"credit","n":5}'.decode())
+    feed.wants()
+    frame = feed.frame(rows, batches, head=1, now=0.0)
+    assert frame is not None and not frame.binary
+    got = msgspec.json.decode(frame.data, type=Records)
+    for r in got.records:
+        assert set(r.event.data) == {"permanent_address"} and set(r.salts) == {"residence"}
+        assert set(r.withheld) == set(SPEC.groups) - {"residence"}
+
+
+def test_acks_move_the_position_and_redelivery_waits_for_the_clock() -> None:
+    rows, batches = _stored(4)
+    feed = _feed()
+    feed.receive(msgspec.msgpack.encode(Credit(4)))
+    feed.wants()
+    feed.frame(rows, batches, head=3, now=100.0)
+    assert feed.receive(msgspec.msgpack.encode(Ack(1))) == 1
+    assert feed.receive(msgspec.msgpack.encode(Ack(1))) is None  # not forward: nothing to store
+    assert feed.deadline() == 100.0 + TIMEOUT
+    assert feed.tick(100.0 + TIMEOUT - 0.001) == 0
+    assert feed.tick(100.0 + TIMEOUT) == 2  # seqs 2 and 3 go back
+    assert feed.position == 1
+    feed.receive(msgspec.msgpack.encode(Credit(2)))
+    feed.wants()
+    again = _records(feed.frame(rows[2:], {}, head=3, now=200.0))
+    assert [(r.seq, r.redelivered) for r in again.records] == [(2, True), (3, True)]
+
+
+def test_records_below_the_agreements_completeness_are_passed_over_without_credit() -> None:
+    rows, batches = _stored(3, completeness=0.5)
+    feed = _feed(min_completeness=0.9)
+    feed.receive(msgspec.msgpack.encode(Credit(3)))
+    feed.wants()
+    assert feed.frame(rows, batches, head=2, now=0.0) is None
+    assert feed.position == 2 and feed.state.credits == 3
+
+
+def test_feeds_with_one_grant_share_one_encoding() -> None:
+    rows, batches = _stored(3)
+    cache = FrameCache()
+    one, two = _feed(cache=cache), _feed(cache=cache)
+    for f in (one, two):
+        f.receive(msgspec.msgpack.encode(Credit(3)))
+        f.wants()
+    first = one.frame(rows, batches, head=2, now=0.0)
+    assert len(cache.encoded) == 3 and set(cache.batches) == {7}
+    second = two.frame(rows, {}, head=2, now=0.0)  # the batch comes from the cache
+    assert first is not None and second is not None and first.data == second.data
+
+
+def test_frames_that_are_not_credit_or_ack_are_refused() -> None:
+    feed = _feed()
+    for bad in (b"\xc1", '{"type":"credit","n":-1}', '{"type":"nope"}', "not json"):
+        with pytest.raises(InputError):
+            feed.receive(bad)
+    with pytest.raises(InputError) as err:
+        feed.receive(msgspec.msgpack.encode(Ack(0)))  # nothing was sent yet
+    assert err.value.code == "bad_ack"
+
+
+def test_hello_says_where_the_feed_starts_and_what_it_grants() -> None:
+    hello = msgspec.msgpack.decode(_feed(acked=41, granted=["residence", "identity"]).hello(
+        "s", "tax administration"), type=Hello)
+    assert (hello.acked, hello.start_after, hello.granted) == (41, 41, ["residence", "identity"])
+
+
+@pytest.mark.parametrize(("query", "code"), [
+    ({"name": "a b"}, "bad_subscription_name"), ({"encoding": "xml"}, "bad_encoding"),
+    ({"paths": "never"}, "bad_paths"), ({"start": "seq:-1"}, "bad_start"),
+    ({"start": "time:2026-01-01T00:00:00"}, "bad_start")])
+def test_a_subscribe_request_names_what_is_wrong(query: dict[str, str], code: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_request(query)
+    assert err.value.code == code
+
+
+def test_a_subscribe_request_with_defaults() -> None:
+    req = parse_request({"start": "seq:5", "encoding": "msgpack", "paths": "always"})
+    assert (req.name, req.binary, req.always_paths, req.start) == ("default", True, True,
+                                                                   ("seq", 5))
