@@ -64,6 +64,7 @@ class FakeClock:
         self._mono = 0.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._ids = itertools.count()
+        self._slept = asyncio.Event()
 
     def time(self) -> float:
         return self._wall + self._mono
@@ -80,12 +81,19 @@ class FakeClock:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._ids), fut))
+        self._slept.set()
         await fut
 
     @property
     def sleepers(self) -> int:
         """How many tasks are waiting on this clock."""
         return sum(1 for *_, f in self._sleepers if not f.done())
+
+    async def sleeping(self, n: int = 1) -> None:
+        """Until at least ``n`` tasks wait on this clock: what they wait for happens next."""
+        while self.sleepers < n:
+            self._slept.clear()
+            await self._slept.wait()
 
     async def advance(self, seconds: float) -> None:
         """Move both clocks forward; wake every sleeper whose deadline has come."""

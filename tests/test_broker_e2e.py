@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from exchange.clock import FakeClock
 from exchange.core.errors import Forbidden, RemoteError
 from exchange.node import Delivery, Node, Record
 from exchange.sim.generate import Generator
@@ -64,7 +65,7 @@ async def test_failing_handler_is_retried_and_refusal_stops(env: Env) -> None:
         # the land registry has no agreement on tax: refused for good, not retried forever
         async with Node(env.node_config(OWNERS["land"])) as land:
             refused = land.subscribe("tax", "nope", flaky)
-            task = refused._task
+            task = refused.task
             assert task is not None
             with pytest.raises(Forbidden) as e:
                 await asyncio.wait_for(task, 10)
@@ -94,8 +95,27 @@ async def test_publishing_over_the_websocket_stream(env: Env) -> None:
         assert sorted(accepted) == list(range(39))
         again = await pop.publish("population", [Record(p) for p in people[:3]])
         assert again.duplicates == 3 and again.seqs == result.seqs[:3]
-        assert len(pop._streams) == 1  # one connection carried every batch
+        assert pop.publisher.streams == 1  # one connection carried every batch
     async with Node(env.node_config(OWNERS["tax"], transport="websocket")) as tax:
         with pytest.raises(Forbidden) as e:
             await tax.publish("population", [Record(people[0])])
         assert (e.value.code, e.value.status, e.value.remote) == ("not_owner", 403, True)
+
+
+async def test_a_batch_lingers_on_the_nodes_clock(env: Env) -> None:
+    """Records wait ``linger_s`` for company, on the node's clock: moved, not waited for."""
+    people = Generator(5, today=TODAY).population(3)
+    clock = FakeClock()
+    config = env.node_config(OWNERS["population"], linger_s=5.0, batch_size=100)
+    async with Node(config, clock=clock) as pop:
+        first = asyncio.create_task(pop.publish("population", [Record(p) for p in people[:2]]))
+        await clock.sleeping(1)  # the flusher lingers for more
+        second = asyncio.create_task(pop.publish("population", [Record(people[2])]))
+        await clock.advance(4.999)
+        assert not first.done() and not second.done()
+        assert env.broker.hub.heads.get("population", -1) == -1  # nothing has left the node
+        await clock.advance(0.001)
+        one, two = await first, await second
+    # one batch, one signature, sealed at the node's time
+    assert one.receipts[0] is two.receipts[0]
+    assert (one.receipts[0].receipt.accepted, one.seqs, two.seqs) == (3, [0, 1], [2])

@@ -39,7 +39,7 @@ async def test_receipts_checkpoints_and_proofs(env: Env) -> None:
     async with Node(env.node_config(OWNERS["population"])) as pop:
         r1 = await pop.publish("population", [Record(p) for p in people[:8]])
         r2 = await pop.publish("population", [Record(p) for p in people[8:]])
-        cp = await pop.log.refresh()
+        cp = await pop.tlog.refresh()
         assert cp.size == 20
         # every published record is provably in the log
         for seq in (0, 7, 8, 19):
@@ -63,7 +63,7 @@ async def test_receipt_promise_is_kept_by_the_next_checkpoint(env: Env) -> None:
     async with Node(env.node_config(OWNERS["population"])) as pop:
         first = await pop.publish("population", [Record(p) for p in people[:4]])
         await pop.publish("population", [Record(p) for p in people[4:]])
-        cp = await pop.log.refresh()
+        cp = await pop.tlog.refresh()
         (signed,) = first.receipts
         promise = signed.receipt
         assert (promise.first_seq, promise.last_seq, promise.log_size) == (0, 3, 4)
@@ -87,15 +87,15 @@ async def test_subscriber_checks_inclusion_and_consistency(env: Env) -> None:
             Node(env.node_config(OWNERS["tax"], verify_inclusion=1.0,
                                  checkpoint_file=str(env.root / "tax.checkpoint"))) as tax:
         await pop.publish("population", [Record(p) for p in people[:10]])
-        first = await tax.log.refresh()
+        first = await tax.tlog.refresh()
         tax.subscribe("population", "all", handler)
         await pop.publish("population", [Record(p) for p in people[10:]])
         await asyncio.wait_for(done.wait(), 10)
-        await tax.log.settle()
-        assert tax.log.trusted is not None and tax.log.trusted.size >= first.size
-        assert tax.log.included + len(tax.log.failures) >= 1
-        assert not tax.log.failures and not tax.log.evidence
-        assert (env.root / "tax.checkpoint").read_text().startswith(tax.log.trusted.origin)
+        await tax.tlog.settle()
+        assert tax.tlog.trusted is not None and tax.tlog.trusted.size >= first.size
+        assert tax.tlog.included + len(tax.tlog.failures) >= 1
+        assert not tax.tlog.failures and not tax.tlog.evidence
+        assert (env.root / "tax.checkpoint").read_text().startswith(tax.tlog.trusted.origin)
 
 
 async def test_split_view_is_reported_and_kept_as_evidence(env: Env) -> None:
@@ -103,18 +103,18 @@ async def test_split_view_is_reported_and_kept_as_evidence(env: Env) -> None:
     ident = pki.load_broker_identity(env.pki_dir)
     async with Node(env.node_config(OWNERS["tax"],
                                     checkpoint_file=str(env.root / "cp"))) as tax:
-        trusted = await tax.log.refresh()
+        trusted = await tax.tlog.refresh()
         key = tlog.NoteKey.from_private(trusted.origin, ident.signing_key)
         # the broker (or whoever holds its key) shows this node a different history
         forked = tlog.sign_checkpoint(key, trusted.origin, trusted.size, b"\x11" * 32)
         with pytest.raises(IntegrityError) as e:
-            await tax.log.observe(tlog.open_checkpoint(key, forked.note, trusted.origin))
+            await tax.tlog.observe(tlog.open_checkpoint(key, forked.note, trusted.origin))
         assert e.value.code == "split_view"
-        assert tax.log.evidence == [(trusted.note, forked.note)]
-        assert tax.log.trusted == trusted  # the node keeps trusting what it had
+        assert tax.tlog.evidence == [(trusted.note, forked.note)]
+        assert tax.tlog.trusted == trusted  # the node keeps trusting what it had
         shorter = tlog.sign_checkpoint(key, trusted.origin, 4, b"\x22" * 32)
         with pytest.raises(IntegrityError):
-            await tax.log.observe(shorter)
+            await tax.tlog.observe(shorter)
         assert (env.root / "cp.split-view").is_file()
 
 

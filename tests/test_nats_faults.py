@@ -153,7 +153,7 @@ async def run_until_caught_up(load: Load, task: asyncio.Task[None], extra: int) 
 
 async def checkpointed(node: Node, size: int) -> bool:
     try:
-        return (await node.log.refresh()).size >= size
+        return (await node.tlog.refresh()).size >= size
     except ExchangeError:  # 503 while NATS elects the checkpoints stream's leader
         return False
 
@@ -239,7 +239,7 @@ async def test_batches_failing_together_fail_over_once(tmp_path: Path) -> None:
     node = Node(node_config(pki_dir, POP, ["https://127.0.0.1:1", "https://127.0.0.1:2"]))
     failed = node.url
     for _ in range(4):
-        node._fail_over(failed)
+        node.client.fail_over(failed)
     assert node.url == "https://127.0.0.1:2"
-    node._fail_over(node.url)
+    node.client.fail_over(node.url)
     assert node.url == failed

@@ -86,7 +86,7 @@ async def test_metrics_parse_and_quality_survives_restart(env: Env) -> None:
         await pop.publish("population", [Record(p) for p in people])
         tax.subscribe("population", "q", handler)
         await asyncio.wait_for(done.wait(), 10)
-        text = (await pop._get_bytes("/metrics")).decode()
+        text = (await pop.get_bytes("/metrics")).decode()
         before = await _quality(pop, "population")
     families = {f.name: f for f in text_string_to_metric_families(text)}
     accepted = [s for s in families["exchange_gate_records"].samples

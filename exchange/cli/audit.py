@@ -70,12 +70,12 @@ async def _online(args: argparse.Namespace) -> dict[str, Any]:
     async with Node(config) as node:
         if args.from_checkpoint:
             note = args.from_checkpoint.read_text(encoding="utf-8")
-            key = await node.log._note_key()
-            node.log.trusted = tlog.open_checkpoint(key, note, node.log.origin)
+            key = await node.tlog.note_key()
+            node.tlog.trusted = tlog.open_checkpoint(key, note, node.tlog.origin)
         try:
-            latest = await node.log.refresh()  # consistency with --from-checkpoint, if given
+            latest = await node.tlog.refresh()  # consistency with --from-checkpoint, if given
         except ExchangeError as err:
-            bad = node.log.trusted.size if node.log.trusted else None
+            bad = node.tlog.trusted.size if node.tlog.trusted else None
             return audit.AuditResult().fail(bad, "inconsistent_checkpoints",
                                             err.message).as_dict()
         entries: list[dict[str, Any]] = []

@@ -112,6 +112,10 @@ class Verifier:
         self._cache_size = cache_size
         self.verifications = 0  # signature checks actually performed (cache misses)
 
+    def knows(self, node: str) -> bool:
+        """Whether a signing key of ``node`` is at hand."""
+        return self._lookup(node) is not None
+
     def verify_statement(self, statement: Statement, signature: bytes) -> None:
         body = statement_bytes(statement)
         cache_key = body + signature

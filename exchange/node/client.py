@@ -1,0 +1,140 @@
+"""The node's connection to the exchange: its config, TLS identity, fail-over between brokers,
+keys trusted through the exchange CA, and the broker's refusals as the errors it raised."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Literal
+
+import aiohttp
+import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from exchange import pki
+from exchange.clock import Clock
+from exchange.core.errors import AuthError, Code, ExchangeError, UnavailableError
+from exchange.core.signing import Verifier
+from exchange.core.wire import PROBLEM_CODE_HEADER
+
+__all__ = ["Client", "NodeConfig", "handshake_refused", "problem"]
+
+
+class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a node reaches the exchange. Decoded strictly from the node's TOML/JSON file."""
+
+    node_id: str
+    #: the exchange PKI directory holding ``ca.crt`` and ``nodes/<node_id>/``
+    pki_dir: str
+    #: broker base URLs; the node fails over between them in order
+    brokers: list[str]
+    batch_size: int = 500
+    linger_s: float = 0.01
+    #: most batches of one dataset awaiting their receipt at once
+    max_in_flight: int = 4
+    encoding: Literal["json", "msgpack"] = "msgpack"
+    #: "http": one POST per batch; "websocket": a publish stream per dataset, many batches in
+    #: flight on one connection, replies in order (best for many small batches)
+    transport: Literal["http", "websocket"] = "http"
+    #: apply NFC / whitespace / tone-mark normalisation before signing, and count it
+    normalise: bool = True
+    timeout_s: float = 30.0
+    retries: int = 5
+    #: share of delivered records whose inclusion in the transparency log is checked (0..1)
+    verify_inclusion: float = 0.0
+    #: where the last trusted checkpoint is kept across restarts (and split-view evidence)
+    checkpoint_file: str | None = None
+
+
+class Client:
+    """One node's HTTPS session to the exchange's brokers, shared by its publisher, its
+    subscriptions and its log monitor."""
+
+    def __init__(self, config: NodeConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.identity = pki.load_node_identity(config.pki_dir, config.node_id)
+        self._ca = x509.load_pem_x509_certificate(self.identity.ca_cert.read_bytes())
+        self._ssl: ssl.SSLContext = pki.client_ssl_context(self.identity)
+        self._session: aiohttp.ClientSession | None = None
+        self._broker = 0
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        #: publishers' signatures, checked with the keys ``trust`` fetched; one verification
+        #: per batch statement
+        self.verifier = Verifier(self._keys.get)
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32),
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise UnavailableError("node is not open: use `async with Node(...)`",
+                                   code=Code.NODE_CLOSED)
+        return self._session
+
+    @property
+    def url(self) -> str:
+        """The broker this node talks to now."""
+        return self.config.brokers[self._broker % len(self.config.brokers)].rstrip("/")
+
+    def fail_over(self, failed: str) -> None:
+        """Move to the next broker, unless another task has already moved away from
+        ``failed``: several batches in flight fail together, and each stepping on would
+        cycle the node straight back to the broker that failed."""
+        if self.url == failed:
+            self._broker = (self._broker + 1) % len(self.config.brokers)
+
+    async def trust(self, node: str) -> Ed25519PublicKey:
+        """The signing key of ``node``, from its certificate checked against the exchange CA:
+        the broker serves it, but cannot forge it."""
+        key = self._keys.get(node)
+        if key is None:
+            pem = await self.get_bytes(f"/v1/nodes/{node}/certificate")
+            cert_node, key = pki.signing_identity_from_cert(pem, self._ca)
+            if cert_node != node:
+                raise AuthError(f"certificate served for {node} names {cert_node}",
+                                code=Code.BAD_CERTIFICATE)
+            self._keys[node] = key
+        return key
+
+    async def get_bytes(self, path: str) -> bytes:
+        """GET ``path`` from the current broker; a refusal raises the error the broker raised."""
+        url = self.url
+        try:
+            async with self.session.get(url + path) as resp:
+                body = await resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            self.fail_over(url)  # the next request goes to the next broker
+            raise UnavailableError(f"broker {url} unreachable: {err!r}",
+                                   code=Code.BROKER_UNREACHABLE) from None
+        if resp.status >= 400:
+            raise problem(resp.status, body)
+        return body
+
+    async def get_json(self, path: str) -> Any:
+        return msgspec.json.decode(await self.get_bytes(path))
+
+
+def problem(status: int, body: bytes) -> ExchangeError:
+    """The broker's problem+json reply as the error class it raised (``RemoteError`` too)."""
+    try:
+        p = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        p = {}
+    return ExchangeError.from_problem(p if isinstance(p, dict) else {}, status)
+
+
+def handshake_refused(err: aiohttp.WSServerHandshakeError, what: str) -> ExchangeError:
+    """A refused WebSocket handshake as the error the broker raised: aiohttp keeps the status
+    and headers but not the body, so the broker repeats the problem's code in a header."""
+    code = err.headers.get(PROBLEM_CODE_HEADER, "") if err.headers else ""
+    return ExchangeError.from_code(code, f"{what} refused: {err.status} {err.message}",
+                                   err.status)
