@@ -3,8 +3,10 @@ over TLS 1.3 with client certificates, sqlite on disk."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,12 +122,30 @@ def sealed(env: Env, node: str, records: list[dict[str, Any]], *, dataset: str =
     return seal(key, node, datasets.get(dataset), items, seed, time=SEALED_AT)
 
 
+async def until(condition: Any, change: Callable[[], asyncio.Event], within: float = 10.0,
+                what: str = "condition") -> None:
+    """Wait until ``condition()`` (sync or async) is true, looking again each time the system
+    signals a change (``change()`` returns the event the next change sets; it is taken before
+    each look, so no change between a look and the wait is missed)."""
+    async def loop() -> None:
+        while True:
+            changed = change()
+            value = condition()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return
+            await changed.wait()
+
+    try:
+        await asyncio.wait_for(loop(), within)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
 async def eventually(condition: Any, within: float = 10.0, what: str = "condition") -> None:
     """Wait until ``condition()`` (sync or async) is true, yielding to the loop between tries;
-    for broker-side state that has no event to wait on."""
-    import asyncio
-    import inspect
-
+    for state that raises no event to wait on (say why next to each use)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:

@@ -19,7 +19,7 @@ from exchange.core import receipts
 from exchange.core.signing import Batch
 from exchange.core.wire import PublishReply, SignedReceipt
 from exchange.sim.generate import fault
-from tests.conftest import OWNERS, PROBLEM, Env, eventually, people, sealed
+from tests.conftest import OWNERS, PROBLEM, Env, people, sealed, until
 
 POP = OWNERS["population"]
 TAX = OWNERS["tax"]
@@ -305,7 +305,7 @@ async def test_subscriptions_list_their_lag(env: Env) -> None:
             async def caught_up() -> bool:
                 return bool((await get(s, "/v1/subscriptions"))[2][0]["lag"] == 0)
 
-            await eventually(caught_up, what="lag 0")
+            await until(caught_up, env.broker.subscriptions.next_change, what="lag 0")
         status, _, subs = await get(s, "/v1/subscriptions")
     assert subs[0]["acked"] == 3 and subs[0]["lag"] == 0 and not subs[0]["connected"]
     async with session(env, POP) as s:

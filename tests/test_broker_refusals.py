@@ -372,7 +372,8 @@ async def test_websockets_per_node_are_bounded_429(env: Env, tmp_path: Path) -> 
                     assert (await resp.json(content_type=None))["code"] == \
                         "too_many_connections"
                 await first.close()
-            # the slot is given back when the socket closes
+            # the slot is given back when the socket closes (a poll: the slot is released after
+            # the handler returns, and nothing signals it)
             await eventually(lambda: broker.sockets[tax] == 0, what="slot released")
             async with s.ws_connect(path + "two") as again:
                 assert not again.closed

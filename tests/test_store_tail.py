@@ -4,7 +4,6 @@ gives, across trims, datasets and a reopen."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import threading
 from pathlib import Path
@@ -147,7 +146,7 @@ async def test_nats_live_reads_match_the_stream(tmp_path: Path,
         live = {a: await store.read("population", a, 4) for a in range(-1, head + 1)}
         batch_ids = sorted({r.batch_id for rows in live.values() for r in rows})
         live_batches = await store.batches(batch_ids)
-        store._recent = Tail(head)  # forget the tail: reads go to the stream
+        store.tailer.recent = Tail(head)  # forget the tail: reads go to the stream
         for after, rows in live.items():
             assert rows == await store.read("population", after, 4)
         assert live_batches == await store.batches(batch_ids)
@@ -204,10 +203,7 @@ async def test_nats_tail_holds_every_record_applied_before_a_bad_entry(
     # so they must be in the tail too, or live readers would skip them
     pki_dir = make_pki(tmp_path / "pki")
     async with two_stores(nats_single) as (reader, writer):
-        assert reader._tailer is not None
-        reader._tailer.cancel()  # poll by hand below
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader._tailer
+        await reader.tailer.stop()  # poll by hand below
         heard: list[tuple[str, int]] = []
         reader.watch(lambda dataset, last: heard.append((dataset, last)))
         await publish(writer, pki_dir, batch_of(pki_dir, people(3, seed=91), seed=1))
@@ -215,8 +211,8 @@ async def test_nats_tail_holds_every_record_applied_before_a_bad_entry(
         await writer.nc.flush()
         with pytest.raises(Exception):  # noqa: B017 -- any decode error
             while True:
-                await reader._poll()
+                await reader.tailer.poll()
         assert reader.log_state()[0] == 3
         assert [r.seq for r in await reader.read("population", -1, 10)] == [0, 1, 2]
-        assert reader._recent.read("population", -1, 10) is not None
+        assert reader.tailer.recent.read("population", -1, 10) is not None
         assert heard == [("population", 2)]  # subscribers are woken for them too

@@ -28,10 +28,10 @@ from tests.conftest import (
     OWNERS,
     Env,
     broker_config,
-    eventually,
     people,
     sealed,
     start_broker,
+    until,
 )
 
 POP = OWNERS["population"]
@@ -121,7 +121,8 @@ async def test_no_credit_no_records_and_nothing_held(env: Env) -> None:
             assert result.accepted == 2000
             await sub.credit(0)  # a zero grant is legal and changes nothing
             # the broker has read nothing for this subscriber, holds nothing in flight
-            await eventually(lambda: env.broker.hub.heads.get("population") == 1999)
+            await until(lambda: env.broker.hub.heads.get("population") == 1999,
+                        lambda: env.broker.hub.event("population"), what="head 1999")
             assert state.credits == 0 and not state.inflight and state.sent_upto == -1
             after = tracemalloc.take_snapshot()
         finally:
@@ -160,6 +161,7 @@ async def test_credits_bound_every_frame(env: Env) -> None:
 
 async def test_cumulative_acks_persist_across_reconnects(env: Env) -> None:
     await publish(env, people(10))
+    changes = env.broker.subscriptions.next_change
     async with session(env, TAX) as s:
         sub = await subscribe(s, "durable")
         hello = await sub.hello()
@@ -169,10 +171,10 @@ async def test_cumulative_acks_persist_across_reconnects(env: Env) -> None:
         await sub.ack(2)
         await sub.ack(5)  # cumulative: covers 3, 4, 5
         await sub.ack(4)  # an older ack changes nothing
-        await eventually(lambda: _eq(acked(env, TAX, "durable"), 5), what="ack 5 stored")
+        await until(lambda: _eq(acked(env, TAX, "durable"), 5), changes, what="ack 5 stored")
         await sub.ws.close()
-        await eventually(lambda: (TAX, "population", "durable")
-                         not in env.broker.subscriptions.live, what="disconnect")
+        await until(lambda: (TAX, "population", "durable") not in env.broker.subscriptions.live,
+                    changes, what="disconnect")
         more = await publish(env, people(13)[10:], seed=2)
         assert more == [10, 11, 12]
         # start= is ignored for an existing subscription: it resumes after its ack
@@ -184,7 +186,7 @@ async def test_cumulative_acks_persist_across_reconnects(env: Env) -> None:
         assert [r.seq for r in got] == list(range(6, 13))
         assert not any(r.redelivered for r in got)  # new connection: first delivery on it
         await sub.ack(12)
-        await eventually(lambda: _eq(acked(env, TAX, "durable"), 12), what="ack 12")
+        await until(lambda: _eq(acked(env, TAX, "durable"), 12), changes, what="ack 12")
         await sub.ws.close()
 
 
@@ -280,11 +282,11 @@ async def timed(env: Env, tmp_path: Path) -> AsyncIterator[Timed]:
     assert broker.subscriptions.live == {}
 
 
-async def settled(feed: Feed, credits: int) -> None:
+async def settled(timed: Timed, feed: Feed, credits: int) -> None:
     """Until the broker's feed has taken the credit just sent: the pump then waits on the
     clock, so moving it is what happens next."""
-    # a poll, because a credit frame arriving raises no event a test can hold
-    await eventually(lambda: feed.state.credits == credits, what=f"{credits} credits")
+    await until(lambda: feed.state.credits == credits,
+                timed.broker.subscriptions.next_change, what=f"{credits} credits")
 
 
 async def test_unacked_records_are_redelivered(env: Env, timed: Timed) -> None:
@@ -300,7 +302,7 @@ async def test_unacked_records_are_redelivered(env: Env, timed: Timed) -> None:
         # a reader grants credit again for what it read, but does not ack
         await sub.credit(5)
         feed = timed.broker.subscriptions.live[(TAX, "population", "slow")]
-        await settled(feed, 5)
+        await settled(timed, feed, 5)
         # just short of the ack timeout nothing is due ...
         await timed.clock.advance(timeout - 0.001)
         assert feed.state.redeliveries == 0 and feed.state.credits == 5
@@ -312,7 +314,8 @@ async def test_unacked_records_are_redelivered(env: Env, timed: Timed) -> None:
         assert all(r.redelivered for r in again)
         assert [r.event.id for r in again] == [r.event.id for r in first]
         await sub.ack(4)
-        await eventually(lambda: _eq(acked(env, TAX, "slow", timed.url), 4), what="ack 4")
+        await until(lambda: _eq(acked(env, TAX, "slow", timed.url), 4),
+                    timed.broker.subscriptions.next_change, what="ack 4")
         # fully acked: no third delivery however long it waits; new records are not flagged
         await timed.clock.advance(10 * timeout)
         await publish(env, people(6)[5:], seed=2, url=timed.url)
@@ -332,7 +335,8 @@ async def test_redelivery_resumes_after_a_partial_ack(env: Env, timed: Timed) ->
         await sub.records(6)
         await sub.credit(6)  # credit for what it read
         await sub.ack(3)
-        await eventually(lambda: _eq(acked(env, TAX, "partial", timed.url), 3), what="ack 3")
+        await until(lambda: _eq(acked(env, TAX, "partial", timed.url), 3),
+                    timed.broker.subscriptions.next_change, what="ack 3")
         await timed.clock.advance(timed.broker.limits.ack_timeout_s)
         # go-back-N from the last ack: only what is unacked comes again
         frame = await sub.frame()
@@ -357,9 +361,9 @@ async def test_lag_goes_to_zero_after_acks(env: Env) -> None:
         await sub.records(12)
         assert await lag() == 12  # sent is not processed
         await sub.ack(7)
-        await eventually(lambda: _eq(lag(), 4), what="lag 4")
+        await until(lambda: _eq(lag(), 4), env.broker.subscriptions.next_change, what="lag 4")
         await sub.ack(11)
-        await eventually(lambda: _eq(lag(), 0), what="lag 0")
+        await until(lambda: _eq(lag(), 0), env.broker.subscriptions.next_change, what="lag 0")
         await sub.ws.close()
 
 
@@ -434,8 +438,9 @@ async def test_subscribers_never_read_uncommitted_records(env: Env) -> None:
 
     async def checked_read(dataset: str, after: int, limit: int) -> Any:
         rows = await read(dataset, after, limit)
-        if rows and rows[-1].seq > store._head:  # _head moves only after COMMIT
-            early.append((rows[-1].seq, store._head))
+        head = await store.head()  # the committed head: it moves only after COMMIT
+        if rows and rows[-1].seq > head:
+            early.append((rows[-1].seq, head))
         return rows
 
     store.read = checked_read

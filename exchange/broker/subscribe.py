@@ -49,6 +49,16 @@ class Subscriptions:
         self.cache = FrameCache()
         #: the feeds of the connected subscriptions, by (node, dataset, name)
         self.live: dict[tuple[str, str, str], Feed] = {}
+        self._changed = asyncio.Event()
+
+    def next_change(self) -> asyncio.Event:
+        """An event set at the next credit, stored ack or connection change of any live
+        subscription (take it before looking, then wait: no change is missed in between)."""
+        return self._changed
+
+    def _pulse(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def handle(self, request: web.Request, node: str) -> web.StreamResponse:
         dataset = request.match_info["dataset"]
@@ -69,6 +79,7 @@ class Subscriptions:
                     binary=req.binary, always_paths=req.always_paths,
                     max_frame_records=limits.max_frame_records, cache=self.cache)
         self.live[key] = feed
+        self._pulse()
         logger.info("subscribed", dataset=dataset, subscription=req.name, acked=acked,
                     groups=granted, purpose=agreement.purpose)
         try:
@@ -76,6 +87,7 @@ class Subscriptions:
             await self._pump(ws, feed, node, req.name, agreement, granted)
         finally:
             del self.live[key]
+            self._pulse()
             if not ws.closed:
                 await ws.close()
         return ws
@@ -178,3 +190,4 @@ class Subscriptions:
             if moved is not None:
                 await self.store.ack(node, feed.dataset, name, moved)
             wake.set()
+            self._pulse()

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import msgspec
 
 from exchange.core.errors import ExchangeError
+from exchange.sim.report import lag
 
 if TYPE_CHECKING:
     from exchange.node import Node, NodeConfig
@@ -131,16 +131,6 @@ async def _settle(node: Node, agency: Agency, stopped: asyncio.Event) -> None:
         # the broker does not push lag; ask again shortly
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopped.wait(), 0.2)
-
-
-async def lag(node: Node) -> dict[str, int]:
-    """Lag of this node's subscriptions, as the broker counts it ({} if it cannot say)."""
-    try:
-        rows = await node.get_json("/v1/subscriptions")
-    except (ExchangeError, aiohttp.ClientError, OSError, TimeoutError):
-        return {}
-    return {f"{r['node']}/{r['dataset']}/{r['name']}": int(r["lag"]) for r in rows
-            if r["node"] == node.config.node_id}
 
 
 def _print_summary(s: dict[str, Any]) -> None:

@@ -48,13 +48,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
-import hashlib
 import re
-import time
 import uuid
-from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -65,7 +61,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from exchange.core import merkle, tlog
-from exchange.core.errors import Code, InputError, IntegrityError, InternalError, UnavailableError
+from exchange.core.errors import Code, InputError, IntegrityError, UnavailableError
 from exchange.core.gate import Current
 from exchange.core.ledger import (
     BatchRow,
@@ -77,38 +73,28 @@ from exchange.core.ledger import (
     StoredRecord,
 )
 from exchange.core.signing import Statement
-from exchange.store.base import Appended, StaleRead, SubscriptionRow, Tail
+from exchange.store.base import Appended, StaleRead, SubscriptionRow
+from exchange.store.nats.direct import PAGE, DirectGets, unavailable
+from exchange.store.nats.kv import Buckets
+from exchange.store.nats.tailer import Tailer
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
-__all__ = ["NatsStore", "parse_url"]
+__all__ = ["NatsStore", "parse_url", "token"]
 
 logger = structlog.get_logger("exchange.store.nats")
-
-
-class SubValue(msgspec.Struct, frozen=True, array_like=True):
-    node: str
-    dataset: str
-    name: str
-    acked: int
-    created_at: float
-
 
 _enc = msgspec.msgpack.Encoder()
 _entry = msgspec.msgpack.Decoder(Entry)
 _dead = msgspec.msgpack.Decoder(DeadLetter)
-_sub = msgspec.msgpack.Decoder(SubValue)
 _stmt = msgspec.msgpack.Decoder(Statement)
-_json = msgspec.json.Encoder()
 _pub_ack = msgspec.json.Decoder(dict[str, Any])
 
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 #: JetStream's "wrong last sequence": 10071 with the sequence (single server), 10164 without it
 #: (a clustered stream's leader checking before it proposes)
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
-#: a direct-get batch asks for at most this many messages
-PAGE = 1000
 
 
 def token(value: str) -> str:
@@ -133,21 +119,10 @@ def parse_url(url: str) -> tuple[list[str], dict[str, str]]:
     return servers, params
 
 
-@contextlib.contextmanager
-def _unavailable(what: str) -> Iterator[None]:
-    """Translate nats-py's and the network's errors, once, where I/O meets the store."""
-    try:
-        yield
-    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyWrongLastSequenceError):
-        raise  # answers, not faults: the caller handles them
-    except (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError) as err:
-        detail = getattr(err, "description", None) or repr(err)
-        raise UnavailableError(f"NATS: {what} failed: {detail}", code=Code.STORE_UNAVAILABLE
-                               ) from None
-
-
 class NatsStore:
-    """``Store`` on a NATS JetStream cluster (see the module docstring)."""
+    """``Store`` on a NATS JetStream cluster (see the module docstring): the streams and the
+    appends here; reads through ``direct``, derived state in ``tailer``, positions and quality
+    counters in ``kv``."""
 
     #: a group commit is one atomic NATS batch: at most the server's batch limit of messages
     atomic_batch_bounded = True
@@ -167,29 +142,15 @@ class NatsStore:
         self.subs_bucket = f"{upper}_SUBS"
         self.quality_bucket = f"{upper}_QUALITY"
         self.timeout = request_timeout
-        # this process's quality counters are its own key: brokers never overwrite each other
-        self.instance = uuid.uuid4().hex
-        self.idle_poll = idle_poll
         self._nc: Client | None = None
-        self._watchers: list[Callable[[str, int], None]] = []
-        # derived state, rebuilt from the records stream
-        self._tree = merkle.CompactRange()
-        self._levels: list[bytearray] = []
-        self._seqs: dict[str, array[int]] = {}
-        self._times: dict[str, array[float]] = {}
-        self._current: dict[tuple[str, str], Current] = {}
-        self._refs: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        self._target = 0
-        self._applied = asyncio.Event()
-        self._hint = asyncio.Event()
-        self._tailer: asyncio.Task[None] | None = None
-        self._inbox = ""
-        self._replies: dict[str, asyncio.Queue[Msg]] = {}
-        self._next_token = 0
+        self.direct = DirectGets(lambda: self.nc, request_timeout)
+        self.tailer = Tailer(self.direct, self.records_stream, timeout=request_timeout,
+                             idle_poll=idle_poll)
+        # this process's quality counters are its own key: brokers never overwrite each other
+        self.kv = Buckets(lambda: self.nc, self.direct, subs_bucket=self.subs_bucket,
+                          quality_bucket=self.quality_bucket, instance=uuid.uuid4().hex,
+                          timeout=request_timeout)
         self._batch_cache: dict[int, BatchRow] = {}
-        self._subs_seen: dict[str, tuple[int, SubValue]] = {}
-        self._buckets: dict[str, Any] = {}
-        self._recent = Tail(-1)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -201,7 +162,7 @@ class NatsStore:
 
     def watch(self, on_append: Callable[[str, int], None]) -> None:
         """Call ``on_append(dataset, last_seq)`` whenever any broker's records are read back."""
-        self._watchers.append(on_append)
+        self.tailer.watch(on_append)
 
     async def open(self) -> None:
         try:
@@ -214,18 +175,16 @@ class NatsStore:
             raise UnavailableError(f"cannot reach NATS at {', '.join(self.servers)}: {err!r}",
                                    code=Code.STORE_UNAVAILABLE) from None
         try:
-            with _unavailable("setting up streams"):
+            with unavailable("setting up streams"):
                 await self._setup()
-                self._inbox = self.nc.new_inbox()
-                await self.nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+                await self.direct.start()
                 await self.nc.subscribe(f"{self.prefix}.appended.>", cb=self._on_hint)
                 # the whole log before serving: head, current versions and the tree
-                while await self._poll():
-                    pass
+                await self.tailer.catch_up()
         except BaseException:
             await self.close()
             raise
-        self._tailer = asyncio.create_task(self._tail())
+        self.tailer.start()
 
     async def _setup(self) -> None:
         # the JetStream API of a cluster can refuse for a moment (leader elections): try again
@@ -262,17 +221,15 @@ class NatsStore:
                                                          storage=StorageType.FILE, direct=True))
 
     async def close(self) -> None:
-        if self._tailer is not None:
-            self._tailer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._tailer, self.timeout)
-            self._tailer = None
+        await self.tailer.stop()
         if self._nc is not None:
             # everything this store wrote was acknowledged already: nothing to drain
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self._nc.close(), self.timeout)
+            except Exception as err:  # closing must not fail for it: nothing is pending
+                logger.info("nats_close_failed", error=repr(err))
             self._nc = None
-        self._buckets.clear()
+        self.kv.forget()
 
     async def _on_error(self, err: Exception) -> None:
         logger.warning("nats_error", error=repr(err))
@@ -282,175 +239,35 @@ class NatsStore:
 
     async def _on_reconnect(self) -> None:
         logger.info("nats_reconnected", server=str(self.nc.connected_url))
-        self._hint.set()
+        self.tailer.hint()
+
+    async def _on_hint(self, msg: Msg) -> None:
+        try:
+            up_to = int(msg.data)
+        except ValueError:
+            up_to = None
+        self.tailer.hint(up_to)
 
     def _check_connected(self) -> None:
         if not self.nc.is_connected:
             # refuse now rather than buffer: a publish must never be accepted and then lost
             raise UnavailableError("NATS is unreachable; retry later", code=Code.STORE_UNAVAILABLE)
 
-    # -- direct gets (ADR-31): reads any replica serves, no consumer state -------------------
-
-    async def _on_reply(self, msg: Msg) -> None:
-        q = self._replies.get(msg.subject.rpartition(".")[2])
-        if q is not None:
-            q.put_nowait(msg)
-
-    async def _direct(self, stream: str, req: dict[str, Any], *, batch: bool) -> list[Msg]:
-        """One direct-get request: a single message, or a batch ended by EOB (status 204)."""
-        self._next_token += 1
-        tok = str(self._next_token)
-        q: asyncio.Queue[Msg] = asyncio.Queue()
-        self._replies[tok] = q
-        out: list[Msg] = []
-        tries = 0
-        try:
-            with _unavailable(f"reading {stream}"):
-                await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", _json.encode(req),
-                                      reply=f"{self._inbox}.{tok}")
-                while True:
-                    msg = await asyncio.wait_for(q.get(), self.timeout)
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status in ("204", "404"):
-                        return out
-                    if status == "503" and not out and tries < 40:
-                        # no responder yet: a new stream's replicas, or a leader election
-                        tries += 1
-                        await asyncio.sleep(0.025)
-                        await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}",
-                                              _json.encode(req), reply=f"{self._inbox}.{tok}")
-                        continue
-                    if status:
-                        raise UnavailableError(f"NATS direct get from {stream}: {status} "
-                                               f"{headers.get('Description', '')}",
-                                               code=Code.STORE_UNAVAILABLE)
-                    out.append(msg)
-                    if not batch:
-                        return out
-        finally:
-            del self._replies[tok]
-
-    # -- the tailer: derived state from the records stream, in order --------------------------
-
-    async def _on_hint(self, msg: Msg) -> None:
-        with contextlib.suppress(ValueError):
-            self._target = max(self._target, int(msg.data))
-        self._hint.set()
-
-    async def _poll(self) -> int:
-        """Read and apply the next page of the records stream; how many entries it applied."""
-        size = self._tree.size
-        msgs = await self._direct(self.records_stream, {"seq": size + 1, "batch": PAGE},
-                                  batch=True)
-        touched: dict[str, int] = {}
-        recent: list[StoredRecord] = []
-        batches: list[BatchRow] = []
-        try:
-            for m in msgs:
-                assert m.headers is not None
-                stream_seq = int(m.headers["Nats-Sequence"])
-                if stream_seq != self._tree.size + 1:
-                    raise InternalError(f"records stream has a gap at {self._tree.size + 1}",
-                                        code=Code.LOG_DAMAGED)
-                e = _entry.decode(m.data)
-                batch = (BatchRow(stream_seq, _stmt.decode(e.statement), e.signature)
-                         if e.n == 0 and e.statement else None)
-                self._apply(stream_seq - 1, e)
-                touched[e.dataset] = stream_seq - 1
-                recent.append(StoredRecord(stream_seq - 1, e.dataset, e.key, e.version,
-                                           stream_seq - e.n, e.index, e.accepted_at, e.digest,
-                                           e.body))
-                if batch is not None:
-                    batches.append(batch)
-        finally:
-            # every record applied is known, even when a later one of the page fails: live
-            # subscribers read it from memory, waiters and watchers hear of it
-            self._recent.add(recent, batches)
-            if recent:
-                self._applied.set()
-                self._applied = asyncio.Event()
-                for dataset, last in touched.items():
-                    for w in self._watchers:
-                        w(dataset, last)
-        return len(msgs)
-
-    def _apply(self, seq: int, e: Entry) -> None:
-        def keep(level: int, idx: int, h: bytes) -> None:
-            if level == len(self._levels):
-                self._levels.append(bytearray())
-            self._levels[level] += h
-
-        self._tree._on_node = keep
-        self._tree.append(tlog.entry_leaf(seq, e.dataset, e.publisher, e.digest, e.batch_root,
-                                          tlog.micros(e.accepted_at)))
-        seqs = self._seqs.get(e.dataset)
-        if seqs is None:
-            seqs = self._seqs[e.dataset] = array("q")
-            self._times[e.dataset] = array("d")
-        seqs.append(seq)
-        self._times[e.dataset].append(e.accepted_at)
-        self._current[(e.dataset, e.key)] = Current(e.version, e.content, seq)
-        if e.refs:
-            self._refs[(e.dataset, e.key)] = [tuple(r) for r in e.refs]  # type: ignore[misc]
-        else:
-            self._refs.pop((e.dataset, e.key), None)
-
-    async def _tail(self) -> None:
-        backoff = 0.005
-        while True:
-            try:
-                if await self._poll():
-                    backoff = 0.005
-                    continue
-                if self._target >= self._tree.size:
-                    # told of entries this replica has not served yet: ask again soon
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 0.25)
-                    continue
-                self._hint.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hint.wait(), self.idle_poll)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # NATS down: keep trying; publishes are refused meanwhile
-                logger.warning("tail_failed", error=repr(err))
-                await asyncio.sleep(min(backoff * 4, 0.5))
-                backoff = min(backoff * 2, 0.25)
-
-    async def _wait_applied(self, size: int) -> None:
-        """Until the tailer has read the log up to ``size`` entries."""
-        deadline = time.monotonic() + max(self.timeout, 10.0)
-        self._target = max(self._target, size - 1)
-        self._hint.set()
-        while self._tree.size < size:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise UnavailableError(f"stored, but not read back within {self.timeout}s; "
-                                       "retry: the retry finds the records as duplicates",
-                                       code=Code.STORE_UNAVAILABLE)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._applied.wait(), left)
-
     async def _catch_up(self) -> None:
-        with _unavailable("reading the records stream's state"):
+        with unavailable("reading the records stream's state"):
             info = await self.nc.jetstream(timeout=self.timeout).stream_info(
                 self.records_stream)
-        await self._wait_applied(info.state.last_seq)
+        await self.tailer.wait_applied(info.state.last_seq)
 
     # -- records -----------------------------------------------------------------------------
 
     async def head(self, dataset: str | None = None) -> int:
-        if dataset is None:
-            return self._tree.size - 1
-        seqs = self._seqs.get(dataset)
-        return seqs[-1] if seqs else -1
+        return self.tailer.head(dataset)
 
     async def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]:
         """From the versions the tailer has read back: a stale one only costs a retry, because
         the append is conditional on exactly what the decision saw."""
-        found = self._current
-        return {k: cur for k in keys if (cur := found.get((dataset, k))) is not None}
+        return self.tailer.current(dataset, keys)
 
     def _subject(self, dataset: str, key: str) -> str:
         return f"{self.prefix}.rec.{dataset}.{token(key)}"
@@ -460,7 +277,7 @@ class NatsStore:
         bid = uuid.uuid4().hex
         n = len(msgs)
         nc = self.nc
-        with _unavailable("publishing"):
+        with unavailable("publishing"):
             for i, (subject, data, headers) in enumerate(msgs, 1):
                 h = {"Nats-Batch-Id": bid, "Nats-Batch-Sequence": str(i), **headers}
                 if i == n:
@@ -500,7 +317,7 @@ class NatsStore:
                 expected = 0 if replaced is None else replaced + 1
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
             msgs.append((self._subject(e.dataset, e.key), _enc.encode(e), headers))
-        first_seq = self._tree.size
+        first_seq = self.tailer.size
         if msgs:
             try:
                 last_stream_seq = await self._atomic(msgs)
@@ -510,13 +327,13 @@ class NatsStore:
                 await self._catch_up()
                 raise
             first_seq = last_stream_seq - len(msgs)  # seq of the first record (stream seq - 1)
-            with _unavailable("announcing an append"):
+            with unavailable("announcing an append"):
                 for dataset in dict.fromkeys(b.dataset for b in plan.batches if b is not None):
                     await self.nc.publish(f"{self.prefix}.appended.{dataset}",
                                           str(last_stream_seq - 1).encode())
         await self.add_dead_letters(plan.dead, quality=plan.quality)
         if msgs:
-            await self._wait_applied(first_seq + len(msgs))
+            await self.tailer.wait_applied(first_seq + len(msgs))
         return Appended([0 if b is None else first_seq + b.offset + 1 for b in plan.batches],
                         first_seq)
 
@@ -526,54 +343,7 @@ class NatsStore:
         if dead:
             await self._atomic([(f"{self.prefix}.dead.{token(d.publisher)}", _enc.encode(d), {})
                                 for d in dead])
-        await self.save_quality(quality)
-
-    # -- quality -------------------------------------------------------------------------------
-
-    async def save_quality(self, rows: Sequence[QualityRow]) -> None:
-        """This broker process's counters per (dataset, publisher), under a key of its own:
-        the exchange's totals are the sum over every process that ever ran."""
-        if not rows:
-            return
-        with _unavailable("saving quality counters"):
-            kv = await self._bucket(self.quality_bucket)
-            for dataset, publisher, blob in rows:
-                key = hashlib.sha256(f"{dataset}\0{publisher}".encode()).hexdigest()[:40]
-                await kv.put(f"{self.instance}.{key}",
-                             _enc.encode((dataset, publisher, blob)))
-
-    async def load_quality(self) -> list[QualityRow]:
-        """A new process counts from zero; what earlier ones counted is ``other_quality``."""
-        return []
-
-    async def other_quality(self) -> list[QualityRow]:
-        """The counters of every other broker process, live or gone."""
-        msgs = await self._direct(f"KV_{self.quality_bucket}", {
-            "multi_last": [f"$KV.{self.quality_bucket}.>"], "batch": 100_000}, batch=True)
-        out: list[QualityRow] = []
-        own = f"$KV.{self.quality_bucket}.{self.instance}."
-        for m in msgs:
-            # a direct get's reply names the message's own subject in a header
-            subject = (m.headers or {}).get("Nats-Subject", "")
-            if m.data and not subject.startswith(own):
-                d, p, blob = msgspec.msgpack.decode(m.data, type=tuple[str, str, bytes])
-                out.append((d, p, blob))
-        return out
-
-    def _unresolved(self) -> Iterator[Reference]:
-        for (dataset, key), targets in self._refs.items():
-            for target, target_key in targets:
-                if (target, target_key) not in self._current:
-                    yield (target, target_key, dataset, key)
-
-    async def unresolved_counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for _, _, dataset, _ in self._unresolved():
-            out[dataset] = out.get(dataset, 0) + 1
-        return out
-
-    async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[Reference]:
-        return sorted(r for r in self._unresolved() if r[2] == dataset)[:limit]
+        await self.kv.save_quality(quality)
 
     def _record(self, m: Msg) -> StoredRecord:
         assert m.headers is not None
@@ -587,7 +357,7 @@ class NatsStore:
         (a prefix): ask again a few times before settling for what came."""
         delay = 0.005
         for _ in range(8):
-            rows = [self._record(m) for m in await self._direct(self.records_stream, req,
+            rows = [self._record(m) for m in await self.direct.get(self.records_stream, req,
                                                                  batch=True)]
             if len(rows) >= expected:
                 return rows
@@ -598,10 +368,10 @@ class NatsStore:
         return []
 
     async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]:
-        recent = self._recent.read(dataset, after, limit)
+        recent = self.tailer.recent.read(dataset, after, limit)
         if recent is not None:
             return recent
-        seqs = self._seqs.get(dataset)
+        seqs = self.tailer.seqs(dataset)
         if not seqs or limit <= 0:
             return []
         i = bisect.bisect_right(seqs, after)
@@ -611,10 +381,10 @@ class NatsStore:
         # the records stream's sequence is seq + 1; never read beyond what the log holds
         return await self._read_records(
             {"seq": seqs[i] + 1, "batch": want, "next_by_subj": f"{self.prefix}.rec.{dataset}.>",
-             "up_to_seq": self._tree.size}, want)
+             "up_to_seq": self.tailer.size}, want)
 
     async def read_range(self, start: int, end: int) -> list[StoredRecord]:
-        end = min(end, self._tree.size)
+        end = min(end, self.tailer.size)
         out: list[StoredRecord] = []
         while start < end:
             rows = await self._read_records(
@@ -627,29 +397,20 @@ class NatsStore:
         return out
 
     async def seq_before_time(self, dataset: str, t: float) -> int:
-        # accepted_at comes from each broker's clock, so it is not monotonic in seq: scan
-        seqs, times = self._seqs.get(dataset), self._times.get(dataset)
-        if not seqs or times is None:
-            return -1
-        best = -1
-        for s, at in zip(seqs, times, strict=True):
-            if at < t:
-                best = s
-        return best
+        return self.tailer.seq_before_time(dataset, t)
 
     async def count_after(self, dataset: str, seq: int) -> int:
-        seqs = self._seqs.get(dataset)
-        return len(seqs) - bisect.bisect_right(seqs, seq) if seqs else 0
+        return self.tailer.count_after(dataset, seq)
 
     async def batches(self, ids: Sequence[int]) -> dict[int, BatchRow]:
-        recent = self._recent.batches(ids)
+        recent = self.tailer.recent.batches(ids)
         if len(recent) == len(set(ids)):
             return recent
         unique = [i for i in dict.fromkeys(ids) if i not in self._batch_cache
                   and i not in recent]
 
         async def one(bid: int) -> None:
-            for m in await self._direct(self.records_stream, {"seq": bid}, batch=False):
+            for m in await self.direct.get(self.records_stream, {"seq": bid}, batch=False):
                 e = _entry.decode(m.data)
                 if e.n == 0 and e.statement:
                     self._batch_cache[bid] = BatchRow(bid, _stmt.decode(e.statement),
@@ -666,7 +427,7 @@ class NatsStore:
     async def dead_letters(self, publisher: str, after: int, limit: int) -> list[DeadLetter]:
         if limit <= 0:
             return []
-        msgs = await self._direct(self.dead_stream, {
+        msgs = await self.direct.get(self.dead_stream, {
             "seq": max(after, 0) + 1, "batch": min(limit, PAGE),
             "next_by_subj": f"{self.prefix}.dead.{token(publisher)}"}, batch=True)
         out = []
@@ -676,103 +437,52 @@ class NatsStore:
                                                id=int(m.headers["Nats-Sequence"])))
         return out
 
+    # -- quality and references ------------------------------------------------------------
+
+    async def save_quality(self, rows: Sequence[QualityRow]) -> None:
+        await self.kv.save_quality(rows)
+
+    async def load_quality(self) -> list[QualityRow]:
+        """A new process counts from zero; what earlier ones counted is ``other_quality``."""
+        return []
+
+    async def other_quality(self) -> list[QualityRow]:
+        return await self.kv.other_quality()
+
+    async def unresolved_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, _, dataset, _ in self.tailer.unresolved():
+            out[dataset] = out.get(dataset, 0) + 1
+        return out
+
+    async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[Reference]:
+        return sorted(r for r in self.tailer.unresolved() if r[2] == dataset)[:limit]
+
     # -- subscriptions -----------------------------------------------------------------------
 
-    def _sub_key(self, node: str, dataset: str, name: str) -> str:
-        return "s" + hashlib.sha256(f"{node}\0{dataset}\0{name}".encode()).hexdigest()[:40]
-
-    async def _kv(self) -> Any:
-        with _unavailable("opening the subscriptions bucket"):
-            return await self._bucket(self.subs_bucket)
-
-    async def _bucket(self, name: str) -> Any:
-        """A KV bucket's handle, looked up once (each lookup is a stream-info round trip)."""
-        kv = self._buckets.get(name)
-        if kv is None:
-            kv = self._buckets[name] = await self.nc.jetstream(
-                timeout=self.timeout).key_value(name)
-        return kv
-
     async def subscription(self, node: str, dataset: str, name: str) -> SubscriptionRow | None:
-        v = await self._sub_get(await self._kv(), self._sub_key(node, dataset, name))
-        return None if v is None else SubscriptionRow(v.node, v.dataset, v.name, v.acked,
-                                                      v.created_at)
-
-    async def _sub_get(self, kv: Any, key: str) -> SubValue | None:
-        try:
-            with _unavailable("reading a subscription"):
-                entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        if entry.value is None:
-            return None
-        v = _sub.decode(entry.value)
-        self._subs_seen[key] = (entry.revision or 0, v)
-        return v
+        return await self.kv.subscription(node, dataset, name)
 
     async def create_subscription(self, node: str, dataset: str, name: str, acked: int,
                                   now: float) -> SubscriptionRow:
-        kv = await self._kv()
-        key = self._sub_key(node, dataset, name)
-        # created meanwhile, by this or another broker: keep that one
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError), \
-                _unavailable("creating a subscription"):
-            await kv.create(key, _enc.encode(SubValue(node, dataset, name, acked, now)))
-        row = await self.subscription(node, dataset, name)
-        assert row is not None
-        return row
+        return await self.kv.create_subscription(node, dataset, name, acked, now)
 
     async def ack(self, node: str, dataset: str, name: str, seq: int) -> None:
-        """Move the position to ``seq`` if that is forward, by KV revision (two connections of
-        one subscription, on two brokers, cannot move it back)."""
-        kv = await self._kv()
-        key = self._sub_key(node, dataset, name)
-        for _ in range(100):
-            known = self._subs_seen.get(key)
-            if known is None:
-                if await self._sub_get(kv, key) is None:
-                    return
-                known = self._subs_seen[key]
-            revision, v = known
-            if seq <= v.acked:
-                return
-            new = msgspec.structs.replace(v, acked=seq)
-            try:
-                with _unavailable("storing an ack"):
-                    new_rev = await kv.update(key, _enc.encode(new), last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                self._subs_seen.pop(key, None)  # moved elsewhere: read it again
-                continue
-            self._subs_seen[key] = (new_rev, new)
-            return
-        raise UnavailableError("ack kept losing revision races", code=Code.STORE_UNAVAILABLE)
+        await self.kv.ack(node, dataset, name, seq)
 
     async def subscriptions(self) -> list[SubscriptionRow]:
-        msgs = await self._direct(f"KV_{self.subs_bucket}", {
-            "multi_last": [f"$KV.{self.subs_bucket}.>"], "batch": 100_000}, batch=True)
-        rows = []
-        for m in msgs:
-            if m.data:
-                v = _sub.decode(m.data)
-                rows.append(SubscriptionRow(v.node, v.dataset, v.name, v.acked, v.created_at))
-        return sorted(rows, key=lambda r: (r.dataset, r.node, r.name))
+        return await self.kv.subscriptions()
 
     # -- transparency log --------------------------------------------------------------------
 
     def log_state(self) -> tuple[int, bytes]:
-        return self._tree.size, self._tree.root()
+        return self.tailer.log_state()
 
     async def log_nodes(self, coords: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        out: dict[tuple[int, int], bytes] = {}
-        for level, idx in coords:
-            if level < len(self._levels):
-                h = bytes(self._levels[level][idx * 32:idx * 32 + 32])
-                if len(h) == 32:
-                    out[(level, idx)] = h
-        return out
+        return self.tailer.log_nodes(coords)
 
     async def _latest_cp(self) -> tuple[int, tlog.Checkpoint | None]:
-        msgs = await self._direct(self.cp_stream, {"last_by_subj": f"{self.prefix}.checkpoint"},
+        msgs = await self.direct.get(self.cp_stream, {"last_by_subj": f"{self.prefix}.checkpoint"},
                                   batch=False)
         if not msgs:
             return 0, None
@@ -793,7 +503,7 @@ class NatsStore:
                     return
                 if latest.size > 0:
                     await self._check_extends(latest, cp)
-            with _unavailable("storing a checkpoint"):
+            with unavailable("storing a checkpoint"):
                 reply = await self.nc.request(
                     f"{self.prefix}.checkpoint", cp.note.encode(), timeout=self.timeout,
                     headers={"Nats-Expected-Last-Subject-Sequence": str(seq)})
@@ -808,7 +518,7 @@ class NatsStore:
 
     async def _check_extends(self, old: tlog.Checkpoint, new: tlog.Checkpoint) -> None:
         """Refuse to store ``new`` unless this broker's tree proves it extends ``old``."""
-        if old.size > self._tree.size:
+        if old.size > self.tailer.size:
             raise UnavailableError("the latest checkpoint is beyond this broker's log",
                                    code=Code.STORE_UNAVAILABLE)
         wanted: list[tuple[int, int]] = []
@@ -818,7 +528,7 @@ class NatsStore:
             return b"\x00" * 32
 
         merkle.consistency_proof(plan, old.size, new.size)
-        nodes = await self.log_nodes(wanted)
+        nodes = self.tailer.log_nodes(wanted)
         proof = merkle.consistency_proof(lambda lv, ix: nodes[(lv, ix)], old.size, new.size)
         tlog.check_consistent(old, new, proof)
 
@@ -826,7 +536,7 @@ class NatsStore:
         out: list[tlog.Checkpoint] = []
         seq = 1
         while True:
-            msgs = await self._direct(self.cp_stream, {"seq": seq, "batch": PAGE}, batch=True)
+            msgs = await self.direct.get(self.cp_stream, {"seq": seq, "batch": PAGE}, batch=True)
             for m in msgs:
                 cp = _note(m.data.decode())
                 if cp.size >= since_size:

@@ -1,0 +1,234 @@
+"""What each broker derives from the records stream, in order: the tailer.
+
+Every broker reads the records stream from the start (on open) and then as it grows, and keeps in
+memory what deciding and serving need: the transparency log's tree and its stored nodes, each
+dataset's seqs and acceptance times, every key's current version, the references records hold
+to records not yet stored, and the newest records for live subscribers (``Tail``). What it holds
+is exactly what was committed and read back: ``log_state()`` never runs ahead of the stream.
+
+Brokers tell each other "appended up to seq N" on the core subject ``P.appended.<dataset>``
+(``hint``); a hint wakes the tailer at once, a lost one costs at most the idle poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import time
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+
+import msgspec
+import structlog
+
+from exchange.core import merkle, tlog
+from exchange.core.errors import Code, InternalError, UnavailableError
+from exchange.core.gate import Current
+from exchange.core.ledger import BatchRow, Entry, Reference, StoredRecord
+from exchange.core.signing import Statement
+from exchange.store.base import Tail
+from exchange.store.nats.direct import PAGE, DirectGets
+
+__all__ = ["Tailer"]
+
+logger = structlog.get_logger("exchange.store.nats")
+
+_entry = msgspec.msgpack.Decoder(Entry)
+_stmt = msgspec.msgpack.Decoder(Statement)
+
+
+class Tailer:
+    """The derived state of one broker, and the task that keeps it up with the stream."""
+
+    def __init__(self, direct: DirectGets, records_stream: str, *, timeout: float,
+                 idle_poll: float) -> None:
+        self.direct = direct
+        self.records_stream = records_stream
+        self.timeout = timeout
+        self.idle_poll = idle_poll
+        #: the newest records and their batches, for live subscribers
+        self.recent = Tail(-1)
+        self._tree = merkle.CompactRange()
+        self._levels: list[bytearray] = []
+        self._seqs: dict[str, array[int]] = {}
+        self._times: dict[str, array[float]] = {}
+        self._current: dict[tuple[str, str], Current] = {}
+        self._refs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self._watchers: list[Callable[[str, int], None]] = []
+        self._target = 0
+        self._applied = asyncio.Event()
+        self._hint = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- running ----------------------------------------------------------------------------
+
+    def watch(self, on_append: Callable[[str, int], None]) -> None:
+        """Call ``on_append(dataset, last_seq)`` whenever any broker's records are read back."""
+        self._watchers.append(on_append)
+
+    def hint(self, up_to: int | None = None) -> None:
+        """Something was appended (up to seq ``up_to``, if known): read on now."""
+        if up_to is not None:
+            self._target = max(self._target, up_to)
+        self._hint.set()
+
+    async def catch_up(self) -> None:
+        """Read the whole stream as it is now (before serving)."""
+        while await self.poll():
+            pass
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, self.timeout)
+            self._task = None
+
+    async def poll(self) -> int:
+        """Read and apply the next page of the records stream; how many entries it applied."""
+        size = self._tree.size
+        msgs = await self.direct.get(self.records_stream, {"seq": size + 1, "batch": PAGE},
+                                     batch=True)
+        touched: dict[str, int] = {}
+        recent: list[StoredRecord] = []
+        batches: list[BatchRow] = []
+        try:
+            for m in msgs:
+                assert m.headers is not None
+                stream_seq = int(m.headers["Nats-Sequence"])
+                if stream_seq != self._tree.size + 1:
+                    raise InternalError(f"records stream has a gap at {self._tree.size + 1}",
+                                        code=Code.LOG_DAMAGED)
+                e = _entry.decode(m.data)
+                batch = (BatchRow(stream_seq, _stmt.decode(e.statement), e.signature)
+                         if e.n == 0 and e.statement else None)
+                self._apply(stream_seq - 1, e)
+                touched[e.dataset] = stream_seq - 1
+                recent.append(e.stored(stream_seq - 1, stream_seq - e.n))
+                if batch is not None:
+                    batches.append(batch)
+        finally:
+            # every record applied is known, even when a later one of the page fails: live
+            # subscribers read it from memory, waiters and watchers hear of it
+            self.recent.add(recent, batches)
+            if recent:
+                self._applied.set()
+                self._applied = asyncio.Event()
+                for dataset, last in touched.items():
+                    for w in self._watchers:
+                        w(dataset, last)
+        return len(msgs)
+
+    def _apply(self, seq: int, e: Entry) -> None:
+        def keep(level: int, idx: int, h: bytes) -> None:
+            if level == len(self._levels):
+                self._levels.append(bytearray())
+            self._levels[level] += h
+
+        self._tree._on_node = keep
+        self._tree.append(tlog.entry_leaf(seq, e.dataset, e.publisher, e.digest, e.batch_root,
+                                          tlog.micros(e.accepted_at)))
+        seqs = self._seqs.get(e.dataset)
+        if seqs is None:
+            seqs = self._seqs[e.dataset] = array("q")
+            self._times[e.dataset] = array("d")
+        seqs.append(seq)
+        self._times[e.dataset].append(e.accepted_at)
+        self._current[(e.dataset, e.key)] = Current(e.version, e.content, seq)
+        if e.refs:
+            self._refs[(e.dataset, e.key)] = [tuple(r) for r in e.refs]  # type: ignore[misc]
+        else:
+            self._refs.pop((e.dataset, e.key), None)
+
+    async def _run(self) -> None:
+        backoff = 0.005
+        while True:
+            try:
+                if await self.poll():
+                    backoff = 0.005
+                    continue
+                if self._target >= self._tree.size:
+                    # told of entries this replica has not served yet: ask again soon
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 0.25)
+                    continue
+                self._hint.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hint.wait(), self.idle_poll)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # NATS down: keep trying; publishes are refused meanwhile
+                logger.warning("tail_failed", error=repr(err))
+                await asyncio.sleep(min(backoff * 4, 0.5))
+                backoff = min(backoff * 2, 0.25)
+
+    async def wait_applied(self, size: int) -> None:
+        """Until the tailer has read the log up to ``size`` entries (an I/O timeout, not
+        protocol timing: a replica that never serves them fails the caller, who retries)."""
+        deadline = time.monotonic() + max(self.timeout, 10.0)
+        self.hint(size - 1)
+        while self._tree.size < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UnavailableError(f"stored, but not read back within {self.timeout}s; "
+                                       "retry: the retry finds the records as duplicates",
+                                       code=Code.STORE_UNAVAILABLE)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._applied.wait(), left)
+
+    # -- what it knows ------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Entries read back: the committed log."""
+        return self._tree.size
+
+    def log_state(self) -> tuple[int, bytes]:
+        return self._tree.size, self._tree.root()
+
+    def log_nodes(self, coords: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        out: dict[tuple[int, int], bytes] = {}
+        for level, idx in coords:
+            if level < len(self._levels):
+                h = bytes(self._levels[level][idx * 32:idx * 32 + 32])
+                if len(h) == 32:
+                    out[(level, idx)] = h
+        return out
+
+    def head(self, dataset: str | None = None) -> int:
+        if dataset is None:
+            return self._tree.size - 1
+        seqs = self._seqs.get(dataset)
+        return seqs[-1] if seqs else -1
+
+    def seqs(self, dataset: str) -> Sequence[int]:
+        return self._seqs.get(dataset) or ()
+
+    def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]:
+        found = self._current
+        return {k: cur for k in keys if (cur := found.get((dataset, k))) is not None}
+
+    def unresolved(self) -> Iterator[Reference]:
+        for (dataset, key), targets in self._refs.items():
+            for target, target_key in targets:
+                if (target, target_key) not in self._current:
+                    yield (target, target_key, dataset, key)
+
+    def seq_before_time(self, dataset: str, t: float) -> int:
+        # accepted_at comes from each broker's clock, so it is not monotonic in seq: scan
+        seqs, times = self._seqs.get(dataset), self._times.get(dataset)
+        if not seqs or times is None:
+            return -1
+        best = -1
+        for s, at in zip(seqs, times, strict=True):
+            if at < t:
+                best = s
+        return best
+
+    def count_after(self, dataset: str, seq: int) -> int:
+        seqs = self._seqs.get(dataset)
+        return len(seqs) - bisect.bisect_right(seqs, seq) if seqs else 0
