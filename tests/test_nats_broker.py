@@ -19,7 +19,6 @@ from tests.nats_fixtures import start_broker_on, store_url
 from tests.test_broker_e2e import (
     test_population_reaches_tax_verified_and_projected as _e2e,
 )
-from tests.test_log import test_receipts_checkpoints_and_proofs as _log_proofs
 from tests.test_subscribe import (
     test_credits_bound_every_frame as _credits,
 )
@@ -27,6 +26,7 @@ from tests.test_subscribe import (
     test_cumulative_acks_persist_across_reconnects as _acks,
 )
 from tests.test_subscribe import test_start_latest as _latest
+from tests.test_tlog_broker import test_receipts_checkpoints_and_proofs as _log_proofs
 
 POP = OWNERS["population"]
 nats_single = nats_fixtures.nats_single

@@ -16,7 +16,7 @@ from exchange.core.signing import Verifier
 from exchange.store.base import StaleRead
 from exchange.store.nats.server import NatsCluster
 from tests import nats_fixtures
-from tests.conftest import make_pki, people
+from tests.conftest import TODAY, make_pki, people
 from tests.nats_fixtures import two_stores
 from tests.test_store_contract import POP, SPEC, batch_of, publish
 
@@ -33,7 +33,7 @@ async def test_a_decision_made_stale_by_another_broker_is_refused(
         mine = batch_of(pki_dir, [{**p, "full_name": "Trần Văn Một"}], version=2, seed=2)
         checked = gate.check(mine, node=POP, spec=SPEC,
                              verifier=Verifier(pki.load_signing_registry(pki_dir)),
-                             limits=Limits(), ctx=datasets.RuleContext())
+                             limits=Limits(), ctx=datasets.RuleContext(today=TODAY))
         decided = gate.decide(checked, await a.current("population", [p["id"]]))
         assert len(decided.accepted) == 1 and decided.replaces == [0]
         # ... broker B (once it has read version 1) stores a different version 2 meanwhile,

@@ -6,7 +6,9 @@ core is whatever lives under ``exchange/core/``: the list is globbed, never kept
 
 from __future__ import annotations
 
+import ast
 import json
+import pathlib
 import pkgutil
 import subprocess
 import sys
@@ -44,3 +46,37 @@ def test_probe_detects_a_forbidden_import() -> None:
     out = subprocess.run([sys.executable, "-c", PROBE, "asyncio"], capture_output=True,
                          text=True, check=True, timeout=60)
     assert "asyncio" in json.loads(out.stdout)
+
+
+#: what would make the core read the clock, draw randomness or touch the machine
+IMPURE_MODULES = {"time", "random", "secrets", "os", "socket", "threading", "uuid", "subprocess"}
+CLOCK_CALLS = {"now", "today", "utcnow", "monotonic", "perf_counter", "urandom"}
+
+
+def _impurities(source: str, where: str) -> list[str]:
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module.split(".")[0]]
+        found += [f"{where}: import {n}" for n in names if n in IMPURE_MODULES]
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in CLOCK_CALLS):
+            found.append(f"{where}:{node.lineno}: .{node.func.attr}()")
+    return found
+
+
+def test_the_core_reads_no_clock_and_draws_no_randomness() -> None:
+    """Time and randomness come in as arguments (a clock in the shell, a seed per batch), so
+    every decision of the core can be replayed and tested without waiting."""
+    found = [f for path in pathlib.Path(exchange.core.__path__[0]).rglob("*.py")
+             for f in _impurities(path.read_text(encoding="utf-8"), path.name)]
+    assert found == []
+
+
+def test_the_scan_sees_a_clock_read() -> None:
+    assert _impurities("import datetime as dt\nx = dt.datetime.now()\n", "x") == [
+        "x:2: .now()"]
+    assert _impurities("from os import urandom\n", "y") == ["y: import os"]

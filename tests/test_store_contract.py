@@ -20,7 +20,7 @@ from exchange.store.base import Store
 from exchange.store.nats.store import NatsStore
 from exchange.store.sqlite import SqliteStore
 from tests import nats_fixtures
-from tests.conftest import OWNERS, SEALED_AT, make_pki, people
+from tests.conftest import OWNERS, SEALED_AT, TODAY, make_pki, people
 from tests.nats_fixtures import store_url
 
 POP = OWNERS["population"]
@@ -72,7 +72,7 @@ async def publish(store: Store, pki_dir: Path, batch: Batch, dead: list[DeadLett
                   ) -> tuple[gate.Decided, int, int]:
     checked = gate.check(batch, node=POP, spec=SPEC,
                          verifier=Verifier(pki.load_signing_registry(pki_dir)), limits=Limits(),
-                         ctx=datasets.RuleContext())
+                         ctx=datasets.RuleContext(today=TODAY))
     current = await store.current("population", [c.key for c in checked.candidates])
     decided = gate.decide(checked, current)
     if not decided.accepted:
@@ -110,7 +110,7 @@ async def test_append_read_current_and_batches(store: Store, pki_dir: Path) -> N
     await publish(store, pki_dir, batch_of(pki_dir, [ps[1]], seed=3))
     d3 = gate.decide(gate.check(batch_of(pki_dir, [ps[0], ps[1]], seed=4), node=POP, spec=SPEC,
                                 verifier=Verifier(pki.load_signing_registry(pki_dir)),
-                                limits=Limits(), ctx=datasets.RuleContext()),
+                                limits=Limits(), ctx=datasets.RuleContext(today=TODAY)),
                      await store.current("population", [ps[0]["id"], ps[1]["id"]]))
     assert [v.code for v in d3.rejected] == ["stale_version"] and d3.duplicates[0].seq == 1
 
@@ -245,7 +245,7 @@ async def test_group_append_is_one_commit_in_group_order(store: Store, pki_dir: 
                batch_of(pki_dir, ps[4:], seed=3)]
     # the middle batch had nothing accepted: only its dead letter goes with the group
     checked = [gate.check(b, node=POP, spec=SPEC, verifier=verifier, limits=Limits(),
-                          ctx=datasets.RuleContext()) for b in batches]
+                          ctx=datasets.RuleContext(today=TODAY)) for b in batches]
     checked[1] = gate.Checked([], [])
     decisions = gate.decide_group([("population", c) for c in checked], {})
     appends = [ledger.Append(POP, "population", b, d, [dead(i)] if i == 1 else [])

@@ -26,6 +26,7 @@ from exchange.core.wire import Hello, Records
 from exchange.node import Delivery, Node, Record
 from tests.conftest import (
     OWNERS,
+    TODAY,
     Env,
     broker_config,
     people,
@@ -273,7 +274,8 @@ class Timed:
 @pytest.fixture
 async def timed(env: Env, tmp_path: Path) -> AsyncIterator[Timed]:
     config = broker_config(env.pki_dir, tmp_path / "timed")
-    clock = FakeClock()
+    # noon on the suites' day: the generated records' dates are in its past
+    clock = FakeClock(dt.datetime.combine(TODAY, dt.time(12), dt.UTC).timestamp())
     broker, runner, url = await start_broker(config, clock=clock)
     try:
         yield Timed(url, clock, broker)

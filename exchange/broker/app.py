@@ -20,7 +20,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exchange import audit, pki
-from exchange.broker.checkpoints import LogService
+from exchange.broker.checkpoints import TlogService
 from exchange.broker.hub import Hub
 from exchange.broker.metrics import QualityTracker
 from exchange.broker.publish import Publisher
@@ -76,9 +76,9 @@ class Broker:
                                    verifier=self.verifier, limits=lambda: self.limits,
                                    on_append=self.hub.appended, quality=self.quality,
                                    clock=clock)
-        self.log = LogService(
+        self.tlog = TlogService(
             store, tlog.NoteKey.from_private(self.log_origin, self.identity.signing_key),
-            self.log_origin, config.checkpoint_interval_s)
+            self.log_origin, config.checkpoint_interval_s, clock=clock)
         self.subscriptions = Subscriptions(store=store, hub=self.hub,
                                            policy=lambda: self.policy,
                                            limits=lambda: self.limits, quality=self.quality,
@@ -382,7 +382,7 @@ def _ints(request: web.Request, *names: str) -> list[int]:
 
 async def log_checkpoint(request: web.Request) -> web.Response:
     """The latest signed checkpoint (C2SP tlog-checkpoint in a signed note), as text."""
-    cp = await request.app[BROKER].log.checkpoint()
+    cp = await request.app[BROKER].tlog.checkpoint()
     return web.Response(text=cp.note, content_type="text/plain")
 
 
@@ -390,25 +390,25 @@ async def log_key(request: web.Request) -> web.Response:
     """The checkpoint verifier key (signed-note vkey). Trust it via the broker's signing
     certificate (GET /v1/nodes/<broker>/certificate), not because this endpoint says so."""
     broker = request.app[BROKER]
-    return _ok({"origin": broker.log_origin, "vkey": broker.log.key.vkey,
+    return _ok({"origin": broker.log_origin, "vkey": broker.tlog.key.vkey,
                 "broker": broker.identity.node_id})
 
 
 async def log_inclusion(request: web.Request) -> web.Response:
     seq, size = _ints(request, "seq", "size")
-    proof = await request.app[BROKER].log.inclusion(seq, size)
+    proof = await request.app[BROKER].tlog.inclusion(seq, size)
     return _ok({"seq": seq, "size": size, "proof": proof})
 
 
 async def log_consistency(request: web.Request) -> web.Response:
     old, new = _ints(request, "from", "to")
-    proof = await request.app[BROKER].log.consistency(old, new)
+    proof = await request.app[BROKER].tlog.consistency(old, new)
     return _ok({"from": old, "to": new, "proof": proof})
 
 
 async def log_entries(request: web.Request) -> web.Response:
     start, end = _ints(request, "start", "end")
-    return _ok(await request.app[BROKER].log.entries(start, end))
+    return _ok(await request.app[BROKER].tlog.entries(start, end))
 
 
 def _tracker(broker: Broker) -> QualityTracker:
@@ -463,7 +463,7 @@ def create_app(broker: Broker) -> web.Application:
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await broker.store.open()
-        audit.write_trust(Path(broker.config.data_dir), broker.log_origin, broker.log.key,
+        audit.write_trust(Path(broker.config.data_dir), broker.log_origin, broker.tlog.key,
                           broker.signing_keys)
         if broker.quality is not None:
             await broker.quality.load()
@@ -475,7 +475,7 @@ def create_app(broker: Broker) -> web.Application:
         await broker.store.close()
 
     async def log_ctx(app: web.Application) -> AsyncIterator[None]:
-        async for _ in broker.log.run():
+        async for _ in broker.tlog.run():
             yield
 
     app.cleanup_ctx.append(store_ctx)

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
 
+from exchange.clock import SYSTEM, Clock
 from exchange.core import merkle, tlog
 from exchange.core.errors import Code, InputError, NotFound
 from exchange.store.base import Store
 
-__all__ = ["LogService"]
+__all__ = ["TlogService"]
 
 logger = structlog.get_logger("exchange.checkpoints")
 
@@ -38,13 +38,14 @@ def _plan(prove: Callable[[merkle.NodeReader], Any]) -> list[tuple[int, int]]:
     return wanted
 
 
-class LogService:
+class TlogService:
     def __init__(self, store: Store, key: tlog.NoteKey, origin: str,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, clock: Clock = SYSTEM) -> None:
         self.store = store
         self.key = key
         self.origin = origin
         self.interval = interval
+        self.clock = clock
         self.latest: tlog.Checkpoint | None = None
         # one signer at a time: the timer and GET /v1/log/checkpoint may both call checkpoint()
         self._signing = asyncio.Lock()
@@ -70,7 +71,7 @@ class LogService:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await self.clock.sleep_until(self.clock.monotonic() + self.interval)
             try:
                 await self.checkpoint()
             except Exception:  # never let the timer die; the next tick tries again
@@ -90,7 +91,7 @@ class LogService:
         if last is not None and last.size > 0:
             proof = await self.consistency(last.size, size)
             tlog.check_consistent(last, cp, proof)  # never sign a split view
-        await self.store.add_checkpoint(cp, time.time())
+        await self.store.add_checkpoint(cp, self.clock.time())
         self.latest = cp
         logger.debug("checkpoint", size=size)
         return cp

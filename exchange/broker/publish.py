@@ -11,6 +11,7 @@ row or picks a status.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,11 @@ class _Job:
     future: asyncio.Future[Outcome]
 
 
+def utc_date(t: float) -> dt.date:
+    """The UTC day of Unix time ``t``: what the domain rules compare dates against."""
+    return dt.datetime.fromtimestamp(t, dt.UTC).date()
+
+
 class Publisher:
     def __init__(self, *, store: Store, broker_id: str, signing_key: Ed25519PrivateKey,
                  verifier: Verifier, limits: Callable[[], Limits],
@@ -86,7 +92,8 @@ class Publisher:
         try:
             batch = decode_batch(body, content_type)
             checked = gate.check(batch, node=node, spec=spec, verifier=self.verifier,
-                                 limits=self._limits(), ctx=datasets.RuleContext(),
+                                 limits=self._limits(),
+                                 ctx=datasets.RuleContext(today=utc_date(self.clock.time())),
                                  scorer=quality.completeness if self.quality else None)
         except ExchangeError as err:
             await self.refuse(node, dataset, err, batch, body)

@@ -225,7 +225,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"exchange schema validate: cannot read {args.file}: {err.strerror or err}",
               file=sys.stderr)
         return 2
-    ctx = RuleContext(today=args.today) if args.today else RuleContext()
+    ctx = RuleContext(today=args.today or dt.datetime.now(dt.UTC).date())
     errors: list[dict[str, Any]] = []
     notes: list[dict[str, Any]] = []
     total = invalid = 0

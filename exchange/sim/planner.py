@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from exchange.core import datasets
+from exchange.core.datasets import RuleContext
 from exchange.core.errors import Code, InputError
 from exchange.sim.config import _FAULT_KINDS, AgencyConfig
 from exchange.sim.generate import FAULTS, Generator, fault
@@ -132,7 +133,7 @@ class Planner:
         if not fresh:
             return None
         data = fault(fresh[0], kind)
-        result = self.spec.validate(data)
+        result = self.spec.validate(data, RuleContext(today=self.today))
         key = self.key_of(data) if result.record is not None else "?"
         expect = result.violations[0].code if result.violations else "accepted"
         return Planned(kind, key, 1, data, expect)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from exchange.core.datasets import RuleContext
 from exchange.core.datasets.land import parcel_key
 from exchange.core.datasets.vehicle import compact_plate
 from exchange.core.errors import ExchangeError
@@ -376,7 +377,7 @@ class TaxAuthority(_KnowsPeople):
                 fresh = self.new_records(1)
                 if fresh and len(fresh[0]["tax_id"]) != 12:
                     data = fault(fresh[0], kind)
-                    result = self.spec.validate(data)
+                    result = self.spec.validate(data, RuleContext(today=self.today))
                     code = result.violations[0].code if result.violations else "accepted"
                     return Planned(kind, self.key_of(data), 1, data, code)
             return None

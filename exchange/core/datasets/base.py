@@ -24,9 +24,10 @@ __all__ = ["DatasetSpec", "RuleContext", "Validated", "schema_violation"]
 
 @dataclass(frozen=True)
 class RuleContext:
-    """What domain rules may depend on besides the record. Injected so rules stay deterministic."""
+    """What domain rules may depend on besides the record. Injected so rules stay deterministic:
+    the core never reads a clock, the caller says what day it is."""
 
-    today: dt.date = field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
+    today: dt.date
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class DatasetSpec:
         """A reusable JSON decoder straight into ``record_type`` (no intermediate dicts)."""
         return msgspec.json.Decoder(self.record_type)
 
-    def validate(self, data: Any, ctx: RuleContext | None = None) -> Validated:
+    def validate(self, data: Any, ctx: RuleContext) -> Validated:
         """Schema then domain rules. Never raises for bad input; returns the violations."""
         try:
             record = msgspec.convert(data, self.record_type)
@@ -152,7 +153,7 @@ class DatasetSpec:
             return Validated(None, [schema_violation(err, self.codes)])
         return self.check(record, ctx)
 
-    def validate_json(self, buf: bytes | str, ctx: RuleContext | None = None) -> Validated:
+    def validate_json(self, buf: bytes | str, ctx: RuleContext) -> Validated:
         """Decode one JSON ``data`` object and validate it; the fast path for bytes on the wire.
 
         Raises ``msgspec.DecodeError`` (not a ValidationError) only when ``buf`` is not JSON.
@@ -163,10 +164,8 @@ class DatasetSpec:
             return Validated(None, [schema_violation(err, self.codes)])
         return self.check(record, ctx)
 
-    def check(self, record: Any, ctx: RuleContext | None = None) -> Validated:
+    def check(self, record: Any, ctx: RuleContext) -> Validated:
         """Domain rules and normalisation notes for an already decoded ``record_type`` value."""
-        if ctx is None:
-            ctx = RuleContext()
         violations: list[Violation] = []
         for rule in self.rules:
             found = rule(record, ctx)

@@ -30,7 +30,7 @@ async def _publish(env: Env, batches: int, per: int, seed: int = 7) -> list[int]
             r = await pop.publish("population", [Record(p) for p in
                                                  people[b * per:(b + 1) * per]])
             assert r.accepted == per
-            sizes.append((await env.broker.log.checkpoint()).size)
+            sizes.append((await env.broker.tlog.checkpoint()).size)
     return sizes
 
 
