@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -59,22 +59,20 @@ def utc_date(t: float) -> dt.date:
     return dt.datetime.fromtimestamp(t, dt.UTC).date()
 
 
+@dataclass(kw_only=True)
 class Publisher:
-    def __init__(self, *, store: Store, broker_id: str, signing_key: Ed25519PrivateKey,
-                 verifier: Verifier, limits: Callable[[], Limits],
-                 on_append: Callable[[str, int], None],
-                 quality: QualityTracker | None = None, clock: Clock = SYSTEM) -> None:
-        self.store = store
-        self.broker_id = broker_id
-        self.key = signing_key
-        self.verifier = verifier
-        self._limits = limits
-        self._on_append = on_append
-        self.quality = quality
-        self.clock = clock
-        # one writer task: the version decision and the append must see the same state
-        self._pending: list[_Job] = []
-        self._writer: asyncio.Task[None] | None = None
+    store: Store
+    broker_id: str
+    signing_key: Ed25519PrivateKey
+    verifier: Verifier
+    limits: Callable[[], Limits]
+    #: told (dataset, last seq) after every append: live subscribers wake
+    on_append: Callable[[str, int], None]
+    quality: QualityTracker | None = None
+    clock: Clock = SYSTEM
+    # one writer task: the version decision and the append must see the same state
+    _pending: list[_Job] = field(default_factory=list)
+    _writer: asyncio.Task[None] | None = None
 
     async def refuse(self, node: str, dataset: str, err: ExchangeError,
                      batch: Batch | None, body: bytes) -> None:
@@ -92,7 +90,7 @@ class Publisher:
         try:
             batch = decode_batch(body, content_type)
             checked = gate.check(batch, node=node, spec=spec, verifier=self.verifier,
-                                 limits=self._limits(),
+                                 limits=self.limits(),
                                  ctx=datasets.RuleContext(today=utc_date(self.clock.time())),
                                  scorer=quality.completeness if self.quality else None)
         except ExchangeError as err:
@@ -113,7 +111,7 @@ class Publisher:
         batch of bounded size (NATS) takes at most a batch's worth."""
         cap = MAX_GROUP_RECORDS
         if self.store.atomic_batch_bounded:
-            cap = min(cap, self._limits().max_batch_records)
+            cap = min(cap, self.limits().max_batch_records)
         k, records = 1, len(self._pending[0].batch.records)
         while k < min(MAX_GROUP, len(self._pending)):
             records += len(self._pending[k].batch.records)
@@ -197,10 +195,10 @@ class Publisher:
             self.quality.add(deltas)
         for a in group:
             if a.decided.accepted:
-                self._on_append(a.dataset, appended.first_seq + a.decided.offset
+                self.on_append(a.dataset, appended.first_seq + a.decided.offset
                                 + len(a.decided.accepted) - 1)
         log_size, log_root = self.store.log_state()
         receipts = ledger.receipts(self.broker_id, group, appended.first_seq, log_size,
                                    log_root, rfc3339(now))
         # one signature for the group's receipts, as publishers sign their batches
-        return [ledger.outcome(s) for s in sign_receipts(self.key, receipts)]
+        return [ledger.outcome(s) for s in sign_receipts(self.signing_key, receipts)]

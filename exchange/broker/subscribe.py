@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -36,20 +37,19 @@ __all__ = ["Subscriptions"]
 logger = structlog.get_logger("exchange.subscribe")
 
 
+@dataclass(kw_only=True)
 class Subscriptions:
-    def __init__(self, *, store: Store, hub: Hub, policy: Callable[[], Policy],
-                 limits: Callable[[], Limits], quality: QualityTracker | None = None,
-                 clock: Clock = SYSTEM) -> None:
-        self.store = store
-        self.quality = quality
-        self.hub = hub
-        self.clock = clock
-        self._policy = policy
-        self._limits = limits
-        self.cache = FrameCache()
-        #: the feeds of the connected subscriptions, by (node, dataset, name)
-        self.live: dict[tuple[str, str, str], Feed] = {}
-        self._changed = asyncio.Event()
+    store: Store
+    hub: Hub
+    policy: Callable[[], Policy]
+    limits: Callable[[], Limits]
+    quality: QualityTracker | None = None
+    clock: Clock = SYSTEM
+    #: what the feeds of this broker share: batch statements, encoded records
+    cache: FrameCache = field(default_factory=FrameCache)
+    #: the feeds of the connected subscriptions, by (node, dataset, name)
+    live: dict[tuple[str, str, str], Feed] = field(default_factory=dict)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def next_change(self) -> asyncio.Event:
         """An event set at the next credit, stored ack or connection change of any live
@@ -63,14 +63,14 @@ class Subscriptions:
     async def handle(self, request: web.Request, node: str) -> web.StreamResponse:
         dataset = request.match_info["dataset"]
         req = parse_request(request.query)
-        agreement, granted = self._policy().check_subscribe(node, dataset, self.clock.utcnow())
+        agreement, granted = self.policy().check_subscribe(node, dataset, self.clock.utcnow())
         acked = await self._position(node, dataset, req)
         key = (node, dataset, req.name)
         if key in self.live:
             # a conflict with the live connection (409), not a broker fault (500)
             raise ConflictError(f"subscription {req.name!r} on {dataset} is already connected",
                                 code=Code.SUBSCRIPTION_BUSY)
-        limits = self._limits()
+        limits = self.limits()
         ws = web.WebSocketResponse(heartbeat=limits.idle_timeout_s / 2,
                                    max_msg_size=64 * 1024)
         await ws.prepare(request)
@@ -121,7 +121,7 @@ class Subscriptions:
         """None while the agreement still grants what the feed projects, else the close code
         and reason (a catalogue code, which the SDK rebuilds as the error it names)."""
         try:
-            now, now_granted = self._policy().check_subscribe(node, dataset,
+            now, now_granted = self.policy().check_subscribe(node, dataset,
                                                               self.clock.utcnow())
         except (Forbidden, NotFound) as err:
             return CLOSE_FORBIDDEN, err.code

@@ -21,14 +21,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange.clock import SYSTEM, Clock
-from exchange.core.receipts import ReceiptChecker
-from exchange.core.signing import Verifier
 from exchange.core.verify import Delivery
 from exchange.node.client import Client, NodeConfig
 from exchange.node.monitor import TlogMonitor
 from exchange.node.publisher import Publisher, PublishResult, Record
 from exchange.node.subscriber import Handler, Subscription
-from exchange.pki import Identity
 
 __all__ = ["Delivery", "Handler", "Node", "NodeConfig", "PublishResult", "Record",
            "Subscription", "TlogMonitor"]
@@ -60,26 +57,9 @@ class Node:
         await self.client.close()
 
     @property
-    def identity(self) -> Identity:
-        return self.client.identity
-
-    @property
     def url(self) -> str:
         """The broker this node talks to now."""
         return self.client.url
-
-    @property
-    def verifier(self) -> Verifier:
-        return self.client.verifier
-
-    @property
-    def receipts(self) -> ReceiptChecker:
-        return self.publisher.receipts
-
-    @property
-    def normalised(self) -> int:
-        """Records normalisation changed before signing."""
-        return self.publisher.normalised
 
     async def trust(self, node: str) -> Ed25519PublicKey:
         """The signing key of ``node``, from its certificate checked against the exchange CA."""

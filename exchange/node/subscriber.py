@@ -39,19 +39,22 @@ _server_json = msgspec.json.Decoder(RecordsIn | Hello)
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
-class Subscription:
-    """A running subscription: verified records to ``handler``, acks after it returns."""
+class Subscription(Inbox):
+    """A running subscription: verified records to ``handler``, acks after it returns.
+
+    It is the subscriber's ``Inbox`` (what it verified, delivered, dropped and kept as evidence)
+    with a WebSocket pump around it."""
 
     def __init__(self, client: Client, dataset: str, name: str, handler: Handler, *,
                  start: str, credits: int, monitor: TlogMonitor | None = None,
                  on_stop: Callable[[Subscription], None] | None = None) -> None:
+        super().__init__(client.verifier)
         self.client = client
         self.dataset = dataset
         self.name = name
         self.handler = handler
         self.start_at = start
         self.credits = credits
-        self.inbox = Inbox(client.verifier)
         self.reconnects = 0
         self.handler_errors = 0
         self.hello: Hello | None = None
@@ -62,32 +65,6 @@ class Subscription:
         self._stopping = False
         #: the broker this subscription last tried
         self._url = client.url
-
-    # what the inbox counted, under the names subscribers know
-    @property
-    def last_seq(self) -> int:
-        return self.inbox.last_seq
-
-    @property
-    def delivered(self) -> int:
-        return self.inbox.delivered
-
-    @property
-    def verified(self) -> int:
-        return self.inbox.verified
-
-    @property
-    def dropped_duplicates(self) -> int:
-        return self.inbox.dropped_duplicates
-
-    @property
-    def redelivered(self) -> int:
-        return self.inbox.redelivered
-
-    @property
-    def evidence(self) -> list[tuple[int, str]]:
-        """(seq, code) of records that failed verification: never handed to the handler."""
-        return self.inbox.evidence
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -193,7 +170,7 @@ class Subscription:
     async def process(self, frame: Records) -> int | None:
         """Verify a frame and hand its records to the handler; the seq to ack, once every
         record is dealt with (None: nothing to ack)."""
-        for signer in self.inbox.signers(frame):
+        for signer in self.signers(frame):
             try:
                 await self.client.trust(signer)
             except UnavailableError:
@@ -204,7 +181,7 @@ class Subscription:
                 logger.error("signer_untrusted", signer=signer, code=err.code)
         monitor = self._monitor
         sample = self.client.config.verify_inclusion
-        for item in self.inbox.receive(frame):
+        for item in self.receive(frame):
             if isinstance(item, Evidence):
                 # loudly: a record that does not verify means someone altered it in transit
                 logger.error("record_verification_failed", seq=item.seq, code=item.code,
@@ -213,5 +190,5 @@ class Subscription:
                 if monitor is not None and sample and random.random() < sample:
                     monitor.check_later(item.delivery.seq, item.leaf())
                 await self.handler(item.delivery)
-                self.inbox.handled(item)
-        return self.inbox.ack
+                self.handled(item)
+        return self.ack

@@ -21,17 +21,9 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from exchange.core import merkle, tlog
+from exchange.core import ledger, merkle, tlog
 from exchange.core.errors import Code, InternalError, UnavailableError
 from exchange.core.gate import Current
-from exchange.core.ledger import (
-    BatchRow,
-    DeadLetter,
-    Plan,
-    QualityRow,
-    Reference,
-    StoredRecord,
-)
 from exchange.core.signing import Statement
 from exchange.store.base import Appended, SubscriptionRow, Tail
 
@@ -125,8 +117,8 @@ _json = msgspec.json.Encoder()
 def _commit_group(batch_rows: list[tuple[object, ...]], rows: list[tuple[object, ...]],
                   cur_rows: list[tuple[str, str, int, bytes, int]],
                   nodes: list[tuple[int, int, bytes]],
-                  refs: dict[tuple[str, str], list[Reference]],
-                  dead_rows: list[tuple[object, ...]], quality: list[QualityRow],
+                  refs: dict[tuple[str, str], list[ledger.Reference]],
+                  dead_rows: list[tuple[object, ...]], quality: list[ledger.QualityRow],
                   db: sqlite3.Connection) -> None:
     """One group append as one transaction, run on the writer's thread: all or nothing."""
     with _transaction(db):
@@ -294,7 +286,7 @@ class SqliteStore:
                 out[key] = Current(version, content, seq)
         return out
 
-    async def append(self, plan: Plan) -> Appended:
+    async def append(self, plan: ledger.Plan) -> Appended:
         """A group commit in one transaction: one fsync for all of its batches, every row from
         the plan, the log's new nodes with them."""
         async with self._writing:
@@ -315,7 +307,7 @@ class SqliteStore:
                 ids.append(batch_id)
                 batch_rows.append((batch_id, b.publisher, b.dataset, _body.encode(b.statement),
                                    b.signature, plan.now))
-            tail: list[StoredRecord] = []
+            tail: list[ledger.StoredRecord] = []
             rows: list[tuple[object, ...]] = []
             cur_rows: list[tuple[str, str, int, bytes, int]] = []
             seq = first
@@ -396,7 +388,7 @@ class SqliteStore:
                 raise asyncio.CancelledError
 
     @staticmethod
-    def _dead_rows(dead: Sequence[DeadLetter]) -> list[tuple[object, ...]]:
+    def _dead_rows(dead: Sequence[ledger.DeadLetter]) -> list[tuple[object, ...]]:
         return [(d.publisher, d.dataset, d.received_at, d.index, d.code, d.path, d.message,
                  d.record) for d in dead]
 
@@ -434,21 +426,21 @@ class SqliteStore:
         note: str = row[0]
         return tlog.Checkpoint.parse(note.split("\n\n")[0] + "\n", note)
 
-    async def add_dead_letters(self, dead: Sequence[DeadLetter], *,
-                               quality: Sequence[QualityRow] = ()) -> None:
+    async def add_dead_letters(self, dead: Sequence[ledger.DeadLetter], *,
+                               quality: Sequence[ledger.QualityRow] = ()) -> None:
         if dead or quality:
             await self._write((_INSERT_DEAD, self._dead_rows(dead), True),
                               (_UPSERT_QUALITY, list(quality), True))
 
-    async def save_quality(self, rows: Sequence[QualityRow]) -> None:
+    async def save_quality(self, rows: Sequence[ledger.QualityRow]) -> None:
         if rows:
             await self._write((_UPSERT_QUALITY, list(rows), True))
 
-    async def load_quality(self) -> list[QualityRow]:
+    async def load_quality(self) -> list[ledger.QualityRow]:
         return [(d, p, c) for d, p, c in await self._rows(
             "SELECT dataset, publisher, counters FROM quality")]
 
-    async def other_quality(self) -> list[QualityRow]:
+    async def other_quality(self) -> list[ledger.QualityRow]:
         """No other broker process writes this store."""
         return []
 
@@ -457,15 +449,16 @@ class SqliteStore:
         return {d: int(n) for d, n in await self._rows(
             "SELECT dataset, COUNT(*) FROM unresolved GROUP BY dataset")}
 
-    async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[Reference]:
+    async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[ledger.Reference]:
         return [(t, tk, d, k) for t, tk, d, k in await self._rows(
             "SELECT target_dataset, target_key, dataset, key FROM unresolved WHERE dataset=? "
             "ORDER BY key LIMIT ?", (dataset, limit))]
 
-    def _records(self, rows: Sequence[sqlite3.Row | tuple[object, ...]]) -> list[StoredRecord]:
-        return [StoredRecord(*r) for r in rows]
+    def _records(self, rows: Sequence[sqlite3.Row | tuple[object, ...]]
+                 ) -> list[ledger.StoredRecord]:
+        return [ledger.StoredRecord(*r) for r in rows]
 
-    async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]:
+    async def read(self, dataset: str, after: int, limit: int) -> list[ledger.StoredRecord]:
         recent = self._tail.read(dataset, after, limit)
         if recent is not None:
             return recent
@@ -474,7 +467,7 @@ class SqliteStore:
             "FROM records WHERE dataset=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
             (dataset, after, self._head, limit)))
 
-    async def read_range(self, start: int, end: int) -> list[StoredRecord]:
+    async def read_range(self, start: int, end: int) -> list[ledger.StoredRecord]:
         return self._records(await self._rows(
             "SELECT seq, dataset, key, version, batch_id, idx, accepted_at, digest, body "
             "FROM records WHERE seq>=? AND seq<? AND seq<=? ORDER BY seq",
@@ -486,7 +479,7 @@ class SqliteStore:
             "AND seq<=?", (dataset, t, self._head))
         return int(row[0]) if row else -1
 
-    async def batches(self, ids: Sequence[int]) -> dict[int, BatchRow]:
+    async def batches(self, ids: Sequence[int]) -> dict[int, ledger.BatchRow]:
         out = self._tail.batches(ids)
         unique = [i for i in dict.fromkeys(ids) if i not in out]
         for i in range(0, len(unique), 900):
@@ -494,7 +487,7 @@ class SqliteStore:
             for bid, stmt, sig in await self._rows(
                     f"SELECT id, statement, signature FROM batches WHERE id IN "
                     f"({','.join('?' * len(chunk))})", chunk):
-                out[bid] = BatchRow(bid, _stmt_dec.decode(stmt), sig)
+                out[bid] = ledger.BatchRow(bid, _stmt_dec.decode(stmt), sig)
         return out
 
     async def subscription(self, node: str, dataset: str, name: str) -> SubscriptionRow | None:
@@ -527,8 +520,8 @@ class SqliteStore:
             (dataset, seq, self._head))
         return int(row[0]) if row else 0
 
-    async def dead_letters(self, publisher: str, after: int, limit: int) -> list[DeadLetter]:
-        return [DeadLetter(id=r[0], publisher=r[1], dataset=r[2], received_at=r[3],
+    async def dead_letters(self, publisher: str, after: int, limit: int) -> list[ledger.DeadLetter]:
+        return [ledger.DeadLetter(id=r[0], publisher=r[1], dataset=r[2], received_at=r[3],
                            index=r[4], code=r[5], path=r[6], message=r[7], record=r[8])
                 for r in await self._rows(
                     "SELECT id, publisher, dataset, received_at, idx, code, path, message, "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -40,19 +41,19 @@ class SubValue(msgspec.Struct, frozen=True, array_like=True):
 _sub = msgspec.msgpack.Decoder(SubValue)
 
 
+@dataclass
 class Buckets:
     """Subscription positions and quality counters in JetStream KV."""
 
-    def __init__(self, nc: Callable[[], Client], direct: DirectGets, *, subs_bucket: str,
-                 quality_bucket: str, instance: str, timeout: float) -> None:
-        self._nc = nc
-        self.direct = direct
-        self.subs_bucket = subs_bucket
-        self.quality_bucket = quality_bucket
-        self.instance = instance
-        self.timeout = timeout
-        self._handles: dict[str, Any] = {}
-        self._subs_seen: dict[str, tuple[int, SubValue]] = {}
+    nc: Callable[[], Client]
+    direct: DirectGets
+    subs_bucket: str
+    quality_bucket: str
+    #: this broker process's own prefix for its quality counters
+    instance: str
+    timeout: float
+    _handles: dict[str, Any] = field(default_factory=dict)
+    _subs_seen: dict[str, tuple[int, SubValue]] = field(default_factory=dict)
 
     def forget(self) -> None:
         """Drop the bucket handles (the connection closed)."""
@@ -62,7 +63,7 @@ class Buckets:
         """A KV bucket's handle, looked up once (each lookup is a stream-info round trip)."""
         kv = self._handles.get(name)
         if kv is None:
-            kv = self._handles[name] = await self._nc().jetstream(
+            kv = self._handles[name] = await self.nc().jetstream(
                 timeout=self.timeout).key_value(name)
         return kv
 

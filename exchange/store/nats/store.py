@@ -60,18 +60,9 @@ import structlog
 import nats
 import nats.errors
 import nats.js.errors
-from exchange.core import merkle, tlog
+from exchange.core import ledger, merkle, tlog
 from exchange.core.errors import Code, InputError, IntegrityError, UnavailableError
 from exchange.core.gate import Current
-from exchange.core.ledger import (
-    BatchRow,
-    DeadLetter,
-    Entry,
-    Plan,
-    QualityRow,
-    Reference,
-    StoredRecord,
-)
 from exchange.core.signing import Statement
 from exchange.store.base import Appended, StaleRead, SubscriptionRow
 from exchange.store.nats.direct import PAGE, DirectGets, unavailable
@@ -86,8 +77,8 @@ __all__ = ["NatsStore", "parse_url", "token"]
 logger = structlog.get_logger("exchange.store.nats")
 
 _enc = msgspec.msgpack.Encoder()
-_entry = msgspec.msgpack.Decoder(Entry)
-_dead = msgspec.msgpack.Decoder(DeadLetter)
+_entry = msgspec.msgpack.Decoder(ledger.Entry)
+_dead = msgspec.msgpack.Decoder(ledger.DeadLetter)
 _stmt = msgspec.msgpack.Decoder(Statement)
 _pub_ack = msgspec.json.Decoder(dict[str, Any])
 
@@ -150,7 +141,7 @@ class NatsStore:
         self.kv = Buckets(lambda: self.nc, self.direct, subs_bucket=self.subs_bucket,
                           quality_bucket=self.quality_bucket, instance=uuid.uuid4().hex,
                           timeout=request_timeout)
-        self._batch_cache: dict[int, BatchRow] = {}
+        self._batch_cache: dict[int, ledger.BatchRow] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -300,7 +291,7 @@ class NatsStore:
                     await nc.publish(subject, data, headers=h)
         raise AssertionError("unreachable")
 
-    async def append(self, plan: Plan) -> Appended:
+    async def append(self, plan: ledger.Plan) -> Appended:
         """A group commit as one atomic NATS batch: all stored or none.
 
         Its records take consecutive seqs in plan order; each key's expected last subject
@@ -337,22 +328,22 @@ class NatsStore:
         return Appended([0 if b is None else first_seq + b.offset + 1 for b in plan.batches],
                         first_seq)
 
-    async def add_dead_letters(self, dead: Sequence[DeadLetter], *,
-                               quality: Sequence[QualityRow] = ()) -> None:
+    async def add_dead_letters(self, dead: Sequence[ledger.DeadLetter], *,
+                               quality: Sequence[ledger.QualityRow] = ()) -> None:
         self._check_connected()
         if dead:
             await self._atomic([(f"{self.prefix}.dead.{token(d.publisher)}", _enc.encode(d), {})
                                 for d in dead])
         await self.kv.save_quality(quality)
 
-    def _record(self, m: Msg) -> StoredRecord:
+    def _record(self, m: Msg) -> ledger.StoredRecord:
         assert m.headers is not None
         stream_seq = int(m.headers["Nats-Sequence"])
         e = _entry.decode(m.data)
-        return StoredRecord(stream_seq - 1, e.dataset, e.key, e.version, stream_seq - e.n,
+        return ledger.StoredRecord(stream_seq - 1, e.dataset, e.key, e.version, stream_seq - e.n,
                             e.index, e.accepted_at, e.digest, e.body)
 
-    async def _read_records(self, req: dict[str, Any], expected: int) -> list[StoredRecord]:
+    async def _read_records(self, req: dict[str, Any], expected: int) -> list[ledger.StoredRecord]:
         """A direct-get batch; a replica behind the leader may serve fewer than ``expected``
         (a prefix): ask again a few times before settling for what came."""
         delay = 0.005
@@ -367,7 +358,7 @@ class NatsStore:
             delay *= 2
         return []
 
-    async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]:
+    async def read(self, dataset: str, after: int, limit: int) -> list[ledger.StoredRecord]:
         recent = self.tailer.recent.read(dataset, after, limit)
         if recent is not None:
             return recent
@@ -383,9 +374,9 @@ class NatsStore:
             {"seq": seqs[i] + 1, "batch": want, "next_by_subj": f"{self.prefix}.rec.{dataset}.>",
              "up_to_seq": self.tailer.size}, want)
 
-    async def read_range(self, start: int, end: int) -> list[StoredRecord]:
+    async def read_range(self, start: int, end: int) -> list[ledger.StoredRecord]:
         end = min(end, self.tailer.size)
-        out: list[StoredRecord] = []
+        out: list[ledger.StoredRecord] = []
         while start < end:
             rows = await self._read_records(
                 {"seq": start + 1, "batch": min(PAGE, end - start), "up_to_seq": end},
@@ -402,7 +393,7 @@ class NatsStore:
     async def count_after(self, dataset: str, seq: int) -> int:
         return self.tailer.count_after(dataset, seq)
 
-    async def batches(self, ids: Sequence[int]) -> dict[int, BatchRow]:
+    async def batches(self, ids: Sequence[int]) -> dict[int, ledger.BatchRow]:
         recent = self.tailer.recent.batches(ids)
         if len(recent) == len(set(ids)):
             return recent
@@ -413,7 +404,7 @@ class NatsStore:
             for m in await self.direct.get(self.records_stream, {"seq": bid}, batch=False):
                 e = _entry.decode(m.data)
                 if e.n == 0 and e.statement:
-                    self._batch_cache[bid] = BatchRow(bid, _stmt.decode(e.statement),
+                    self._batch_cache[bid] = ledger.BatchRow(bid, _stmt.decode(e.statement),
                                                       e.signature)
 
         if unique:
@@ -424,7 +415,7 @@ class NatsStore:
 
     # -- dead letters --------------------------------------------------------------------------
 
-    async def dead_letters(self, publisher: str, after: int, limit: int) -> list[DeadLetter]:
+    async def dead_letters(self, publisher: str, after: int, limit: int) -> list[ledger.DeadLetter]:
         if limit <= 0:
             return []
         msgs = await self.direct.get(self.dead_stream, {
@@ -439,14 +430,14 @@ class NatsStore:
 
     # -- quality and references ------------------------------------------------------------
 
-    async def save_quality(self, rows: Sequence[QualityRow]) -> None:
+    async def save_quality(self, rows: Sequence[ledger.QualityRow]) -> None:
         await self.kv.save_quality(rows)
 
-    async def load_quality(self) -> list[QualityRow]:
+    async def load_quality(self) -> list[ledger.QualityRow]:
         """A new process counts from zero; what earlier ones counted is ``other_quality``."""
         return []
 
-    async def other_quality(self) -> list[QualityRow]:
+    async def other_quality(self) -> list[ledger.QualityRow]:
         return await self.kv.other_quality()
 
     async def unresolved_counts(self) -> dict[str, int]:
@@ -455,7 +446,7 @@ class NatsStore:
             out[dataset] = out.get(dataset, 0) + 1
         return out
 
-    async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[Reference]:
+    async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[ledger.Reference]:
         return sorted(r for r in self.tailer.unresolved() if r[2] == dataset)[:limit]
 
     # -- subscriptions -----------------------------------------------------------------------
