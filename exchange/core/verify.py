@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from exchange.core import datasets, tlog
 from exchange.core.envelope import parse_type
 from exchange.core.errors import Code, ExchangeError, IntegrityError
@@ -45,9 +47,9 @@ class Delivery:
     redelivered: bool
 
 
-@dataclass(frozen=True)
-class Deliver:
-    """A record that verified: hand it over."""
+class Deliver(msgspec.Struct, frozen=True):
+    """A record that verified: hand it over. (msgspec Structs: one per record, built in a
+    fraction of a frozen dataclass's time.)"""
 
     delivery: Delivery
     #: what the transparency log's entry binds, for an inclusion check
@@ -61,8 +63,7 @@ class Deliver:
                                self.statement.root, tlog.micros(d.accepted_at))
 
 
-@dataclass(frozen=True)
-class Evidence:
+class Evidence(msgspec.Struct, frozen=True):
     """A record that did not verify: someone altered it in transit."""
 
     seq: int
@@ -70,8 +71,7 @@ class Evidence:
     message: str
 
 
-@dataclass(frozen=True)
-class Seen:
+class Seen(msgspec.Struct, frozen=True):
     """A record already handled (a redelivery after a reconnect)."""
 
     seq: int

@@ -181,14 +181,15 @@ class Subscription(Inbox):
                 logger.error("signer_untrusted", signer=signer, code=err.code)
         monitor = self._monitor
         sample = self.client.config.verify_inclusion
+        handler = self.handler
         for item in self.receive(frame):
-            if isinstance(item, Evidence):
+            if type(item) is Deliver:
+                if sample and monitor is not None and random.random() < sample:
+                    monitor.check_later(item.delivery.seq, item.leaf())
+                await handler(item.delivery)
+                self.handled(item)
+            elif type(item) is Evidence:
                 # loudly: a record that does not verify means someone altered it in transit
                 logger.error("record_verification_failed", seq=item.seq, code=item.code,
                              detail=item.message)
-            elif isinstance(item, Deliver):
-                if monitor is not None and sample and random.random() < sample:
-                    monitor.check_later(item.delivery.seq, item.leaf())
-                await self.handler(item.delivery)
-                self.handled(item)
         return self.ack
