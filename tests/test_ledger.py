@@ -45,7 +45,7 @@ def test_the_plan_lays_out_the_group_in_order() -> None:
                group[1].batch.records[2].event.subject)
     assert keys == [(a, 1, 0, 0), (b, 1, 1, 1), (a, 2, 0, 0), (c, 1, 1, 2)]
     # the conditional append: a's second entry rides on its first
-    assert plan.first == [True, True, False, True]
+    assert plan.first() == [True, True, False, True]
     assert plan.replaces == [None, None, gate.IN_GROUP, None]
     assert [(x.offset, x.count) if x else None for x in plan.batches] == [(0, 2), (2, 2), None]
     # the statement travels with a batch's first entry only

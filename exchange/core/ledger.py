@@ -102,8 +102,12 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     record: bytes = b""
 
 
-class Entry(msgspec.Struct, frozen=True, array_like=True):
-    """One accepted record as every store keeps it (on NATS, the stream message itself)."""
+class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One accepted record as every store keeps it (on NATS, the stream message itself).
+
+    Out of the cycle collector's sight (``gc=False``: it holds no reference back to anything
+    that could hold it): a group commit's thousands of entries live across the commit's await,
+    and the collector would otherwise scan them on every pass meanwhile."""
 
     dataset: str
     key: str
@@ -123,7 +127,7 @@ class Entry(msgspec.Struct, frozen=True, array_like=True):
     signature: bytes = b""
     #: (dataset, key) of records this one refers to that the exchange did not hold when it was
     #: accepted; unresolved while the target stays missing
-    refs: list[tuple[str, str]] = []
+    refs: tuple[tuple[str, str], ...] = ()
 
     def stored(self, seq: int, batch_id: int) -> StoredRecord:
         return StoredRecord(seq, self.dataset, self.key, self.version, batch_id, self.index,
@@ -164,15 +168,24 @@ class Plan:
     #: the accepted records in group order: the group's first seq + i is entry i's seq
     entries: list[Entry] = field(default_factory=list)
     #: per entry, the seq of the stored version it replaces as the decision saw it (None: a new
-    #: key). ``first[i]`` marks a key's first entry in the group: a store shared by several
-    #: brokers makes the append conditional on exactly these (later ones ride on the first).
+    #: key; ``gate.IN_GROUP``: an entry earlier in the group). A store shared by several brokers
+    #: makes the append conditional on exactly these, at each key's first entry (``first``).
     replaces: list[int | None] = field(default_factory=list)
-    first: list[bool] = field(default_factory=list)
     #: per input batch (in group order): its place in ``entries``, or None when nothing of it was
     #: accepted
     batches: list[PlannedBatch | None] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     quality: list[QualityRow] = field(default_factory=list)
+
+    def first(self) -> list[bool]:
+        """Per entry, whether it is its key's first in the group (later ones ride on it)."""
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for e in self.entries:
+            pair = (e.dataset, e.key)
+            out.append(pair not in seen)
+            seen.add(pair)
+        return out
 
     def leaves(self, first_seq: int) -> Iterator[bytes]:
         """The transparency log's leaves of the entries, the group's first seq given: the log
@@ -199,7 +212,7 @@ class Plan:
 def plan(group: Sequence[Append], now: float, quality: Sequence[QualityRow] = ()) -> Plan:
     """The plan for a group of decided batches (in arrival order)."""
     out = Plan(now, quality=_last_per_pair(quality))
-    seen: set[tuple[str, str]] = set()
+    entries = out.entries
     for a in group:
         out.dead.extend(a.dead)
         accepted = a.decided.accepted
@@ -208,22 +221,21 @@ def plan(group: Sequence[Append], now: float, quality: Sequence[QualityRow] = ()
             continue
         st = a.batch.statement
         out.batches.append(PlannedBatch(a.publisher, a.dataset, st, a.batch.signature,
-                                        len(out.entries), len(accepted)))
+                                        len(entries), len(accepted)))
+        out.replaces.extend(a.decided.replaces)
         refs: dict[str, list[tuple[str, str]]] = {}
         for target, target_key, _, key in a.unresolved:
             refs.setdefault(key, []).append((target, target_key))
-        statement = _enc.encode(st)
+        dataset, publisher, root = a.dataset, a.publisher, st.root
         for n, c in enumerate(accepted):
-            body = _enc.encode(StoredBody(c.record.event, c.record.salts, c.commitments, c.path,
+            rec = c.record
+            body = _enc.encode(StoredBody(rec.event, rec.salts, c.commitments, c.path,
                                           c.completeness))
-            out.entries.append(Entry(
-                a.dataset, c.key, c.version, n, c.index, now, c.digest, c.content, a.publisher,
-                st.root, body, statement if n == 0 else b"",
-                a.batch.signature if n == 0 else b"", refs.get(c.key, [])))
-            out.replaces.append(a.decided.replaces[n])
-            pair = (a.dataset, c.key)
-            out.first.append(pair not in seen)
-            seen.add(pair)
+            found = refs.get(c.key)
+            entries.append(Entry(
+                dataset, c.key, c.version, n, c.index, now, c.digest, c.content, publisher,
+                root, body, _enc.encode(st) if n == 0 else b"",
+                a.batch.signature if n == 0 else b"", tuple(found) if found else ()))
     return out
 
 

@@ -300,7 +300,7 @@ class NatsStore:
         within the server's atomic batch limit (``limits.max_batch_records``)."""
         self._check_connected()
         msgs: list[tuple[str, bytes, dict[str, str]]] = []
-        for e, replaced, first in zip(plan.entries, plan.replaces, plan.first, strict=True):
+        for e, replaced, first in zip(plan.entries, plan.replaces, plan.first(), strict=True):
             headers = {}
             if first:
                 # conditional on exactly what the decision saw: the key's subject last written

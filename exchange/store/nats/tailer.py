@@ -140,7 +140,7 @@ class Tailer:
         self._times[e.dataset].append(e.accepted_at)
         self._current[(e.dataset, e.key)] = Current(e.version, e.content, seq)
         if e.refs:
-            self._refs[(e.dataset, e.key)] = [tuple(r) for r in e.refs]  # type: ignore[misc]
+            self._refs[(e.dataset, e.key)] = list(e.refs)
         else:
             self._refs.pop((e.dataset, e.key), None)
 
