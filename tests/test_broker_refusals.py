@@ -159,7 +159,7 @@ async def test_an_agreement_withdrawn_mid_stream_closes_the_subscription(env: En
         hello = msgspec.json.decode(await ws.receive_str(timeout=10))
         assert hello["type"] == "hello"
         config = env.broker.config
-        env.broker._apply(msgspec.structs.replace(config, agreements=[
+        env.broker.apply(msgspec.structs.replace(config, agreements=[
             a for a in config.agreements if a.subscriber != OWNERS["land"]]))
         await ws.send_str('{"type": "credit", "n": 1}')  # wakes the pump, which re-checks
         msg = await ws.receive(timeout=10)
@@ -388,7 +388,7 @@ async def test_an_agreement_narrowed_mid_stream_closes_the_subscription(env: Env
         hello = msgspec.json.decode(await ws.receive_str(timeout=10))
         assert "identity" in hello["granted"]
         config = env.broker.config
-        env.broker._apply(msgspec.structs.replace(config, agreements=[
+        env.broker.apply(msgspec.structs.replace(config, agreements=[
             msgspec.structs.replace(a, groups=["residence"]) if a.subscriber == TAX else a
             for a in config.agreements]))
         await ws.send_str('{"type": "credit", "n": 1}')  # wakes the pump, which re-checks

@@ -102,6 +102,8 @@ async def test_two_brokers_race_on_one_key_exactly_one_wins(tmp_path: Path,
 async def _settle(*brokers: object, size: int = 0) -> None:
     from tests.conftest import eventually
 
+    # a poll: each broker's tailer reads the stream on its own schedule; no one event covers
+    # them all
     await eventually(lambda: all(b.store.log_state()[0] >= size  # type: ignore[attr-defined]
                                  for b in brokers), what="brokers caught up")
 
@@ -129,6 +131,7 @@ async def test_nats_unreachable_is_503_and_nothing_is_lost(tmp_path: Path) -> No
 
             store = broker.store
             assert isinstance(store, NatsStore)
+            # a poll: the reconnect happens inside nats-py, whose callback the store owns
             await eventually(lambda: store.nc.is_connected, within=20, what="reconnect")
             async with Node(env.node_config(POP)) as pop:
                 result = await pop.publish("population", [Record(p) for p in ps])

@@ -147,6 +147,7 @@ async def run_until_caught_up(load: Load, task: asyncio.Task[None], extra: int) 
     load.stop.set()
     await asyncio.wait_for(task, 60)
     expected = load.receipted()
+    # a poll: the subscribers catch up on their own schedules, across broker fail-overs
     await eventually(lambda: all(expected <= set(load.handled[n]) for n in SUBSCRIBERS),
                      within=60, what="every subscriber has every receipted record")
 
@@ -202,7 +203,8 @@ async def test_nats_server_killed_and_restarted_under_load(tmp_path: Path,
             for s in subs:
                 await s.stop()
             # the transparency log came through too: a checkpoint covering every receipt, once
-            # the checkpoints stream has a leader again (stopping the broker signs none then)
+            # the checkpoints stream has a leader again (stopping the broker signs none then);
+            # a poll: the test sees the broker's checkpoint timer only through the API
             await eventually(lambda: checkpointed(load.pop, max(load.receipted()) + 1), within=30,
                              what="a checkpoint covering every receipted record")
     finally:

@@ -66,7 +66,7 @@ class Broker:
         self.started = clock.time()
         #: open WebSockets per node, bounded by limits.max_connections_per_node
         self.sockets: Counter[str] = Counter()
-        self._apply(config)
+        self.apply(config)
         self.verifier = Verifier(lambda node: self.signing_keys.get(node))
         self.quality = (QualityTracker(store, owners=lambda: self.policy.owners,
                                        clock=clock.time)
@@ -84,7 +84,9 @@ class Broker:
                                            limits=lambda: self.limits, quality=self.quality,
                                            clock=clock)
 
-    def _apply(self, config: BrokerConfig) -> None:
+    def apply(self, config: BrokerConfig) -> None:
+        """Take ``config`` as the one in force: access policy, limits, signing keys, CRL (what a
+        reload does after reading the file)."""
         groups = {name: dict(datasets.get(name).groups) for name in datasets.names()}
         for d in config.datasets:
             datasets.get(d.name)  # an unknown dataset in the config fails the (re)load
@@ -101,7 +103,7 @@ class Broker:
         config = self.config
         if self.config_path is not None:
             config = load_config(self.config_path)
-        self._apply(config)
+        self.apply(config)
         if self.tls is not None:
             self.tls.reload()
         logger.info("reloaded", datasets=len(config.datasets), agreements=len(config.agreements))

@@ -78,6 +78,10 @@ class Tail:
     def since(self, dataset: str) -> int:
         return self._since.get(dataset, self._start)
 
+    def held(self, dataset: str) -> int:
+        """How many records of ``dataset`` are held (at most ``capacity``)."""
+        return len(self._records.get(dataset, ()))
+
     def add(self, records: Sequence[StoredRecord], batches: Sequence[BatchRow]) -> None:
         """Records just committed, in seq order (called after the commit, never before)."""
         for r in records:

@@ -196,7 +196,7 @@ class SqliteStore:
         self._tail_records = tail_records
         self._writer: sqlite3.Connection | None = None
         self._writer_pool: ThreadPoolExecutor | None = None
-        self._tail = Tail(-1, tail_records)
+        self.tail = Tail(-1, tail_records)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -215,7 +215,7 @@ class SqliteStore:
             await self._db.executescript(SCHEMA)
             row = await self._one("SELECT COALESCE(MAX(seq), -1) FROM records")
             self._head = int(row[0]) if row else -1
-            self._tail = Tail(self._head, self._tail_records)
+            self.tail = Tail(self._head, self._tail_records)
             # every write runs on a connection of its own, each transaction in one hop to its
             # thread; the aiosqlite connection only reads
             self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -326,7 +326,7 @@ class SqliteStore:
                                     list(plan.quality))
             cancelled = await self._in_writer(job)
             self._head = seq - 1
-            self._tail.add(tail, plan.batch_rows(ids))
+            self.tail.add(tail, plan.batch_rows(ids))
             self._last_batch = batch_id
             self._tree = merkle.CompactRange(tree.size, tree.frontier)
             if cancelled:
@@ -459,7 +459,7 @@ class SqliteStore:
         return [ledger.StoredRecord(*r) for r in rows]
 
     async def read(self, dataset: str, after: int, limit: int) -> list[ledger.StoredRecord]:
-        recent = self._tail.read(dataset, after, limit)
+        recent = self.tail.read(dataset, after, limit)
         if recent is not None:
             return recent
         return self._records(await self._rows(
@@ -480,7 +480,7 @@ class SqliteStore:
         return int(row[0]) if row else -1
 
     async def batches(self, ids: Sequence[int]) -> dict[int, ledger.BatchRow]:
-        out = self._tail.batches(ids)
+        out = self.tail.batches(ids)
         unique = [i for i in dict.fromkeys(ids) if i not in out]
         for i in range(0, len(unique), 900):
             chunk = unique[i:i + 900]
