@@ -52,6 +52,7 @@ async def post_raw(s: aiohttp.ClientSession, body: bytes, ctype: str = "applicat
         assert problem["status"] == resp.status
         assert isinstance(problem["code"], str) and problem["code"]
         assert problem["type"].endswith("/" + problem["code"])
+        assert resp.headers["Problem-Code"] == problem["code"]  # for clients without the body
         return resp.status, problem["code"], problem
 
 
