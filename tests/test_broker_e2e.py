@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from exchange.clock import FakeClock
-from exchange.core.errors import Forbidden, RemoteError
+from exchange.core.envelope import rfc3339
+from exchange.core.errors import Forbidden, RemoteError, UnavailableError
+from exchange.core.ledger import StoredBody
 from exchange.node import Delivery, Node, Record
 from exchange.sim.generate import Generator
 from tests.conftest import OWNERS, TODAY, Env
@@ -119,3 +122,23 @@ async def test_a_batch_lingers_on_the_nodes_clock(env: Env) -> None:
     # one batch, one signature, sealed at the node's time
     assert one.receipts[0] is two.receipts[0]
     assert (one.receipts[0].receipt.accepted, one.seqs, two.seqs) == (3, [0, 1], [2])
+    stored = await env.broker.store.read("population", -1, 3)
+    times = {msgspec.msgpack.decode(r.body, type=StoredBody).event.time for r in stored}
+    assert times == {rfc3339(clock.time())}
+
+
+async def test_publish_retries_back_off_on_the_nodes_clock(env: Env) -> None:
+    """Between retries to an unreachable broker the node waits on its clock, then gives up."""
+    clock = FakeClock()
+    config = env.node_config(OWNERS["population"], brokers=["https://127.0.0.1:1"], retries=2,
+                             linger_s=0.0)
+    async with Node(config, clock=clock) as pop:
+        task = asyncio.create_task(pop.publish("population", [Record(
+            Generator(6, today=TODAY).population(1)[0])]))
+        for _ in range(2):  # two retries, each after a backoff on the clock
+            await clock.sleeping(1)
+            assert not task.done()
+            await clock.advance(10.0)
+        with pytest.raises(UnavailableError) as e:
+            await task
+    assert e.value.code == "broker_unreachable"

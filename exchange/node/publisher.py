@@ -154,10 +154,8 @@ class Publisher:
         timer.cancel()
         if getter in done:
             return getter.result()
+        # not done, so it took nothing: a cancelled Queue.get leaves its record queued
         getter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            # a record the getter took as it was cancelled is not lost
-            return await getter
         return None
 
     async def _flusher(self, dataset: str, q: asyncio.Queue[_Pending]) -> None:
