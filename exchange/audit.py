@@ -67,28 +67,44 @@ class Trust:
     origin: str
     log_key: Ed25519PublicKey
     signing_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    #: node id → key id → every key it was certified for: records signed before a rotation
+    history: dict[str, dict[str, Ed25519PublicKey]] = field(default_factory=dict)
 
     @classmethod
     def from_pki(cls, pki_dir: Path, origin: str | None = None) -> Trust:
         broker = pki.load_broker_identity(pki_dir)
         return cls(origin or f"{broker.node_id}/log", broker.signing_public_key,
-                   pki.load_signing_registry(pki_dir))
+                   pki.load_signing_registry(pki_dir), _history(pki_dir))
 
     @classmethod
     def from_file(cls, path: Path) -> Trust:
         raw = json.loads(path.read_text(encoding="utf-8"))
         key = tlog.NoteKey.from_vkey(raw["vkey"])
-        return cls(key.name, key.public, {n: pki.decode_public_key(k)
-                                          for n, k in raw["signing_keys"].items()})
+        return cls(key.name, key.public,
+                   {n: pki.decode_public_key(k) for n, k in raw["signing_keys"].items()},
+                   {n: {kid: pki.decode_public_key(k) for kid, k in keys.items()}
+                    for n, keys in raw.get("history", {}).items()})
+
+    def certified(self, node: str, kid: str, time: str | None) -> Ed25519PublicKey | None:
+        return self.history.get(node, {}).get(kid)
+
+
+def _history(pki_dir: Path) -> dict[str, dict[str, Ed25519PublicKey]]:
+    return {n: {c.kid: c.key for c in certs}
+            for n, certs in pki.load_signing_history(pki_dir).items()}
 
 
 def write_trust(data_dir: Path, origin: str, log_key: tlog.NoteKey,
-                signing_keys: dict[str, Ed25519PublicKey]) -> None:
-    """The broker leaves its public trust material beside the data, for offline audits. An
+                signing_keys: dict[str, Ed25519PublicKey], pki_dir: Path | None = None) -> None:
+    """The broker leaves its public trust material beside the data, for offline audits: the
+    log key, every node's current signing key and every key it was ever certified for. An
     auditor who does not trust the data directory passes ``--pki`` instead."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    history = _history(pki_dir) if pki_dir is not None else {}
     body = {"origin": origin, "vkey": log_key.vkey,
-            "signing_keys": {n: pki.encode_public_key(k) for n, k in signing_keys.items()}}
+            "signing_keys": {n: pki.encode_public_key(k) for n, k in signing_keys.items()},
+            "history": {n: {kid: pki.encode_public_key(k) for kid, k in keys.items()}
+                        for n, keys in history.items()}}
     (data_dir / TRUST_FILE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
 
 
@@ -136,7 +152,7 @@ def _audit(db: sqlite3.Connection, trust: Trust,
         checkpoints.append(cp)
     res.checkpoints = len(checkpoints)
 
-    verifier = Verifier(trust.signing_keys)
+    verifier = Verifier(trust.signing_keys, history=trust.certified)
     batches: dict[int, tuple[Statement, bytes]] = {}
     stored_leaf = {idx: h for idx, h in db.execute("SELECT idx, hash FROM tree WHERE level=0")}
     tree = merkle.CompactRange()

@@ -34,6 +34,8 @@ SEALED_AT = "2026-11-22T09:00:00Z"
 logger.configure("warning", json=True)
 
 OUTSIDER = "vn.gov.test.outsider"
+#: the operator every suite's PKI has (its own keys in ``<root>/operator``, signed offline)
+OPERATOR = "vn.gov.ndc.ops.test"
 
 
 
@@ -55,12 +57,32 @@ class Env:
     def ssl(self, node_id: str) -> Any:
         return pki.client_ssl_context(self.pki_dir, node_id)
 
+    @property
+    def operator_dir(self) -> Path:
+        return self.root / "operator"
+
+    def operator_config(self, **kw: Any) -> NodeConfig:
+        base: dict[str, Any] = {"node_id": OPERATOR, "node_dir": str(self.operator_dir),
+                                "brokers": [self.url]}
+        base.update(kw)
+        return NodeConfig(**base)
+
+    def operator_ssl(self) -> Any:
+        from exchange.pki import party
+
+        return pki.client_ssl_context(party.load_identity(self.operator_dir))
+
 
 def make_pki(root: Path) -> Path:
+    """The suites' PKI: nodes with central keys (fast, and fine for tests), and an operator
+    that made its own keys in ``root/operator``."""
+    from exchange.sim.orchestration import join_offline
+
     pki_dir = root / "pki"
     pki.init(pki_dir)
     for node in [*OWNERS.values(), OUTSIDER]:
         pki.enroll(pki_dir, node)
+    join_offline(pki_dir, root / "operator", OPERATOR, role="operator")
     return pki_dir
 
 

@@ -78,7 +78,7 @@ def test_node_files_are_the_reference_configs() -> None:
         node, config = load_node_file(NODES / f"{role}.toml")
         assert node.node_id == OWNERS[role]
         assert config == default_config(role)
-        assert Path(node.pki_dir).is_absolute()
+        assert Path(node.node_dir).is_absolute() and not node.pki_dir
     broker = load_config(NODES / "exchange.toml")
     assert {d.name: d.owner for d in broker.datasets} == OWNERS == agencies.OWNERS
     assert broker.agreements == AGREEMENTS == agencies.AGREEMENTS

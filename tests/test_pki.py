@@ -46,7 +46,11 @@ def mode(path: Path) -> int:
 def test_init_and_enroll_write_the_documented_layout(shared_pki: Path) -> None:
     root = shared_pki
     assert mode(root) == 0o700
-    assert mode(root / "ca.key") == 0o600
+    # the CA key lives apart from what the broker reads
+    assert not (root / "ca.key").exists()
+    ca_dir = pki.default_ca_dir(root)
+    assert ca_dir == root.parent / "exchange-ca" and mode(ca_dir) == 0o700
+    assert mode(ca_dir / "ca.key") == 0o600
     assert mode(root / "ca.crt") == 0o644
     assert (root / "crl.pem").is_file()
     for party in (root / "broker", root / "nodes" / NODE):
@@ -356,8 +360,8 @@ async def test_server_tls_reload_applies_to_a_listening_socket(tmp_path: Path) -
 def test_cli_init_enroll_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = str(tmp_path / "pki")
     assert cli_main(["pki", "init", root, "--host", "broker.example"]) == 0
-    assert cli_main(["pki", "enroll", root, NODE]) == 0
-    assert cli_main(["pki", "enroll", root, OTHER]) == 0
+    assert cli_main(["pki", "enroll", "--insecure-central-keys", root, NODE]) == 0
+    assert cli_main(["pki", "enroll", "--insecure-central-keys", root, OTHER]) == 0
     assert cli_main(["pki", "revoke", root, OTHER, "--reason", "key-compromise"]) == 0
     capsys.readouterr()
     assert cli_main(["pki", "list", root]) == 0
@@ -373,15 +377,20 @@ def test_cli_errors_exit_1_with_the_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = str(tmp_path / "pki")
-    assert cli_main(["pki", "enroll", root, NODE]) == 1
+    # central key generation only behind its explicit flag
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["pki", "enroll", root, NODE])
+    assert exit_.value.code == 2
+    assert "--insecure-central-keys" in capsys.readouterr().err
+    assert cli_main(["pki", "enroll", "--insecure-central-keys", root, NODE]) == 1
     err = capsys.readouterr().err
     assert "holds no exchange CA" in err and "Traceback" not in err
     assert cli_main(["pki", "init", root]) == 0
-    assert cli_main(["pki", "enroll", root, "Bad_Id"]) == 1
+    assert cli_main(["pki", "enroll", "--insecure-central-keys", root, "Bad_Id"]) == 1
     assert "invalid node id" in capsys.readouterr().err
-    assert cli_main(["pki", "enroll", root, NODE]) == 0
-    assert cli_main(["pki", "enroll", root, NODE]) == 1
+    assert cli_main(["pki", "enroll", "--insecure-central-keys", root, NODE]) == 0
+    assert cli_main(["pki", "enroll", "--insecure-central-keys", root, NODE]) == 1
     assert "already enrolled" in capsys.readouterr().err
-    assert cli_main(["pki", "enroll", root, NODE, "--force"]) == 0
+    assert cli_main(["pki", "enroll", "--insecure-central-keys", root, NODE, "--force"]) == 0
     assert cli_main(["pki", "revoke", root, "vn.gov.nobody"]) == 1
     assert "not enrolled" in capsys.readouterr().err

@@ -86,7 +86,8 @@ async def test_metrics_parse_and_quality_survives_restart(env: Env) -> None:
         await pop.publish("population", [Record(p) for p in people])
         tax.subscribe("population", "q", handler)
         await asyncio.wait_for(done.wait(), 10)
-        text = (await pop.get_bytes("/metrics")).decode()
+        async with Node(env.operator_config()) as operator:
+            text = (await operator.get_bytes("/metrics")).decode()
         before = await _quality(pop, "population")
     families = {f.name: f for f in text_string_to_metric_families(text)}
     accepted = [s for s in families["exchange_gate_records"].samples
@@ -154,8 +155,7 @@ async def test_quality_cli_table_and_json(env: Env, capsys: Any) -> None:
     people = Generator(15, today=TODAY).population(4)
     async with Node(env.node_config(OWNERS["population"])) as pop:
         await pop.publish("population", [Record(p) for p in people])
-    args = ["quality", "--broker", env.url, "--pki", str(env.pki_dir), "--node",
-            OWNERS["tax"]]
+    args = ["quality", "--broker", env.url, "--as", str(env.operator_dir)]
     assert await asyncio.to_thread(main, args) == 0
     out = capsys.readouterr().out
     assert "population" in out and OWNERS["population"] in out and "correct" in out

@@ -89,7 +89,7 @@ def test_the_inbox_names_the_signers_whose_keys_a_frame_needs(env: Env) -> None:
     keys: dict[str, Any] = {}
     inbox = Inbox(Verifier(keys.get))
     frame = _frame(batch, _delivered(batch, None))
-    assert inbox.signers(frame) == [POP]
+    assert inbox.signers(frame) == [(POP, batch.statement.kid)]
     # verifying without the key keeps every record as evidence (unknown_signer)
     assert all(isinstance(i, Evidence) and i.code == "unknown_signer"
                for i in inbox.receive(frame))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -17,6 +18,8 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import WSMsgType, web
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exchange import audit, pki
@@ -32,6 +35,7 @@ from exchange.core.errors import (
     AuthError,
     Code,
     ExchangeError,
+    Forbidden,
     InputError,
     InternalError,
     LimitExceeded,
@@ -39,7 +43,7 @@ from exchange.core.errors import (
     NotFound,
     RateLimited,
 )
-from exchange.core.signing import Verifier
+from exchange.core.signing import Verifier, key_id
 from exchange.core.wire import PROBLEM_CODE_HEADER, PublishReply
 from exchange.store.base import Store
 
@@ -67,7 +71,9 @@ class Broker:
         #: open WebSockets per node, bounded by limits.max_connections_per_node
         self.sockets: Counter[str] = Counter()
         self.apply(config)
-        self.verifier = Verifier(lambda node: self.signing_keys.get(node))
+        # a new batch is signed with its node's current key; a rotated-out key is named
+        self._registry_stamp: tuple[int, int, int] | None = None
+        self.verifier = Verifier(self.current_key, history=self.retired_key, current_only=True)
         self.quality = (QualityTracker(store, owners=lambda: self.policy.owners,
                                        clock=clock.time)
                         if config.quality else None)
@@ -85,33 +91,94 @@ class Broker:
                                            clock=clock)
 
     def apply(self, config: BrokerConfig) -> None:
-        """Take ``config`` as the one in force: access policy, limits, signing keys, CRL (what a
-        reload does after reading the file)."""
-        groups = {name: dict(datasets.get(name).groups) for name in datasets.names()}
-        for d in config.datasets:
-            datasets.get(d.name)  # an unknown dataset in the config fails the (re)load
-        self.policy = Policy(config, {k: tuple(v) for k, v in groups.items()})
+        """Take ``config`` as the one in force: access policy, limits, signing keys, CRL, TLS
+        context (what a reload does after reading the file).
+
+        All or nothing: the config is checked first as ``serve`` checks it (``check_config``
+        over the nodes the signing-key registry enrols); every problem is named in one
+        ``InputError`` (``access.problems_of`` lists them), and a failure of any step leaves the
+        state in force untouched."""
+        groups = {name: tuple(datasets.get(name).groups) for name in datasets.names()}
+        signing_keys = pki.load_signing_registry(self.pki_dir)
+        revoked = pki.load_revoked(self.pki_dir)
+        policy = Policy(config, groups, enrolled=signing_keys.keys(),
+                        broker_id=self.identity.node_id)
+        if self.tls is not None:
+            self.tls.reload()  # the last step that can fail; new handshakes see the new CRL
+        self.policy = policy
         self.config = config
         self.log_origin = config.log_origin or f"{self.identity.node_id}/log"
         self.limits: Limits = config.limits
-        self.signing_keys = pki.load_signing_registry(self.pki_dir)
-        self.revoked = pki.load_revoked(self.pki_dir)
+        self.signing_keys = signing_keys
+        self.revoked = revoked
+
+    def current_key(self, node: str) -> Ed25519PublicKey | None:
+        """The node's current signing key. The CA rewrites ``nodes.json`` whenever it certifies
+        a key (a rotation included): one ``stat`` per batch notices, and the registry is read
+        again, so a rotated-out key is refused from the moment the CA certified its successor,
+        not from the next reload."""
+        try:
+            st = os.stat(self.pki_dir / "nodes.json")
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp != self._registry_stamp:
+            try:
+                self.signing_keys = pki.load_signing_registry(self.pki_dir)
+                self._registry_stamp = stamp
+                # offline audits check records against every key certified so far
+                audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
+                                  self.signing_keys, self.pki_dir)
+            except ExchangeError as err:  # a half-synced copy: keep what was in force
+                logger.error("signing_registry_unreadable", error=err.message)
+        return self.signing_keys.get(node)
+
+    def retired_key(self, node: str, kid: str, time: str | None) -> Ed25519PublicKey | None:
+        """A key ``node`` was certified for other than the one the broker holds as current:
+        read from the CA's certificate history only when a batch names such a key (a
+        refusal's path, or the first batch after a rotation; not the publish path). The last
+        certificate issued is the node's current key: if the broker held another (the node
+        rotated since the registry was loaded), it takes the new one now, before the batch is
+        judged, and the audit trust file learns it."""
+        try:
+            bundle = pki.signing_history(self.pki_dir, node)
+            ca = x509.load_pem_x509_certificate(self.identity.ca_cert.read_bytes())
+            certs = pki.certified_signing_keys(bundle, ca)
+        except (ExchangeError, OSError, ValueError):
+            return None
+        if not certs:
+            return None
+        current = self.signing_keys.get(node)
+        if current is None or key_id(current) != certs[-1].kid:
+            self.signing_keys = {**self.signing_keys, node: certs[-1].key}
+            logger.info("signing_key_rotated", node=node, kid=certs[-1].kid)
+            audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
+                              self.signing_keys, self.pki_dir)
+        return next((c.key for c in certs if c.kid == kid), None)
 
     def reload(self) -> None:
-        """Re-read the config file, the signing-key registry and the CRL; keep the old state if
-        anything fails, so a typo never takes the exchange down."""
-        config = self.config
-        if self.config_path is not None:
-            config = load_config(self.config_path)
+        """Re-read the config file, the signing-key registry, the CRL and the TLS material and
+        ``apply`` them; keep the old state if anything fails, so a typo never takes the
+        exchange down. A config that does not decode or check raises one ``InputError``
+        naming every problem found."""
+        config = load_config(self.config_path) if self.config_path is not None else self.config
         self.apply(config)
-        if self.tls is not None:
-            self.tls.reload()
         logger.info("reloaded", datasets=len(config.datasets), agreements=len(config.agreements))
 
 
 def load_config(path: Path) -> BrokerConfig:
+    """The operator's file, decoded strictly (``parse_config``); an unreadable file is an
+    ``InputError`` (``bad_config``) too, so every failure to load is one kind of error."""
     fmt = "json" if path.suffix == ".json" else "toml"
-    config = parse_config(path.read_text(encoding="utf-8"), fmt=fmt)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        # the message names no path: whoever reports it names the file
+        raise InputError(f"cannot read the file: {err.strerror or err}",
+                         code=Code.BAD_CONFIG) from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text: {err}", code=Code.BAD_CONFIG) from None
+    config = parse_config(text, fmt=fmt)
     # relative paths in the file are relative to the file
     base = path.parent
     return msgspec.structs.replace(
@@ -122,6 +189,7 @@ def load_config(path: Path) -> BrokerConfig:
 
 BROKER = web.AppKey("broker", Broker)
 NODE = web.RequestKey("node", str)
+PRINCIPAL = web.RequestKey("principal", pki.Principal)
 
 
 def problem_response(err: ExchangeError, request: web.Request) -> web.Response:
@@ -165,19 +233,50 @@ async def problem_middleware(request: web.Request,
 async def auth_middleware(request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
-    """Who is calling: the node id from the client certificate; refused if revoked."""
+    """Who is calling: a node or an operator, named by the client certificate; refused if the
+    certificate is revoked. Every operator request is logged with the operator's name."""
     broker = request.app[BROKER]
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         raise AuthError("a client certificate from the exchange CA is required",
                         code=Code.NO_CERTIFICATE)
-    node = pki.node_id_from_cert(der)
-    if node in broker.revoked:
-        raise AuthError(f"the certificate of {node} is revoked", code=Code.REVOKED)
-    request[NODE] = node
-    structlog.contextvars.bind_contextvars(node=node)
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise AuthError("peer certificate does not parse", code=Code.BAD_CERTIFICATE) from None
+    who = pki.principal_from_cert(cert)
+    if cert.serial_number in broker.revoked.serials or (
+            who.role == "node" and who.id in broker.revoked.node_ids):
+        raise AuthError(f"the certificate of {who.role} {who.id} is revoked",
+                        code=Code.REVOKED)
+    request[PRINCIPAL] = who
+    if who.role == "node":
+        request[NODE] = who.id
+        structlog.contextvars.bind_contextvars(node=who.id)
+    else:
+        structlog.contextvars.bind_contextvars(operator=who.id)
+        logger.info("operator_action", method=request.method, query=request.query_string)
     return await handler(request)
+
+
+def _node(request: web.Request) -> str:
+    """The calling node; an operator is refused: operators watch, they neither publish nor
+    subscribe."""
+    who = request[PRINCIPAL]
+    if who.role != "node":
+        raise Forbidden(f"operator {who.id} is not a node: publishing and subscribing take a "
+                        "node's certificate", code=Code.NOT_A_NODE)
+    return who.id
+
+
+def _operator(request: web.Request, what: str) -> str:
+    """The calling operator; a node is refused (it sees only what concerns it)."""
+    who = request[PRINCIPAL]
+    if who.role != "operator":
+        raise Forbidden(f"{what} is for operators; node {who.id} sees only what concerns it",
+                        code=Code.OPERATOR_ONLY)
+    return who.id
 
 
 def _ok(body: Any, status: int = 200) -> web.Response:
@@ -222,7 +321,7 @@ async def get_schema(request: web.Request) -> web.Response:
 
 async def post_records(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    node, dataset = request[NODE], request.match_info["dataset"]
+    node, dataset = _node(request), request.match_info["dataset"]
     structlog.contextvars.bind_contextvars(dataset=dataset)
     broker.policy.check_publish(node, dataset)
     body = await request.read()
@@ -256,7 +355,7 @@ def _socket_slot(broker: Broker, node: str) -> Iterator[None]:
 async def publish_ws(request: web.Request) -> web.StreamResponse:
     """A stream of batches on one WebSocket; one ``PublishReply`` per batch, in order."""
     broker = request.app[BROKER]
-    node, dataset = request[NODE], request.match_info["dataset"]
+    node, dataset = _node(request), request.match_info["dataset"]
     broker.policy.check_publish(node, dataset)
     with _socket_slot(broker, node):
         return await _publish_stream(request, broker, node, dataset)
@@ -321,18 +420,18 @@ async def _publish_stream(request: web.Request, broker: Broker, node: str, datas
 async def subscribe_ws(request: web.Request) -> web.StreamResponse:
     broker = request.app[BROKER]
     structlog.contextvars.bind_contextvars(dataset=request.match_info["dataset"])
-    with _socket_slot(broker, request[NODE]):
-        return await broker.subscriptions.handle(request, request[NODE])
+    node = _node(request)
+    with _socket_slot(broker, node):
+        return await broker.subscriptions.handle(request, node)
 
 
 async def list_subscriptions(request: web.Request) -> web.Response:
-    """Durable subscriptions with their lag: the caller's own; every one for operators."""
+    """Durable subscriptions with their lag: a node's own; every one for an operator."""
     broker = request.app[BROKER]
-    node = request[NODE]
-    operator = node == broker.identity.node_id or node in broker.config.operators
+    who = request[PRINCIPAL]
     out = []
     for row in await broker.store.subscriptions():
-        if not operator and row.node != node:
+        if who.role != "operator" and row.node != who.id:
             continue
         head = await broker.store.head(row.dataset)
         out.append({"node": row.node, "dataset": row.dataset, "name": row.name,
@@ -344,32 +443,60 @@ async def list_subscriptions(request: web.Request) -> web.Response:
 
 
 async def dead_letters(request: web.Request) -> web.Response:
-    """The caller's refused records, oldest first; page with ``after`` = the last id seen."""
+    """The caller's refused records, oldest first; page with ``after`` = the last id seen. An
+    operator names the node (``?node=``)."""
     broker = request.app[BROKER]
+    who = request[PRINCIPAL]
+    node = who.id
+    if who.role == "operator":
+        node = request.query.get("node", "")
+        if not node:
+            raise InputError("an operator names the node: ?node=<node id>", code=Code.BAD_QUERY)
+    elif "node" in request.query and request.query["node"] != who.id:
+        _operator(request, "another node's dead letters")
     try:
         after = int(request.query.get("after", "0"))
         limit = max(1, min(int(request.query.get("limit", "100")), 1000))
     except ValueError:
         raise InputError("after and limit must be integers", code=Code.BAD_QUERY) from None
-    rows = await broker.store.dead_letters(request[NODE], after, limit)
+    rows = await broker.store.dead_letters(node, after, limit)
     return _ok([{**msgspec.to_builtins(d, builtin_types=(bytes,)),
                  "record": d.record.decode("utf-8", "replace")} for d in rows])
 
 
 async def node_certificate(request: web.Request) -> web.Response:
-    """A node's signing certificate (PEM), for subscribers to check against the exchange CA
-    themselves: the broker serves it, but cannot forge it."""
+    """A node's current signing certificate (PEM), for subscribers to check against the
+    exchange CA themselves: the broker serves it, but cannot forge it."""
     broker = request.app[BROKER]
     node = request.match_info["node"]
     try:
         pki.validate_node_id(node)
-        path = (broker.pki_dir / "nodes" / node / "signing.crt")
+        path = broker.pki_dir / "nodes" / node / "signing.crt"
         if node == broker.identity.node_id:
             path = broker.identity.signing_cert
         return web.Response(body=Path(path).read_bytes(),
                             content_type="application/pem-certificate-chain")
     except (OSError, ExchangeError):
         raise NotFound(f"no signing certificate for {node!r}", code=Code.UNKNOWN_NODE) from None
+
+
+async def node_certificates(request: web.Request) -> web.Response:
+    """Every signing certificate a node was ever issued (PEM bundle, in the order issued, the
+    current one last): records
+    signed before a key rotation verify against the certificate of their statement's key id."""
+    broker = request.app[BROKER]
+    node = request.match_info["node"]
+    try:
+        pki.validate_node_id(node)
+        if node == broker.identity.node_id:
+            body = broker.identity.signing_cert.read_bytes()
+        else:
+            body = pki.signing_history(broker.pki_dir, node)
+    except (OSError, ExchangeError):
+        body = b""
+    if not body:
+        raise NotFound(f"no signing certificate for {node!r}", code=Code.UNKNOWN_NODE)
+    return web.Response(body=body, content_type="application/pem-certificate-chain")
 
 
 def _ints(request: web.Request, *names: str) -> list[int]:
@@ -422,11 +549,18 @@ def _tracker(broker: Broker) -> QualityTracker:
 
 async def get_quality(request: web.Request) -> web.Response:
     """Correct, sufficient, clean, live: scores per dataset and publisher, with their counters,
-    unresolved references and per-subscriber latency (definitions in exchange.quality)."""
+    unresolved references and per-subscriber latency (definitions in exchange.quality).
+
+    The whole exchange's view is an operator's; a node reads the report of a dataset it owns
+    (its own records, and who reads them), nothing else."""
     broker = request.app[BROKER]
     dataset = request.match_info.get("dataset")
     if dataset is not None:
         datasets.get(dataset)
+    who = request[PRINCIPAL]
+    if who.role != "operator" and (dataset is None or broker.policy.owners.get(dataset)
+                                   != who.id):
+        _operator(request, "the quality of datasets a node does not own")
     report = await _tracker(broker).report(dataset, request.match_info.get("publisher"))
     lags = await _lags(broker)
     for name, entry in report.items():
@@ -448,7 +582,9 @@ async def _lags(broker: Broker) -> list[dict[str, Any]]:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format (prometheus-client's own encoder)."""
+    """Prometheus text format (prometheus-client's own encoder): operators only (a scraper gets
+    an operator certificate of its own), as it names every subscription and its lag."""
+    _operator(request, "/metrics")
     broker = request.app[BROKER]
     tracker = _tracker(broker)
     tracker.lag = {(lag["dataset"], lag["node"], lag["name"]): (lag["lag"], lag["lag_s"])
@@ -466,7 +602,7 @@ def create_app(broker: Broker) -> web.Application:
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await broker.store.open()
         audit.write_trust(Path(broker.config.data_dir), broker.log_origin, broker.tlog.key,
-                          broker.signing_keys)
+                          broker.signing_keys, broker.pki_dir)
         if broker.quality is not None:
             await broker.quality.load()
         for d in broker.config.datasets:
@@ -493,6 +629,7 @@ def create_app(broker: Broker) -> web.Application:
     app.router.add_get("/v1/subscriptions", list_subscriptions)
     app.router.add_get("/v1/dead-letters", dead_letters)
     app.router.add_get("/v1/nodes/{node}/certificate", node_certificate)
+    app.router.add_get("/v1/nodes/{node}/certificates", node_certificates)
     app.router.add_get("/v1/quality", get_quality)
     app.router.add_get("/v1/quality/{dataset}", get_quality)
     app.router.add_get("/v1/quality/{dataset}/{publisher}", get_quality)

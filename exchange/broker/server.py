@@ -1,25 +1,27 @@
-"""Run the broker: TLS 1.3 with client certificates, SIGHUP reloads, SIGTERM stops cleanly."""
+"""Run the broker: checks first, TLS 1.3 with client certificates, reloads on SIGHUP and on
+the control socket (``exchange broker reload``), SIGTERM stops cleanly."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import signal
+import sys
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from exchange import pki
+from exchange.broker import checks, control
 from exchange.broker.app import Broker, create_app
-from exchange.core.access import BrokerConfig
-from exchange.core.errors import Code, InputError
+from exchange.core.access import BrokerConfig, config_error, parse_listen, problems_of
+from exchange.core.errors import Code, ExchangeError, InputError, UnavailableError
 from exchange.store.base import Store
 from exchange.store.sqlite import SqliteStore
 
-__all__ = ["make_store", "serve", "wire_store"]
+__all__ = ["main_serve", "make_store", "serve", "split_listen", "wire_store"]
 
 logger = structlog.get_logger("exchange.broker")
 
@@ -44,62 +46,89 @@ def wire_store(broker: Broker) -> None:
 
 
 def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    try:
-        return host.strip("[]") or "127.0.0.1", int(port)
-    except ValueError:
-        raise InputError(f"listen {listen!r} is not HOST:PORT", code=Code.BAD_CONFIG) from None
+    """``HOST:PORT`` as ``(host, port)``; see ``exchange.core.access.parse_listen``."""
+    return parse_listen(listen)
 
 
 async def serve(config: BrokerConfig, *, config_path: Path | None = None,
-                ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT. Prints one JSON line with the bound port when listening."""
+                ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, or until ``stop`` is set. Prints one JSON line with the bound
+    port when listening; SIGHUP and the control socket reload.
+
+    Checks first, exactly as ``exchange broker check-config`` does (``checks.check``): a config
+    with problems raises one ``InputError`` naming them all (``access.problems_of``) before
+    anything is opened. Failing to start (the port in use, another broker on the same data
+    directory, the store down) raises an ``ExchangeError`` too."""
+    checked = checks.check(config)
+    if checked.problems:
+        raise config_error(checked.problems)
     tls = pki.ServerTLS(config.pki_dir)
     broker = Broker(config, make_store(config), config_path=config_path, tls=tls)
     wire_store(broker)
-    app = create_app(broker)
-    runner = web.AppRunner(app, access_log=None,
-                           keepalive_timeout=config.limits.idle_timeout_s)
-    await runner.setup()
-    host, port = split_listen(config.listen)
-    site = web.TCPSite(runner, host, port, ssl_context=tls.context, backlog=512)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    # everything loaded so far (modules, the admin-unit tables, the app) lives as long as the
-    # process: out of the collector's sight, a full collection scans only what serving made,
-    # which keeps its pauses (a latency tail every few seconds under load) short
-    gc.collect()
-    gc.freeze()
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    pidfile = Path(config.data_dir) / "broker.pid"
-    pidfile.write_text(f"{os.getpid()}\n")
-    print(f'{{"event": "listening", "host": "{host}", "port": {bound}}}', flush=True)
-    logger.info("listening", host=host, port=bound, store=config.store, data_dir=config.data_dir)
-    stop = asyncio.Event()
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-
-    def _reload() -> None:
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    async with control.serving(control.socket_path(data_dir), broker):
+        app = create_app(broker)
+        runner = web.AppRunner(app, access_log=None,
+                               keepalive_timeout=config.limits.idle_timeout_s)
+        await runner.setup()
+        pidfile = data_dir / "broker.pid"
         try:
-            broker.reload()
-        except Exception as err:  # keep serving with the old config; say why loudly
-            logger.error("reload_failed", error=str(err))
-
-    loop.add_signal_handler(signal.SIGHUP, _reload)
-    if ready is not None:
-        ready.set()
-    try:
-        await stop.wait()
-    finally:
-        logger.info("stopping")
-        await runner.cleanup()
-        pidfile.unlink(missing_ok=True)
+            host, port = parse_listen(config.listen)
+            site = web.TCPSite(runner, host, port, ssl_context=tls.context, backlog=512)
+            try:
+                await site.start()
+            except OSError as err:
+                # asyncio's own strerror repeats the address; the errno's text is the reason
+                reason = os.strerror(err.errno) if err.errno else str(err)
+                raise UnavailableError(f"cannot listen on {config.listen}: {reason}",
+                                       code=Code.UNAVAILABLE) from None
+            bound = runner.addresses[0][1] if runner.addresses else port
+            # everything loaded so far (modules, the admin-unit tables, the app) lives as long
+            # as the process: out of the collector's sight, a full collection scans only what
+            # serving made, which keeps its pauses (a latency tail every few seconds under
+            # load) short
+            gc.collect()
+            gc.freeze()
+            pidfile.write_text(f"{os.getpid()}\n")
+            print(f'{{"event": "listening", "host": "{host}", "port": {bound}}}', flush=True)
+            logger.info("listening", host=host, port=bound, store=config.store,
+                        data_dir=config.data_dir)
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, control.reload, broker)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        finally:
+            logger.info("stopping")
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await runner.cleanup()
+            pidfile.unlink(missing_ok=True)
+            gc.unfreeze()  # a caller that goes on (a test) collects as usual again
 
 
 def main_serve(config: BrokerConfig, config_path: Path | None) -> int:
-    with contextlib.suppress(KeyboardInterrupt):
+    """``serve`` as a command: 0 after a clean stop, 1 (with one line per problem on stderr,
+    never a traceback) when the broker cannot start."""
+    try:
         asyncio.run(serve(config, config_path=config_path))
+    except KeyboardInterrupt:  # before the loop's own SIGINT handler was in place
+        return 0
+    except ExchangeError as err:
+        if err.code == Code.BAD_CONFIG:
+            checks.report(problems_of(err), config_path)
+            print(f"exchange broker serve: not started: {checks.summary(problems_of(err))}",
+                  file=sys.stderr)
+        else:
+            print(f"exchange broker serve: not started: {err.message} ({err.code})",
+                  file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"exchange broker serve: not started: {err}", file=sys.stderr)
+        return 1
     return 0
-
-

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--pki", type=Path,
                    help="exchange PKI directory to take keys from (default for --data: the "
                         "trust.json the broker left in the data directory)")
-    p.add_argument("--node", help="node id to connect as (--url)")
+    p.add_argument("--as", dest="party_dir", metavar="DIR", type=Path,
+                   help="connect as this node or operator (its own directory; --url)")
+    p.add_argument("--node", help="node id to connect as, with central keys in --pki (--url)")
     p.add_argument("--from-checkpoint", type=Path,
                    help="a checkpoint trusted earlier: the log must be consistent with it")
     p.add_argument("--save-checkpoint", type=Path,
@@ -50,8 +52,9 @@ def _run(args: argparse.Namespace) -> int:
             trust = audit.Trust.from_pki(args.pki) if args.pki else None
             result = audit.audit_data(args.data, trust).as_dict()
         else:
-            if not args.pki or not args.node:
-                print("exchange audit --url needs --pki and --node", file=sys.stderr)
+            if args.party_dir is None and not (args.pki and args.node):
+                print("exchange audit --url needs --as DIR (or --node with --pki)",
+                      file=sys.stderr)
                 return 2
             result = asyncio.run(_online(args))
     except (ExchangeError, OSError) as err:
@@ -63,10 +66,11 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _online(args: argparse.Namespace) -> dict[str, Any]:
     from exchange import audit
+    from exchange.cli import identity
     from exchange.core import tlog
-    from exchange.node import Node, NodeConfig
+    from exchange.node import Node
 
-    config = NodeConfig(node_id=args.node, pki_dir=str(args.pki), brokers=[args.url])
+    config = identity.node_config(args, args.url)
     async with Node(config) as node:
         if args.from_checkpoint:
             note = args.from_checkpoint.read_text(encoding="utf-8")

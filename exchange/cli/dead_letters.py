@@ -8,12 +8,15 @@ import datetime as dt
 import json
 import shutil
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from exchange.cli import identity
 from exchange.core.errors import ExchangeError
+
+if TYPE_CHECKING:
+    from exchange.node import NodeConfig
 
 #: most entries the broker returns per request
 PAGE = 1000
@@ -22,11 +25,12 @@ PAGE = 1000
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "dead-letters", help="list a node's refused records (code, path, message)",
-        description="List the records the broker refused from NODE, oldest first, with the "
+        description="List the records the broker refused from a node, oldest first, with the "
                     "stable reason code, the JSONPath of the offending field and a message. "
-                    "Page with --after (the last id seen).")
-    p.add_argument("--node", required=True, help="node id, e.g. vn.gov.mps.population")
-    p.add_argument("--pki", required=True, help="PKI directory holding ca.crt and nodes/NODE/")
+                    "A node sees its own (--as NODE_DIR); an operator names the node (--as "
+                    "OPERATOR_DIR --node ID). Page with --after (the last id seen).")
+    identity.add_arguments(p, node_help="the node whose dead letters to list (an operator), "
+                           "or to connect as (with --pki)")
     p.add_argument("--broker", required=True, metavar="URL", help="e.g. https://127.0.0.1:8443")
     p.add_argument("--after", type=int, default=0, help="list entries after this id")
     p.add_argument("--limit", type=int, default=100, help="most entries to list (default 100)")
@@ -40,7 +44,9 @@ def _run(args: argparse.Namespace) -> int:
         print("exchange dead-letters: --after and --limit must not be negative", file=sys.stderr)
         return 2
     try:
-        rows = asyncio.run(fetch(args.node, args.pki, args.broker, args.after, args.limit))
+        config = identity.node_config(args, args.broker, retries=0, timeout_s=15.0)
+        of = args.node if args.party_dir is not None else None
+        rows = asyncio.run(fetch(config, args.after, args.limit, of=of))
     except ExchangeError as err:
         print(f"exchange dead-letters: {err.message} ({err.code})", file=sys.stderr)
         return 1
@@ -55,18 +61,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def fetch(node_id: str, pki_dir: str, broker: str, after: int, limit: int
+async def fetch(config: NodeConfig, after: int, limit: int, *, of: str | None = None
                 ) -> list[dict[str, Any]]:
-    """Up to ``limit`` dead letters of ``node_id`` after id ``after``, page by page."""
-    from exchange.node import Node, NodeConfig
+    """Up to ``limit`` dead letters after id ``after``, page by page: the connecting node's
+    own, or (an operator) those of node ``of``."""
+    from exchange.node import Node
 
-    config = NodeConfig(node_id=node_id, pki_dir=str(Path(pki_dir)), brokers=[broker],
-                        retries=0, timeout_s=15.0)
     out: list[dict[str, Any]] = []
     async with Node(config) as node:
         while len(out) < limit:
             want = min(PAGE, limit - len(out))
-            page = await node.dead_letters(after, want)
+            page = await node.dead_letters(after, want, node=of)
             out.extend(page)
             if len(page) < want:
                 break

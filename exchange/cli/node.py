@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from exchange.core.errors import ExchangeError
+from exchange.core.errors import Code, ExchangeError, PkiError
 from exchange.sim.report import lag
 
 if TYPE_CHECKING:
@@ -22,9 +22,120 @@ if TYPE_CHECKING:
     from exchange.sim.agencies import Agency, AgencyConfig
 
 
+def register_party(nsub: Any, role: str) -> None:
+    """``init``, ``enroll`` and ``install``: the same for a node and for an operator."""
+    what = "node id, e.g. vn.gov.mps.population" if role == "node" else \
+        "operator name, e.g. vn.gov.ndc.ops.lan"
+    p = nsub.add_parser(
+        "init", help=f"make the {role}'s keys and certificate requests here",
+        description=f"Create the {role}'s TLS key (ECDSA P-256) and Ed25519 signing key in DIR "
+                    "(0600, never sent anywhere) and a PKCS#10 request for each (tls.csr, "
+                    "signing.csr). Then either hand the requests to the CA (`exchange pki "
+                    f"sign`) or enroll online with a token (`exchange {role} enroll`).")
+    p.add_argument("dir", type=Path, help=f"the {role}'s own directory (created, mode 0700)")
+    p.add_argument("id", metavar="ID", help=what)
+    p.set_defaults(func=lambda args: _party_action(args, _init, role))
+
+    p = nsub.add_parser(
+        "enroll", help="send the requests with an invitation token; install the certificates",
+        description="Online enrolment: fetch the CA certificate, check it against the pin in "
+                    "the token, then send the requests over TLS verified against it and "
+                    "install the certificates that come back.")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--url", required=True,
+                   help="the CA's enrolment service, e.g. https://pki.exchange.gov.vn:8444")
+    p.add_argument("--token", required=True, help="from `exchange pki invite`")
+    p.set_defaults(func=lambda args: _party_action(args, _enroll, role))
+
+    p = nsub.add_parser(
+        "install", help="install certificates the CA issued offline",
+        description="Check certificates from `exchange pki sign` (issued by the CA, naming "
+                    "this party, certifying one of its keys) and file them; a certificate for "
+                    "a rotation's new key completes the rotation.")
+    p.add_argument("dir", type=Path)
+    p.add_argument("certificates", nargs="*", type=Path, metavar="CERT",
+                   help="default: the .crt files in DIR")
+    p.add_argument("--ca", type=Path, help="the CA certificate to pin (default: DIR/ca.crt)")
+    p.set_defaults(func=lambda args: _party_action(args, _install, role))
+
+    p = nsub.add_parser(
+        "rotate", help="a new signing key, certified; the old one is destroyed",
+        description="Make a new Ed25519 signing key. With --url it is certified at once by "
+                    "the CA's enrolment service (authenticated by the current TLS "
+                    "certificate); without, signing.next.csr is left for `exchange pki sign`, "
+                    f"then `exchange {role} install`. Records signed with the old key still "
+                    "verify: the broker serves every certificate a node was issued.")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--url", help="the CA's enrolment service")
+    p.set_defaults(func=lambda args: _party_action(args, _rotate, role))
+
+
+def _party_action(args: argparse.Namespace, action: Any, role: str) -> int:
+    try:
+        action(args, role)
+    except ExchangeError as err:
+        print(f"exchange {role} {args.node_command}: {err.message} ({err.code})",
+              file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"exchange {role} {args.node_command}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _init(args: argparse.Namespace, role: str) -> None:
+    from exchange.pki import party
+
+    party.create(args.dir, args.id, role="node" if role == "node" else "operator")
+    print(f"made the keys of {role} {args.id} in {args.dir} (tls.key, signing.key: 0600)")
+    print(f"requests: {args.dir / 'tls.csr'} {args.dir / 'signing.csr'}")
+    print(f"next: `exchange {role} enroll {args.dir} --url URL --token TOKEN`, or have the CA "
+          f"run `exchange pki sign PKI_DIR tls.csr signing.csr` and `exchange {role} install "
+          f"{args.dir}`")
+
+
+def _enroll(args: argparse.Namespace, role: str) -> None:
+    from exchange.node import enrol
+
+    done = asyncio.run(enrol.enroll(args.dir, args.url, args.token))
+    print(f"enrolled: {'TLS ' if done.tls else ''}{'signing ' if done.signing else ''}"
+          f"certificates installed in {args.dir}")
+
+
+def _install(args: argparse.Namespace, role: str) -> None:
+    from exchange.pki import party
+
+    paths = args.certificates or sorted(p for p in args.dir.glob("*.crt") if p.name != "ca.crt")
+    ca = args.ca.read_bytes() if args.ca else None
+    if ca is None and not (args.dir / "ca.crt").is_file():
+        raise PkiError("no ca.crt in the directory: pass --ca (from the CA)",
+                            code=Code.NOT_ENROLLED)
+    done = party.install(args.dir, [p.read_bytes() for p in paths], ca=ca)
+    party.load_identity(args.dir)  # everything there and matching: ready to connect
+    print(f"installed in {args.dir}" + (f"; rotated out key {done.rotated_from}"
+                                         if done.rotated_from else ""))
+
+
+def _rotate(args: argparse.Namespace, role: str) -> None:
+    from exchange.pki import party
+
+    if args.url:
+        from exchange.node import enrol
+
+        done = asyncio.run(enrol.rotate(args.dir, args.url))
+        print(f"rotated: key {done.rotated_from} retired and destroyed; the new one is in "
+              f"{args.dir / 'signing.key'}")
+        return
+    party.prepare_rotation(args.dir)
+    print(f"new key in {args.dir / 'signing.next.key'}; have the CA run `exchange pki sign "
+          f"PKI_DIR {args.dir / 'signing.next.csr'}`, then `exchange {role} install {args.dir}`")
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("node", help="run a reference agency node (population, tax, land, vehicle)")
+    p = sub.add_parser("node", help="join as a node (keys, enrolment, rotation) or run a "
+                       "reference agency (population, tax, land, vehicle)")
     nsub = p.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    register_party(nsub, "node")
     run = nsub.add_parser(
         "run", help="publish and subscribe as one agency until done or stopped",
         description="Run the agency in a node file (see nodes/README.md) against a running "
@@ -37,7 +148,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--broker", action="append", metavar="URL",
                      help="broker URL, overrides the file's brokers (repeatable)")
-    run.add_argument("--pki", help="PKI directory, overrides the file's pki_dir")
+    run.add_argument("--dir", help="the node's own directory, overrides the file's node_dir")
+    run.add_argument("--pki", help="a PKI directory with central keys (demos, tests), instead "
+                     "of the node's own directory")
     run.add_argument("--faults", type=float, help="share of faulty records, overrides the file")
     run.add_argument("--seed", type=int, help="generator seed, overrides the file")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -58,8 +171,10 @@ def _run(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {}
     if args.broker:
         changes["brokers"] = args.broker
+    if args.dir:
+        changes.update(node_dir=str(Path(args.dir).resolve()), pki_dir="")
     if args.pki:
-        changes["pki_dir"] = str(Path(args.pki).resolve())
+        changes.update(pki_dir=str(Path(args.pki).resolve()), node_dir="")
     if changes:
         node_config = msgspec.structs.replace(node_config, **changes)
     agency_changes: dict[str, Any] = {}

@@ -10,24 +10,26 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from exchange.cli import identity
 from exchange.core.errors import ExchangeError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("quality", help="correct, sufficient, clean, live per dataset")
+    p = sub.add_parser("quality", help="correct, sufficient, clean, live per dataset",
+                       description="The broker's quality report. The whole exchange's is an "
+                       "operator's (--as OPERATOR_DIR); a node sees the datasets it owns "
+                       "(--dataset).")
     p.add_argument("--broker", required=True, help="broker base URL, e.g. https://127.0.0.1:8443")
-    p.add_argument("--pki", required=True, help="exchange PKI directory")
-    p.add_argument("--node", required=True, help="node id to connect as")
+    identity.add_arguments(p)
     p.add_argument("--dataset", help="one dataset only")
     p.add_argument("--json", action="store_true", help="print the broker's JSON report")
     p.set_defaults(func=_run)
 
 
 async def _fetch(args: argparse.Namespace) -> dict[str, Any]:
-    from exchange.node import Node, NodeConfig
+    from exchange.node import Node
 
-    async with Node(NodeConfig(node_id=args.node, pki_dir=args.pki,
-                               brokers=[args.broker])) as node:
+    async with Node(identity.node_config(args, args.broker)) as node:
         path = "/v1/quality" + (f"/{args.dataset}" if args.dataset else "")
         report: dict[str, Any] = await node.get_json(path)
         return report

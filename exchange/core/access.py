@@ -9,15 +9,31 @@ an agency receives only the data its purpose needs).
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 import tomllib
+from collections.abc import Mapping, Sequence, Set
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import msgspec
 
 from exchange.core.envelope import NodeId
-from exchange.core.errors import Code, Forbidden, InputError, NotFound
+from exchange.core.errors import Code, ExchangeError, Forbidden, InputError, NotFound
 
-__all__ = ["Agreement", "BrokerConfig", "DatasetConfig", "Limits", "Policy", "parse_config"]
+__all__ = [
+    "Agreement",
+    "BrokerConfig",
+    "ConfigProblem",
+    "DatasetConfig",
+    "Limits",
+    "Policy",
+    "check_config",
+    "config_error",
+    "parse_config",
+    "parse_listen",
+    "problems_of",
+]
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -81,37 +97,190 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     agreements: list[Agreement] = []
 
 
+class ConfigProblem(msgspec.Struct, frozen=True):
+    """One thing wrong with a broker config: where (``agreements[2].groups[0]``; ``""`` for the
+    document as a whole), what (a ``Code``; a plain string on the wire, like a ``Violation``'s),
+    and a sentence for the operator."""
+
+    path: str
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '(config)'}: {self.message} ({self.code})"
+
+
+def config_error(problems: Sequence[ConfigProblem]) -> InputError:
+    """One ``InputError`` (``bad_config``) naming every problem; the problems travel with it
+    (``problems_of``) and in its problem+json as ``problems``."""
+    listed = "; ".join(map(str, problems))
+    noun = "problem" if len(problems) == 1 else "problems"
+    return InputError(f"config has {len(problems)} {noun}: {listed}", code=Code.BAD_CONFIG,
+                      problems=[msgspec.to_builtins(p) for p in problems])
+
+
+def problems_of(err: ExchangeError) -> list[ConfigProblem]:
+    """The problems a ``config_error`` carries; an error without any is one problem of the
+    whole document."""
+    raw = err.extra.get("problems")
+    if raw:
+        return msgspec.convert(raw, list[ConfigProblem])
+    return [ConfigProblem("", err.code, err.message)]
+
+
+#: msgspec says where a value failed as a JSONPath suffix: "... - at `$.agreements[0].purpose`"
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+
+
+def _validation_problem(err: msgspec.ValidationError) -> ConfigProblem:
+    match = _AT.match(str(err))
+    assert match is not None  # the pattern matches any text
+    message, path = match["message"], (match["path"] or "").lstrip(".")
+    unknown = _UNKNOWN_FIELD.match(message)
+    if unknown is not None:
+        # point at the typo itself, not at the table holding it
+        path = f"{path}.{unknown['field']}" if path else unknown["field"]
+        message = "unknown key (a typo?)"
+    return ConfigProblem(path, Code.BAD_CONFIG, message)
+
+
 def parse_config(text: str, *, fmt: str = "toml") -> BrokerConfig:
+    """Decode the operator's file strictly. A failure is an ``InputError`` (``bad_config``)
+    carrying one ``ConfigProblem`` with the path of the value at fault (msgspec stops at the
+    first); ``check_config`` then finds everything a well-formed file can still get wrong."""
     try:
         raw = tomllib.loads(text) if fmt == "toml" else msgspec.json.decode(text)
         return msgspec.convert(raw, BrokerConfig)
+    except msgspec.ValidationError as err:  # before DecodeError, its base class
+        problem = _validation_problem(err)
     except (tomllib.TOMLDecodeError, msgspec.DecodeError) as err:
-        raise InputError(f"config is not valid {fmt.upper()}: {err}",
-                         code=Code.BAD_CONFIG) from None
-    except msgspec.ValidationError as err:
-        raise InputError(f"config: {err}", code=Code.BAD_CONFIG) from None
+        problem = ConfigProblem("", Code.BAD_CONFIG, f"not valid {fmt.upper()}: {err}")
+    raise config_error([problem])
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6; an empty host is 127.0.0.1; port 0: any free)."""
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535 or (
+            ":" in host and not listen.startswith("[")) or any(c.isspace() for c in host):
+        raise InputError(f"listen {listen!r} is not HOST:PORT (PORT 0..65535; [IPv6]:PORT)",
+                         code=Code.BAD_CONFIG)
+    return host or "127.0.0.1", int(port)
+
+
+def _limit_problems(limits: Limits) -> list[ConfigProblem]:
+    out: list[ConfigProblem] = []
+    for field in limits.__struct_fields__:
+        value = getattr(limits, field)
+        # NaN and infinity pass a plain "> 0": neither is a bound
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                value > 0 and math.isfinite(value)):
+            out.append(ConfigProblem(f"limits.{field}", Code.BAD_CONFIG,
+                                     f"must be a positive number, not {value!r}"))
+    # a bound above another (max_record_bytes over max_body_bytes) never binds, which is
+    # harmless: a test or a small deployment lowers one alone
+    return out
+
+
+def check_config(config: BrokerConfig, *, groups: Mapping[str, Sequence[str]] | None = None,
+                 enrolled: Set[str] | None = None, broker_id: str | None = None
+                 ) -> list[ConfigProblem]:
+    """Every problem of a decoded config, in file order; empty when the broker can serve it.
+
+    ``groups`` is the dataset registry (name -> disclosure groups): datasets and groups outside
+    it are refused. ``enrolled`` holds the node ids the exchange CA has enrolled: owners and
+    subscribers outside it are refused (an agreement for a node that cannot connect is a typo
+    or a step forgotten). ``broker_id`` is the id in the broker's certificate. Whatever is not
+    given is not checked. Expired agreements are fine: they simply grant nothing.
+    """
+    out: list[ConfigProblem] = []
+
+    def problem(path: str, code: Code, message: str) -> None:
+        out.append(ConfigProblem(path, code, message))
+
+    if broker_id is not None and config.node_id != broker_id:
+        problem("node_id", Code.BAD_CONFIG,
+                f"{config.node_id!r} is not the broker's id in its certificate ({broker_id!r})")
+    try:
+        parse_listen(config.listen)
+    except InputError as err:
+        problem("listen", Code.BAD_CONFIG, err.message)
+    if config.store not in ("sqlite", "") and not (
+            config.store.startswith(("nats://", "tls://")) and urlsplit(config.store).netloc):
+        # the NATS store's own parser checks the rest (its parameters) where it is built
+        problem("store", Code.BAD_CONFIG, f"{config.store!r} is neither sqlite nor "
+                "nats://HOST:PORT[,HOST:PORT...] (or tls://...)")
+    if "\n" in config.log_origin:
+        problem("log_origin", Code.BAD_CONFIG, "must be one line (the checkpoint's origin line)")
+    interval = config.checkpoint_interval_s
+    if not (interval > 0 and math.isfinite(interval)):
+        problem("checkpoint_interval_s", Code.BAD_CONFIG,
+                f"must be a positive number of seconds, not {interval!r}")
+    out += _limit_problems(config.limits)
+
+    owners: dict[str, str] = {}
+    for i, d in enumerate(config.datasets):
+        at = f"datasets[{i}]"
+        if d.name in owners:
+            problem(f"{at}.name", Code.DUPLICATE_DATASET,
+                    f"dataset {d.name!r} is listed twice; it has one owner")
+            continue
+        owners[d.name] = d.owner
+        if groups is not None and d.name not in groups:
+            problem(f"{at}.name", Code.UNKNOWN_DATASET,
+                    f"unknown dataset {d.name!r}; known: {', '.join(sorted(groups))}")
+        if enrolled is not None and d.owner not in enrolled:
+            problem(f"{at}.owner", Code.NOT_ENROLLED,
+                    f"owner {d.owner} is not enrolled in the exchange PKI "
+                    f"(exchange pki enroll DIR {d.owner})")
+
+    for i, a in enumerate(config.agreements):
+        at = f"agreements[{i}]"
+        if enrolled is not None and a.subscriber not in enrolled:
+            problem(f"{at}.subscriber", Code.NOT_ENROLLED,
+                    f"subscriber {a.subscriber} is not enrolled in the exchange PKI "
+                    f"(exchange pki enroll DIR {a.subscriber})")
+        owner = owners.get(a.dataset)
+        if owner is None:
+            served = ", ".join(owners) or "none"
+            problem(f"{at}.dataset", Code.UNKNOWN_DATASET,
+                    f"dataset {a.dataset!r} is not in this config's datasets (served: {served})")
+            continue
+        if owner == a.subscriber:
+            problem(f"{at}.subscriber", Code.BAD_CONFIG,
+                    f"{a.subscriber} owns {a.dataset} and reads it in full without an "
+                    "agreement; a different subscriber was meant?")
+        known = None if groups is None else groups.get(a.dataset)
+        if known is None:
+            continue
+        seen: set[str] = set()
+        for j, g in enumerate(a.groups):
+            if g not in known:
+                problem(f"{at}.groups[{j}]", Code.UNKNOWN_GROUP,
+                        f"{a.dataset} has no disclosure group {g!r}; known: {', '.join(known)}")
+            elif g in seen:
+                problem(f"{at}.groups[{j}]", Code.BAD_CONFIG, f"group {g!r} is listed twice")
+            seen.add(g)
+    return out
 
 
 class Policy:
     """Access decisions over one config. Rebuilt on reload; never mutated."""
 
-    def __init__(self, config: BrokerConfig, groups: dict[str, tuple[str, ...]] | None = None
-                 ) -> None:
+    def __init__(self, config: BrokerConfig, groups: Mapping[str, Sequence[str]] | None = None,
+                 *, enrolled: Set[str] | None = None, broker_id: str | None = None) -> None:
+        """Raises one ``InputError`` (``bad_config``) naming every problem ``check_config``
+        finds (what is checked depends on what is given: see there)."""
+        problems = check_config(config, groups=groups, enrolled=enrolled, broker_id=broker_id)
+        if problems:
+            raise config_error(problems)
         self.config = config
         self.owners = {d.name: d.owner for d in config.datasets}
-        self._groups = groups or {}
+        self._groups: Mapping[str, Sequence[str]] = groups or {}
         self._agreements: dict[tuple[str, str], list[Agreement]] = {}
         for a in config.agreements:
-            if a.dataset not in self.owners:
-                raise InputError(f"agreement for {a.subscriber} names unknown dataset "
-                                 f"{a.dataset!r}", code=Code.BAD_CONFIG)
-            known = self._groups.get(a.dataset)
-            if known is not None:
-                unknown = [g for g in a.groups if g not in known]
-                if unknown:
-                    raise InputError(f"agreement for {a.subscriber} on {a.dataset} grants "
-                                     f"unknown groups {unknown}; known: {list(known)}",
-                                     code=Code.BAD_CONFIG)
             self._agreements.setdefault((a.subscriber, a.dataset), []).append(a)
 
     def check_publish(self, node: str, dataset: str) -> None:

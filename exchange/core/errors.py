@@ -288,6 +288,9 @@ class Code(enum.StrEnum):
     SCHEMA_VIOLATION = "schema_violation", InputError
     TOO_DEEP = "too_deep", InputError
     BAD_CONFIG = "bad_config", InputError
+    #: findings of ``access.check_config`` (beside ``unknown_dataset`` and ``not_enrolled``)
+    DUPLICATE_DATASET = "duplicate_dataset", InputError
+    UNKNOWN_GROUP = "unknown_group", InputError
     BAD_ENCODING = "bad_encoding", InputError
     BAD_PATHS = "bad_paths", InputError
     BAD_QUERY = "bad_query", InputError
@@ -316,9 +319,17 @@ class Code(enum.StrEnum):
     CERTIFICATE_EXPIRED = "certificate_expired", AuthError
     REVOKED = "revoked", AuthError
     UNKNOWN_SIGNER = "unknown_signer", AuthError
+    KEY_RETIRED = "key_retired", AuthError
+    TOKEN_INVALID = "token_invalid", AuthError
+    TOKEN_USED = "token_used", AuthError
+    TOKEN_EXPIRED = "token_expired", AuthError
+    CA_PIN_MISMATCH = "ca_pin_mismatch", AuthError
     FORBIDDEN = "forbidden", Forbidden
     NOT_OWNER = "not_owner", Forbidden
     NO_AGREEMENT = "no_agreement", Forbidden
+    OPERATOR_ONLY = "operator_only", Forbidden
+    NOT_A_NODE = "not_a_node", Forbidden
+    TOKEN_NODE_MISMATCH = "token_node_mismatch", Forbidden
 
     # -- what was asked for ----------------------------------------------------------------------
     NOT_FOUND = "not_found", NotFound
@@ -377,6 +388,10 @@ class Code(enum.StrEnum):
     PKI_INCOMPLETE = "pki_incomplete", PkiError
     PKI_CORRUPT = "pki_corrupt", PkiError
     PKI_IO = "pki_io", PkiError
+    BAD_CSR = "bad_csr", InputError
+    NO_CA_KEY = "no_ca_key", PkiError
+    KEY_MISMATCH_CERT = "cert_key_mismatch", PkiError
+    NOT_ROTATING = "not_rotating", PkiError
 
     # -- a record's findings: the gate, the schemas, the domain rules --------------------------
     INVALID_RECORD = "invalid_record", InvalidRecord

@@ -21,7 +21,7 @@ from exchange.core import disclosure, merkle
 from exchange.core.datasets import DatasetSpec
 from exchange.core.datasets.normalise import normalise_record
 from exchange.core.envelope import Envelope, digest
-from exchange.core.signing import Batch, PublishedRecord, Statement, statement_bytes
+from exchange.core.signing import Batch, PublishedRecord, Statement, key_id, statement_bytes
 
 __all__ = ["Prepared", "guess_key", "prepare", "seal"]
 
@@ -102,7 +102,7 @@ def seal(
         leaves.append(merkle.leaf_hash(digest(event.attributes(), commitments)))
         records.append(PublishedRecord(event, salts))
     statement = Statement(node=node, dataset=spec.name, root=merkle.root(leaves),
-                          size=len(items), time=now)
+                          size=len(items), time=now, kid=key_id(key.public_key()))
     return Batch(statement, key.sign(statement_bytes(statement)), records)
 
 

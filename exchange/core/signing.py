@@ -9,6 +9,7 @@ published alone is a batch of one. This is X-Road's batch signature, with RFC 69
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated
@@ -16,6 +17,7 @@ from typing import Annotated
 import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from exchange.core import disclosure, merkle
 from exchange.core.envelope import Envelope, NodeId, digest
@@ -28,6 +30,7 @@ __all__ = [
     "Statement",
     "Verifier",
     "check_signer",
+    "key_id",
     "record_digest",
     "statement_bytes",
 ]
@@ -39,7 +42,18 @@ Bytes32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 Signature = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 
 
-class Statement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+KeyId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$")]
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A signing key's id: the first 8 bytes of SHA-256 over its raw 32 bytes, in hex. It picks
+    the certificate a statement was signed under when a node has rotated its key."""
+    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hashlib.sha256(raw).digest()[:8].hex()
+
+
+class Statement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                omit_defaults=True):
     """What a publisher signs for one batch."""
 
     node: NodeId
@@ -47,6 +61,8 @@ class Statement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     root: Bytes32
     size: Annotated[int, msgspec.Meta(ge=1)]
     time: Annotated[str, msgspec.Meta(max_length=40)]
+    #: the signing key's id (``key_id``); absent in statements made before keys rotated
+    kid: KeyId | None = None
 
 
 class PublishedRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -99,22 +115,61 @@ def check_signer(event: Envelope, statement: Statement, dataset: str | None = No
 class Verifier:
     """Checks publisher signatures; remembers verified statements so each batch costs one verify.
 
-    ``keys`` maps a node id to its Ed25519 public key (from the exchange PKI); a callable lets the
-    caller look keys up lazily (enrolment can change while the verifier lives).
+    ``keys`` maps a node id to its current Ed25519 public key (from the exchange PKI); a callable
+    lets the caller look keys up lazily (enrolment can change while the verifier lives).
+
+    A statement names its key (``kid``). ``history(node, kid, time)`` gives the key of an older,
+    certified ``kid`` valid at ``time`` (the statement's; ``None``: at any time): what a
+    subscriber or an auditor needs for records signed before a rotation. With ``current_only``
+    (the broker, deciding on a new batch) a statement under such a retired key is refused
+    (``key_retired``). A ``kid`` nobody certified is checked against the current key, and fails
+    as any forged signature does.
     """
 
     def __init__(self, keys: Mapping[str, Ed25519PublicKey] | Callable[[str], Ed25519PublicKey
                                                                        | None],
-                 cache_size: int = 4096) -> None:
+                 cache_size: int = 4096, *,
+                 history: Callable[[str, str, str | None], Ed25519PublicKey | None] | None = None,
+                 current_only: bool = False) -> None:
         self._lookup: Callable[[str], Ed25519PublicKey | None] = (
             keys.get if isinstance(keys, Mapping) else keys)
+        self._history = history
+        self.current_only = current_only
         self._cache: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
         self.verifications = 0  # signature checks actually performed (cache misses)
 
-    def knows(self, node: str) -> bool:
-        """Whether a signing key of ``node`` is at hand."""
-        return self._lookup(node) is not None
+    def knows(self, node: str, kid: str | None = None) -> bool:
+        """Whether the signing key of ``node`` (the one named ``kid``, if given) is at hand."""
+        public = self._lookup(node)
+        if public is None:
+            return False
+        if kid is None or key_id(public) == kid:
+            return True
+        return self._history is not None and self._history(node, kid, None) is not None
+
+    def _key(self, statement: Statement) -> Ed25519PublicKey:
+        public = self._lookup(statement.node)
+        if public is None:
+            raise AuthError(f"no signing key is enrolled for node {statement.node!r}",
+                            code=Code.UNKNOWN_SIGNER)
+        kid = statement.kid
+        if kid is None or key_id(public) == kid:
+            return public
+        old = (self._history(statement.node, kid, statement.time)
+               if self._history is not None else None)
+        if old is None:
+            return public  # a key nobody certified: the signature will not verify
+        if self.current_only:
+            # the lookup may have learnt of a rotation from ``history`` (the broker does)
+            public = self._lookup(statement.node)
+            if public is not None and key_id(public) == kid:
+                return public
+            raise AuthError(f"batch signed with key {kid}, which {statement.node} has rotated "
+                            f"out (its current key is {key_id(public) if public else '?'}): a "
+                            "retired key signs "
+                            "nothing new", code=Code.KEY_RETIRED)
+        return old
 
     def verify_statement(self, statement: Statement, signature: bytes) -> None:
         body = statement_bytes(statement)
@@ -122,10 +177,7 @@ class Verifier:
         if cache_key in self._cache:
             self._cache.move_to_end(cache_key)
             return
-        public = self._lookup(statement.node)
-        if public is None:
-            raise AuthError(f"no signing key is enrolled for node {statement.node!r}",
-                            code=Code.UNKNOWN_SIGNER)
+        public = self._key(statement)
         try:
             public.verify(signature, body)
         except InvalidSignature:

@@ -95,11 +95,11 @@ class Inbox:
         self.evidence: list[tuple[int, str]] = []
         self._ack: int | None = None
 
-    def signers(self, frame: Records) -> list[str]:
-        """The publishers whose signing keys this frame needs and the verifier lacks: fetch and
-        check them (against the exchange CA) before ``receive``."""
-        return [n for n in dict.fromkeys(b.statement.node for b in frame.batches)
-                if not self.verifier.knows(n)]
+    def signers(self, frame: Records) -> list[tuple[str, str | None]]:
+        """The publishers' signing keys (node, key id) this frame needs and the verifier lacks:
+        fetch and check them (against the exchange CA) before ``receive``."""
+        return list(dict.fromkeys((b.statement.node, b.statement.kid) for b in frame.batches
+                                  if not self.verifier.knows(b.statement.node, b.statement.kid)))
 
     def receive(self, frame: Records) -> list[Item]:
         """What to do with each record of ``frame``, in seq order."""

@@ -96,7 +96,9 @@ class Node:
         if sub in self._subs:
             self._subs.remove(sub)
 
-    async def dead_letters(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = await self.get_json(
-            f"/v1/dead-letters?after={after}&limit={limit}")
+    async def dead_letters(self, after: int = 0, limit: int = 100, *, node: str | None = None
+                           ) -> list[dict[str, Any]]:
+        """Refused records, oldest first: this node's own, or (an operator) ``node``'s."""
+        query = f"after={after}&limit={limit}" + (f"&node={node}" if node else "")
+        out: list[dict[str, Any]] = await self.get_json(f"/v1/dead-letters?{query}")
         return out

@@ -13,19 +13,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange import pki
 from exchange.clock import Clock
-from exchange.core.errors import AuthError, Code, ExchangeError, UnavailableError
+from exchange.core.errors import AuthError, Code, ExchangeError, PkiError, UnavailableError
 from exchange.core.signing import Verifier
 from exchange.core.wire import PROBLEM_CODE_HEADER
+from exchange.pki import party
 
-__all__ = ["Client", "NodeConfig", "handshake_refused", "problem"]
+__all__ = ["Client", "NodeConfig", "handshake_refused", "load_identity", "problem"]
 
 
 class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How a node reaches the exchange. Decoded strictly from the node's TOML/JSON file."""
 
     node_id: str
-    #: the exchange PKI directory holding ``ca.crt`` and ``nodes/<node_id>/``
-    pki_dir: str
+    #: the node's own directory (``exchange node init``): its keys, certificates and ``ca.crt``
+    node_dir: str = ""
+    #: instead of ``node_dir``: a PKI directory whose ``nodes/<node_id>/`` holds keys made
+    #: centrally (``exchange pki enroll --insecure-central-keys``: demos, tests, benchmarks)
+    pki_dir: str = ""
     #: broker base URLs; the node fails over between them in order
     brokers: list[str]
     batch_size: int = 500
@@ -53,15 +57,18 @@ class Client:
     def __init__(self, config: NodeConfig, clock: Clock) -> None:
         self.config = config
         self.clock = clock
-        self.identity = pki.load_node_identity(config.pki_dir, config.node_id)
+        self.identity = load_identity(config)
         self._ca = x509.load_pem_x509_certificate(self.identity.ca_cert.read_bytes())
         self._ssl: ssl.SSLContext = pki.client_ssl_context(self.identity)
         self._session: aiohttp.ClientSession | None = None
         self._broker = 0
+        #: each signer's current key, and every key it was ever certified for (by key id)
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self._history: dict[str, dict[str, pki.SigningCert]] = {}
         #: publishers' signatures, checked with the keys ``trust`` fetched; one verification
-        #: per batch statement
-        self.verifier = Verifier(self._keys.get)
+        #: per batch statement; a statement under a rotated-out key is checked against the
+        #: certificate of its key id, valid at the statement's time
+        self.verifier = Verifier(self._keys.get, history=self._certified)
 
     async def open(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -92,18 +99,30 @@ class Client:
         if self.url == failed:
             self._broker = (self._broker + 1) % len(self.config.brokers)
 
-    async def trust(self, node: str) -> Ed25519PublicKey:
-        """The signing key of ``node``, from its certificate checked against the exchange CA:
-        the broker serves it, but cannot forge it."""
+    async def trust(self, node: str, kid: str | None = None) -> Ed25519PublicKey:
+        """The current signing key of ``node`` (and every older one, by key id), from its
+        certificates checked against the exchange CA: the broker serves them, but cannot forge
+        them. Fetched again when a statement names a key id not seen yet (a rotation)."""
         key = self._keys.get(node)
-        if key is None:
-            pem = await self.get_bytes(f"/v1/nodes/{node}/certificate")
-            cert_node, key = pki.signing_identity_from_cert(pem, self._ca)
-            if cert_node != node:
-                raise AuthError(f"certificate served for {node} names {cert_node}",
+        if key is None or not self.verifier.knows(node, kid):
+            bundle = await self.get_bytes(f"/v1/nodes/{node}/certificates")
+            certs = pki.certified_signing_keys(bundle, self._ca)
+            if not certs:
+                raise AuthError(f"no signing certificate served for {node}",
+                                code=Code.UNKNOWN_SIGNER)
+            strangers = sorted({c.node_id for c in certs} - {node})
+            if strangers:
+                raise AuthError(f"certificates served for {node} name {strangers}",
                                 code=Code.BAD_CERTIFICATE)
+            self._history[node] = {c.kid: c for c in certs}
+            # served in the order issued: the last is the current key
+            key = certs[-1].key
             self._keys[node] = key
         return key
+
+    def _certified(self, node: str, kid: str, time: str | None) -> Ed25519PublicKey | None:
+        cert = self._history.get(node, {}).get(kid)
+        return cert.key if cert is not None and cert.valid_at(time) else None
 
     async def get_bytes(self, path: str) -> bytes:
         """GET ``path`` from the current broker; a refusal raises the error the broker raised."""
@@ -121,6 +140,22 @@ class Client:
 
     async def get_json(self, path: str) -> Any:
         return msgspec.json.decode(await self.get_bytes(path))
+
+
+def load_identity(config: NodeConfig) -> pki.Identity:
+    """The node's identity from its own directory (or, for central keys, the PKI directory);
+    the certificates must name ``config.node_id``."""
+    if bool(config.node_dir) == bool(config.pki_dir):
+        raise PkiError("a node config names exactly one of node_dir (its own directory) and "
+                       "pki_dir (central keys)", code=Code.NOT_ENROLLED)
+    if config.node_dir:
+        identity = party.load_identity(config.node_dir)
+    else:
+        identity = pki.load_node_identity(config.pki_dir, config.node_id)
+    if identity.node_id != config.node_id:
+        raise PkiError(f"{config.node_dir} holds the keys of {identity.role} "
+                       f"{identity.node_id}, not of {config.node_id}", code=Code.NOT_ENROLLED)
+    return identity
 
 
 def problem(status: int, body: bytes) -> ExchangeError:

@@ -170,9 +170,9 @@ class Subscription(Inbox):
     async def process(self, frame: Records) -> int | None:
         """Verify a frame and hand its records to the handler; the seq to ack, once every
         record is dealt with (None: nothing to ack)."""
-        for signer in self.signers(frame):
+        for signer, kid in self.signers(frame):
             try:
-                await self.client.trust(signer)
+                await self.client.trust(signer, kid)
             except UnavailableError:
                 raise  # reconnect and try again: nothing was handled or acked
             except ExchangeError as err:

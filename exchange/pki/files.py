@@ -37,6 +37,28 @@ _TLS_KEY = "tls.key"
 _SIGNING_CERT = "signing.crt"
 _SIGNING_KEY = "signing.key"
 _SIGNING_PUB = "signing.pub"
+_OPERATORS = "operators"
+#: every signing certificate a party was ever issued, by serial: records signed before a
+#: rotation verify against the certificate of their key id
+_HISTORY = "history"
+_PARTY = "party.json"
+_TLS_CSR = "tls.csr"
+_SIGNING_CSR = "signing.csr"
+_NEXT_KEY = "signing.next.key"
+_NEXT_CSR = "signing.next.csr"
+_NEXT_CERT = "signing.next.crt"
+_RETIRED = "retired"
+#: the CA's own directory (never read by the broker): the CA key, invitation tokens, the log
+_TOKENS = "tokens.json"
+_CA_LOG = "ca.log"
+_ENROL = "enrol"
+
+
+def default_ca_dir(pki_dir: str | os.PathLike[str]) -> Path:
+    """Where the CA key lives when ``--ca-dir`` is not given: a sibling of the PKI directory
+    (``certs/exchange`` → ``certs/exchange-ca``), never inside what the broker reads."""
+    root = Path(pki_dir).absolute()
+    return root.parent / f"{root.name}-ca"
 
 
 @dataclass(frozen=True, slots=True)

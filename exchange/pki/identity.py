@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from exchange.core.errors import AuthError, Code, PkiError
+from exchange.core.signing import key_id
 from exchange.pki.files import (
     _BROKER,
     _CA_CERT,
     _CRL,
+    _HISTORY,
     _NODES,
     _SIGNING_CERT,
     _SIGNING_KEY,
@@ -55,6 +57,7 @@ class Identity:
     tls_key: Path
     signing_cert: Path
     signing_key: ed25519.Ed25519PrivateKey
+    role: str = "node"
 
     @property
     def signing_public_key(self) -> ed25519.Ed25519PublicKey:
@@ -62,12 +65,16 @@ class Identity:
 
 
 def load_node_identity(directory: str | os.PathLike[str], node_id: str) -> Identity:
-    """The enrolled node's files; ``PkiError(not_enrolled)`` if it was never enrolled."""
+    """A node enrolled with central keys (``pki.enroll``: tests, benchmarks): its directory is
+    ``nodes/<node id>/`` of the PKI directory. ``PkiError(not_enrolled)`` if it is not there."""
+    from exchange.pki import party
+
     root = _initialised(directory)
     node_dir = root / _NODES / validate_node_id(node_id)
-    if not (node_dir / _TLS_CERT).is_file():
-        raise PkiError(f"node {node_id!r} is not enrolled in {root}", code=Code.NOT_ENROLLED)
-    return _identity(root, node_dir, node_id)
+    if not (node_dir / _TLS_KEY).is_file():
+        raise PkiError(f"node {node_id!r} has no keys in {root} (a node that made its own "
+                       "keys loads them from its own directory)", code=Code.NOT_ENROLLED)
+    return party.load_identity(node_dir)
 
 
 def load_broker_identity(directory: str | os.PathLike[str]) -> Identity:
@@ -124,7 +131,8 @@ def load_signing_registry(directory: str | os.PathLike[str]) -> dict[str, ed2551
 
 
 def signing_identity_from_cert(
-    cert: bytes | x509.Certificate, ca: x509.Certificate, *, at: dt.datetime | None = None
+    cert: bytes | x509.Certificate, ca: x509.Certificate, *, at: dt.datetime | None = None,
+    check_time: bool = True,
 ) -> tuple[str, ed25519.Ed25519PublicKey]:
     """Check a signing certificate (PEM/DER bytes or parsed) against the CA; return id and key.
 
@@ -140,7 +148,7 @@ def signing_identity_from_cert(
             "signing certificate not issued by the exchange CA", code=Code.BAD_CERTIFICATE
         ) from err
     now = at or _now()
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+    if check_time and not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise AuthError("signing certificate is not valid now", code=Code.CERTIFICATE_EXPIRED)
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -150,6 +158,64 @@ def signing_identity_from_cert(
     if DOCUMENT_SIGNING not in eku or not isinstance(key, ed25519.Ed25519PublicKey):
         raise AuthError("not an exchange signing certificate", code=Code.BAD_CERTIFICATE)
     return node_id_from_cert(cert), key
+
+
+@dataclass(frozen=True, slots=True)
+class SigningCert:
+    """One certified signing key of a party: which, and when it may have signed."""
+
+    node_id: str
+    kid: str
+    key: ed25519.Ed25519PublicKey
+    not_before: dt.datetime
+    not_after: dt.datetime
+    serial: int
+
+    def valid_at(self, time: str | None) -> bool:
+        """Whether a statement made at ``time`` (RFC 3339; ``None``: any) falls in the
+        certificate's validity."""
+        if time is None:
+            return True
+        try:
+            at = dt.datetime.fromisoformat(time)
+        except ValueError:
+            return False
+        if at.tzinfo is None:
+            return False
+        return self.not_before <= at <= self.not_after
+
+
+def certified_signing_keys(bundle: bytes, ca: x509.Certificate) -> list[SigningCert]:
+    """Every signing certificate in a PEM bundle, each checked against the CA (issuer, EKU,
+    key type) but not against the clock: an old certificate vouches for what was signed while
+    it was valid. Raises ``AuthError`` if any certificate fails."""
+    out = []
+    for cert in x509.load_pem_x509_certificates(bundle) if bundle.strip() else []:
+        node_id, key = signing_identity_from_cert(cert, ca, check_time=False)
+        out.append(SigningCert(node_id, key_id(key), key, cert.not_valid_before_utc,
+                               cert.not_valid_after_utc, cert.serial_number))
+    return out
+
+
+def signing_history(directory: str | os.PathLike[str], node_id: str) -> bytes:
+    """Every signing certificate ever issued to ``node_id`` (PEM) in the order issued: the
+    last is the current one."""
+    root = _initialised(directory)
+    history = root / _NODES / validate_node_id(node_id) / _HISTORY
+    paths = sorted(history.glob("*.crt")) if history.is_dir() else []
+    return b"".join(_read_cert(p).public_bytes(serialization.Encoding.PEM) for p in paths)
+
+
+def load_signing_history(directory: str | os.PathLike[str]) -> dict[str, list[SigningCert]]:
+    """node id → every signing key it was certified for (``nodes/<id>/history/``)."""
+    root = _initialised(directory)
+    ca = _read_cert(root / _CA_CERT)
+    out: dict[str, list[SigningCert]] = {}
+    nodes = root / _NODES
+    for node_dir in sorted(nodes.iterdir()) if nodes.is_dir() else []:
+        if (node_dir / _HISTORY).is_dir():
+            out[node_dir.name] = certified_signing_keys(signing_history(root, node_dir.name), ca)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
@@ -17,6 +17,9 @@ from exchange.core.errors import AuthError, Code, PkiError
 #: SAN URI that names a party. A private URN namespace: only exchange software reads it, and a
 #: prefix match is all it takes to tell our identities from any other URI a certificate may hold.
 NODE_URI_PREFIX = "urn:vn-exchange:node:"
+#: SAN URI that names an operator: a role of its own, never a node. An operator certificate
+#: opens the exchange-wide views and nothing a node does (publish, subscribe).
+OPERATOR_URI_PREFIX = "urn:vn-exchange:operator:"
 
 #: The broker's default id (run by the National Data Center).
 BROKER_ID = "vn.gov.ndc.broker"
@@ -77,3 +80,41 @@ def node_id_from_cert(cert: bytes | x509.Certificate | Mapping[str, Any]) -> str
         return validate_node_id(ids[0])
     except PkiError as err:
         raise AuthError(err.message, code=Code.BAD_CERTIFICATE) from err
+
+
+class Principal(NamedTuple):
+    """Who a certificate names: a node or an operator, and its id."""
+
+    role: Literal["node", "operator"]
+    id: str
+
+
+def principal_uri(principal: Principal) -> str:
+    prefix = NODE_URI_PREFIX if principal.role == "node" else OPERATOR_URI_PREFIX
+    return prefix + validate_node_id(principal.id)
+
+
+def principal_from_cert(cert: bytes | x509.Certificate) -> Principal:
+    """The node or operator a certificate names (exactly one exchange URI, of either kind)."""
+    if isinstance(cert, bytes | bytearray | memoryview):
+        try:
+            cert = x509.load_der_x509_certificate(bytes(cert))
+        except ValueError as err:
+            raise AuthError("peer certificate does not parse", code=Code.BAD_CERTIFICATE) from err
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = x509.SubjectAlternativeName([])
+    found = [(role, u[len(prefix):])
+             for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+             for role, prefix in (("node", NODE_URI_PREFIX), ("operator", OPERATOR_URI_PREFIX))
+             if u.startswith(prefix)]
+    if len(found) != 1:
+        raise AuthError(f"certificate must name exactly one node or operator, found "
+                        f"{len(found)}", code=Code.BAD_CERTIFICATE)
+    role, party_id = found[0]
+    try:
+        validate_node_id(party_id)
+    except PkiError as err:
+        raise AuthError(err.message, code=Code.BAD_CERTIFICATE) from err
+    return Principal("node" if role == "node" else "operator", party_id)

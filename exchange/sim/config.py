@@ -74,7 +74,7 @@ def default_config(role: Role, **changes: Any) -> AgencyConfig:
 def load_node_file(path: str | Path) -> tuple[NodeConfig, AgencyConfig]:
     """A node file: ``NodeConfig`` fields at the top, the ``[agency]`` section below.
 
-    ``pki_dir`` is relative to the file.
+    ``node_dir`` (or ``pki_dir``) is relative to the file.
     """
     path = Path(path)
     try:
@@ -90,7 +90,10 @@ def load_node_file(path: str | Path) -> tuple[NodeConfig, AgencyConfig]:
         raise InputError(f"{path} is not valid TOML: {err}", code=Code.BAD_CONFIG) from None
     except msgspec.ValidationError as err:
         raise InputError(f"{path}: {err}", code=Code.BAD_CONFIG) from None
-    node = msgspec.structs.replace(node, pki_dir=str((path.parent / node.pki_dir).resolve()))
+    node = msgspec.structs.replace(
+        node, **{name: str((path.parent / value).resolve())
+                 for name, value in (("node_dir", node.node_dir), ("pki_dir", node.pki_dir))
+                 if value})
     if OWNERS[config.role] != node.node_id:
         raise InputError(f"{path}: the {config.role} registry is {OWNERS[config.role]}, "
                          f"not {node.node_id}", code=Code.BAD_CONFIG)

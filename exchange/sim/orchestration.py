@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import structlog
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from exchange.core.errors import ExchangeError
 from exchange.sim.process import DemoError, running_broker
@@ -82,6 +83,23 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
                        seed=seed, catch_up_s=catch_up_s, live=live, store=store)
 
 
+DEMO_OPERATOR = "vn.gov.ndc.ops.demo"
+
+
+def join_offline(pki_dir: Path, party_dir: Path, party_id: str, *, role: str = "node") -> None:
+    """The offline join, on one machine: the party makes its keys and requests in its own
+    directory (``exchange node init``), the CA signs the requests (``exchange pki sign``), the
+    party installs the certificates (``exchange node install``). Only requests and
+    certificates cross between the two directories."""
+    from exchange import pki
+    from exchange.pki import party
+
+    party.create(party_dir, party_id, role="node" if role == "node" else "operator")
+    certs = [pki.sign(pki_dir, csr) for csr in party.requests(party_dir)]
+    party.install(party_dir, [c.public_bytes(Encoding.PEM) for c in certs],
+                  ca=(pki_dir / "ca.crt").read_bytes())
+
+
 async def _demo(data: Path, *, records: int, duration: float, faults: float | None,
                 rate: float | None, seed: int | None, catch_up_s: float, live: bool,
                 store: str) -> dict[str, Any]:
@@ -92,12 +110,17 @@ async def _demo(data: Path, *, records: int, duration: float, faults: float | No
     t_start = time.monotonic()
     _say(f"data directory {data}")
     pki_dir = data / "pki"
+    node_dirs = {role: data / "nodes" / role for role in agencies.ROLES}
     try:
         pki.init(pki_dir)
-        for node_id in agencies.OWNERS.values():
-            pki.enroll(pki_dir, node_id)
+        for role, node_dir in node_dirs.items():
+            join_offline(pki_dir, node_dir, agencies.OWNERS[role])
+        # the exchange-wide quality report is an operator's view, not a node's
+        join_offline(pki_dir, data / "operator", DEMO_OPERATOR, role="operator")
     except ExchangeError as err:
         raise DemoError(f"cannot create the PKI in {pki_dir}: {err.message}") from None
+    _say(f"each agency made its own keys in {data / 'nodes'}/<role>; the CA signed their "
+         "requests")
     config_path = data / "exchange.toml"
     toml = agencies.broker_toml("pki", "data", "127.0.0.1:0")
     if store != "sqlite":
@@ -114,7 +137,7 @@ async def _demo(data: Path, *, records: int, duration: float, faults: float | No
             agents: list[agencies.Agency] = []
             for i, role in enumerate(agencies.ROLES):
                 node = await stack.enter_async_context(Node(NodeConfig(
-                    node_id=agencies.OWNERS[role], pki_dir=str(pki_dir),
+                    node_id=agencies.OWNERS[role], node_dir=str(node_dirs[role]),
                     brokers=[broker.url], linger_s=0.005)))
                 changes: dict[str, Any] = {"records": shares[role]}
                 if scale is not None:
@@ -166,7 +189,9 @@ async def _demo(data: Path, *, records: int, duration: float, faults: float | No
             except TimeoutError:
                 caught_up = False
             lags = await _broker_lag(agents, min(catch_up_s, 10.0))
-            quality = await _quality(agents[0].node)
+            async with Node(NodeConfig(node_id=DEMO_OPERATOR, node_dir=str(data / "operator"),
+                                       brokers=[broker.url])) as operator:
+                quality = await _quality(operator)
             ticker.cancel()
             interrupt.cancel()
             for task in (ticker, interrupt):
