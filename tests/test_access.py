@@ -30,7 +30,6 @@ NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 TOML = f"""
 node_id = "vn.gov.ndc.broker"
 listen = "127.0.0.1:9443"
-operators = ["vn.gov.ndc.ops"]
 
 [limits]
 max_batch_records = 100
@@ -62,7 +61,6 @@ def _json_config() -> dict[str, Any]:
     return {
         "node_id": "vn.gov.ndc.broker",
         "listen": "127.0.0.1:9443",
-        "operators": ["vn.gov.ndc.ops"],
         "limits": {"max_batch_records": 100, "ack_timeout_s": 5.0},
         "datasets": [{"name": "population", "owner": POP_OWNER},
                      {"name": "tax", "owner": TAX_OWNER}],
@@ -89,7 +87,6 @@ def _policy(*agreements: Agreement, **extra: Any) -> Policy:
 def test_parse_toml() -> None:
     c = parse_config(TOML)
     assert c.listen == "127.0.0.1:9443"
-    assert c.operators == ["vn.gov.ndc.ops"]
     assert c.limits == Limits(max_batch_records=100, ack_timeout_s=5.0)
     assert c.limits.max_fields == Limits().max_fields  # unspecified limits keep their defaults
     assert c.datasets == [DatasetConfig("population", POP_OWNER),
@@ -286,3 +283,11 @@ def test_agreement_naming_an_unknown_dataset_fails_at_construction() -> None:
         _policy(Agreement(subscriber=BANK, dataset="vehicle", purpose="scoring"))
     assert info.value.code == "bad_config"
     assert "vehicle" in info.value.message
+
+
+def test_operators_are_a_certificate_role_not_a_config_list() -> None:
+    """Operators are named by their certificates (``exchange operator init``); a config that
+    still lists node ids as operators is refused, not silently ignored."""
+    with pytest.raises(InputError) as err:
+        parse_config('operators = ["vn.gov.ndc.ops"]\n' + TOML)
+    assert "operators" in err.value.message

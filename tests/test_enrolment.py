@@ -360,6 +360,15 @@ async def test_operator_views_are_refused_to_nodes_and_node_actions_to_operators
             assert err.value.code == "not_a_node"
     finally:
         await runner.cleanup()
+    # every operator request is on record with the operator's name; no node request is
+    actions = [json.loads(line) for line in
+               (tmp_path / "data" / "operator-actions.log").read_text().splitlines()]
+    assert {a["operator"] for a in actions} == {OPERATOR}
+    assert ["/metrics", "/v1/quality", "/v1/subscriptions",
+            f"/v1/dead-letters?after=0&limit=100&node={POP}"] == [
+        a["target"] for a in actions if a["method"] == "GET"]
+    assert [a["status"] for a in actions if a["method"] == "POST"] == [403]
+    assert (tmp_path / "data" / "operator-actions.log").stat().st_mode & 0o777 == 0o600
 
 
 async def _ignore(d: Delivery) -> None:
@@ -453,3 +462,24 @@ async def test_no_private_key_is_written_outside_its_owners_directory(
         for f in [*exchange_pki.rglob("*"), *ca_dir.rglob("*"), *(tmp_path / "data").rglob("*")]:
             if f.is_file():
                 assert not own & set(_private_keys_in(f)), f
+
+
+async def test_a_revoked_operator_is_refused_on_its_open_connection(
+        tmp_path: Path, exchange_pki: Path) -> None:
+    join_offline(exchange_pki, tmp_path / "op", OPERATOR, role="operator")
+    for node in (POP, TAX):
+        pki.enroll(exchange_pki, node)
+    broker, runner, url = await start_broker(_config(exchange_pki, tmp_path / "data"))
+    try:
+        async with Node(NodeConfig(node_id=OPERATOR, node_dir=str(tmp_path / "op"),
+                                   brokers=[url])) as o:
+            assert await o.get_json("/v1/subscriptions") == []
+            pki.revoke(exchange_pki, OPERATOR, role="operator")
+            broker.reload()
+            # the kept-alive connection was verified before the revocation: the serial check
+            # at every request refuses it
+            with pytest.raises(AuthError) as err:
+                await o.get_json("/v1/subscriptions")
+            assert err.value.code == "revoked"
+    finally:
+        await runner.cleanup()

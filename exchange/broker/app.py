@@ -53,6 +53,8 @@ logger = structlog.get_logger("exchange.broker")
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
 PROBLEM = "application/problem+json"
+#: every operator request, one JSON line each, in the broker's data directory
+OPERATOR_LOG = "operator-actions.log"
 
 
 class Broker:
@@ -111,6 +113,22 @@ class Broker:
         self.limits: Limits = config.limits
         self.signing_keys = signing_keys
         self.revoked = revoked
+
+    def log_operator_action(self, operator: str, method: str, target: str, status: int) -> None:
+        """One JSON line per operator request in ``<data_dir>/operator-actions.log`` (0600,
+        appended): who asked what, when, and what the broker answered."""
+        line = msgspec.json.encode({"time": self.clock.time(), "operator": operator,
+                                    "method": method, "target": target, "status": status})
+        try:
+            fd = os.open(Path(self.config.data_dir) / OPERATOR_LOG,
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line + b"\n")
+            finally:
+                os.close(fd)
+        except OSError as err:
+            logger.error("operator_log_unwritable", error=str(err))
+        logger.info("operator_action", method=method, target=target, status=status)
 
     def current_key(self, node: str) -> Ed25519PublicKey | None:
         """The node's current signing key. The CA rewrites ``nodes.json`` whenever it certifies
@@ -254,10 +272,18 @@ async def auth_middleware(request: web.Request,
     if who.role == "node":
         request[NODE] = who.id
         structlog.contextvars.bind_contextvars(node=who.id)
-    else:
-        structlog.contextvars.bind_contextvars(operator=who.id)
-        logger.info("operator_action", method=request.method, query=request.query_string)
-    return await handler(request)
+        return await handler(request)
+    structlog.contextvars.bind_contextvars(operator=who.id)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ExchangeError as err:
+        status = err.status
+        raise
+    finally:
+        broker.log_operator_action(who.id, request.method, request.path_qs, status)
 
 
 def _node(request: web.Request) -> str:

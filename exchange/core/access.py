@@ -91,8 +91,6 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     #: score data quality at the gate (correct, sufficient, clean, live)
     quality: bool = True
     limits: Limits = Limits()
-    #: nodes that may see every subscription's lag and the whole exchange's state
-    operators: list[NodeId] = []
     datasets: list[DatasetConfig] = []
     agreements: list[Agreement] = []
 
