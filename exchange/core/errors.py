@@ -338,6 +338,7 @@ class Code(enum.StrEnum):
     UNKNOWN_NODE = "unknown_node", NotFound
     BEYOND_LOG = "beyond_log", NotFound
     QUALITY_OFF = "quality_off", NotFound
+    UNKNOWN_AGREEMENT = "unknown_agreement", NotFound
 
     # -- conflicts with what the exchange holds ----------------------------------------------
     CONFLICT = "conflict", ConflictError
@@ -345,6 +346,7 @@ class Code(enum.StrEnum):
     STALE_VERSION = "stale_version", ConflictError
     SUBSCRIPTION_BUSY = "subscription_busy", ConflictError
     AGREEMENT_CHANGED = "agreement_changed", ConflictError
+    AGREEMENT_STATE = "agreement_state", ConflictError
 
     # -- signatures, digests, proofs ---------------------------------------------------------
     SIGNATURE_INVALID = "signature_invalid", IntegrityError
@@ -389,6 +391,7 @@ class Code(enum.StrEnum):
     PKI_CORRUPT = "pki_corrupt", PkiError
     PKI_IO = "pki_io", PkiError
     BAD_CSR = "bad_csr", InputError
+    BAD_AGREEMENT = "bad_agreement", InputError
     NO_CA_KEY = "no_ca_key", PkiError
     KEY_MISMATCH_CERT = "cert_key_mismatch", PkiError
     NOT_ROTATING = "not_rotating", PkiError

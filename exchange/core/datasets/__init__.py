@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from exchange.core.datasets.base import DatasetSpec, RuleContext, Validated
+from exchange.core.datasets.base import Catalogue, DatasetSpec, RuleContext, Validated
 from exchange.core.errors import Code, NotFound
 
 __all__ = [
     "REGISTRY",
+    "Catalogue",
     "DatasetSpec",
     "RuleContext",
     "Validated",
@@ -28,7 +29,9 @@ def _register(spec: DatasetSpec) -> None:
 
 
 def names() -> list[str]:
-    return sorted(REGISTRY)
+    """The national datasets (the exchange's own system datasets are not among them)."""
+    return sorted(n for n, versions in REGISTRY.items()
+                  if not any(spec.system for spec in versions.values()))
 
 
 def get(name: str, version: int | None = None) -> DatasetSpec:
@@ -65,7 +68,7 @@ def export_schemas(directory: str | Path) -> list[Path]:
 
 
 # the dataset modules register themselves; imported last because they import this package
-from exchange.core.datasets import land, population, tax, vehicle  # noqa: E402
+from exchange.core.datasets import agreement, land, population, tax, vehicle  # noqa: E402
 
-for _module in (population, tax, land, vehicle):
+for _module in (population, tax, land, vehicle, agreement):
     _register(_module.SPEC)

@@ -85,6 +85,26 @@ def schema_violation(
 
 
 @dataclass(frozen=True)
+class Catalogue:
+    """What a would-be subscriber reads before asking (DCAT terms where they fit)."""
+
+    #: dct:title and dct:description, in Vietnamese and in English
+    title_vi: str
+    title_en: str
+    description_vi: str
+    description_en: str
+    #: dcat:theme (a short subject heading)
+    theme: str
+    #: the law that makes the owner keep this data and allows sharing it
+    legal_basis: str
+    #: Law 60/2024/QH15 Art. 13: "core", "important" or "other"; core and important data need
+    #: an operator's countersignature on every agreement
+    classification: str
+    #: the Decision 20/2025/QĐ-TTg annex category the classification rests on, if one applies
+    category: str = ""
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """One version of one dataset."""
 
@@ -111,6 +131,9 @@ class DatasetSpec:
     #: population, a tax code to tax); checked, never enforced, for the "clean" score
     references: tuple[str, ...] = ()
     description: str = ""
+    catalogue: Catalogue | None = None
+    #: kept by the exchange itself (agreements): not listed with the national datasets
+    system: bool = False
 
     @property
     def type(self) -> str:

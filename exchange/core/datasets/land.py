@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from exchange.core.datasets import admin_units
-from exchange.core.datasets.base import DatasetSpec, RuleContext
+from exchange.core.datasets.base import Catalogue, DatasetSpec, RuleContext
 from exchange.core.datasets.common import (
     Address,
     PersonalOrTaxId,
@@ -180,4 +180,17 @@ SPEC = DatasetSpec(
     references=("owners",),
     description="A land parcel in the cadastral database (Decree 101/2024/NĐ-CP). Key: "
                 "{ward_code}-{map_sheet}-{parcel_number}.",
+    catalogue=Catalogue(
+        title_vi="Cơ sở dữ liệu đất đai",
+        title_en="Land (cadastral) database",
+        description_vi="Thửa đất: tờ bản đồ, số thửa, diện tích, mục đích sử dụng, người sử "
+                       "dụng đất, giấy chứng nhận.",
+        description_en="Land parcels: map sheet, parcel number, area, land-use purposes, land "
+                       "users, certificate.",
+        theme="land and environment",
+        legal_basis="Land Law 31/2024/QH15; Decree 101/2024/NĐ-CP",
+        classification="core",
+        category="Decision 20/2025/QĐ-TTg annex: undisclosed basic data of citizens (land "
+                 "users)",
+    ),
 )

@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from exchange.core.datasets.admin_units import BIRTH_PROVINCES
-from exchange.core.datasets.base import DatasetSpec, RuleContext
+from exchange.core.datasets.base import Catalogue, DatasetSpec, RuleContext
 from exchange.core.datasets.common import (
     ISO_COUNTRIES,
     Address,
@@ -150,4 +150,18 @@ SPEC = DatasetSpec(
     update_interval_s=3_600,
     description="A citizen in the National Population Database (Law on Identification "
                 "26/2023/QH15 Art. 9). Key: the 12-digit personal identification number.",
+    catalogue=Catalogue(
+        title_vi="Cơ sở dữ liệu quốc gia về dân cư",
+        title_en="National Population Database",
+        description_vi="Thông tin cơ bản của công dân: họ tên, ngày sinh, giới tính, nơi đăng "
+                       "ký khai sinh, nơi thường trú, tình trạng hôn nhân, dân tộc, tôn giáo.",
+        description_en="Basic data of each citizen: name, birth date, sex, birth registration "
+                       "place, permanent residence, marital status, ethnicity, religion.",
+        theme="population and identity",
+        legal_basis="Law on Identification 26/2023/QH15 Art. 9; Decree 70/2024/NĐ-CP",
+        classification="core",
+        category="Decision 20/2025/QĐ-TTg annex: undisclosed basic data of citizens (national "
+                 "copy: core); ethnicity and religion are sensitive personal data (Decree "
+                 "13/2023/NĐ-CP Art. 2(4))",
+    ),
 )

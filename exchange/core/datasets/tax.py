@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from exchange.core.datasets.base import DatasetSpec, RuleContext
+from exchange.core.datasets.base import Catalogue, DatasetSpec, RuleContext
 from exchange.core.datasets.common import (
     Address,
     Name,
@@ -128,4 +128,17 @@ SPEC = DatasetSpec(
     references=("personal_id",),
     description="A taxpayer's registration (Circular 86/2024/TT-BTC). Key: the tax id as "
                 "written (MST, branch MST, or a person's 12-digit id).",
+    catalogue=Catalogue(
+        title_vi="Cơ sở dữ liệu đăng ký thuế",
+        title_en="Taxpayer registration",
+        description_vi="Đăng ký thuế của cá nhân, hộ kinh doanh và tổ chức: mã số thuế, tên, "
+                       "địa chỉ, cơ quan thuế quản lý, tình trạng hoạt động.",
+        description_en="Tax registration of individuals, households and organisations: tax "
+                       "code, name, address, managing tax office, status.",
+        theme="taxation",
+        legal_basis="Law on Tax Administration 38/2019/QH14; Circular 86/2024/TT-BTC",
+        classification="core",
+        category="Decision 20/2025/QĐ-TTg annex: undisclosed basic data of citizens "
+                 "(personal tax codes)",
+    ),
 )

@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from exchange.core.datasets.admin_units import PLATE_CODES
-from exchange.core.datasets.base import DatasetSpec, RuleContext
+from exchange.core.datasets.base import Catalogue, DatasetSpec, RuleContext
 from exchange.core.datasets.common import Name, PersonalOrTaxId, future, owner_id_problem
 from exchange.core.errors import Code, Violation
 
@@ -169,4 +169,16 @@ SPEC = DatasetSpec(
     references=("owner_id",),
     description="A registered road vehicle (Circular 79/2024/TT-BCA). Key: the plate without "
                 "separators (30A12345).",
+    catalogue=Catalogue(
+        title_vi="Cơ sở dữ liệu đăng ký xe",
+        title_en="Road vehicle registrations",
+        description_vi="Xe cơ giới đã đăng ký: biển số, số khung, số máy, loại xe, chủ xe.",
+        description_en="Registered road vehicles: plate, VIN, engine number, kind, owner.",
+        theme="transport",
+        legal_basis="Law on Road Traffic Order and Safety 36/2024/QH15; Circular "
+                    "79/2024/TT-BCA",
+        classification="core",
+        category="Decision 20/2025/QĐ-TTg annex: undisclosed basic data of citizens (vehicle "
+                 "owners, plates)",
+    ),
 )
