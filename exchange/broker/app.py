@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exchange import audit, pki
+from exchange.broker.agreements import AgreementBook, NewRequest
+from exchange.broker.agreements import decode as book_decode
 from exchange.broker.checkpoints import TlogService
 from exchange.broker.hub import Hub
 from exchange.broker.metrics import QualityTracker
@@ -31,6 +33,7 @@ from exchange.broker.subscribe import Subscriptions
 from exchange.clock import SYSTEM, Clock
 from exchange.core import datasets, tlog
 from exchange.core.access import BrokerConfig, Limits, Policy, parse_config
+from exchange.core.agreements import Decision
 from exchange.core.errors import (
     AuthError,
     Code,
@@ -91,6 +94,12 @@ class Broker:
                                            policy=lambda: self.policy,
                                            limits=lambda: self.limits, quality=self.quality,
                                            clock=clock)
+        self.book = AgreementBook(
+            store=store, publisher=self.publisher, broker_id=self.identity.node_id,
+            signing_key=self.identity.signing_key, clock=clock,
+            owner=lambda d: self.policy.owners.get(d),
+            groups=lambda d: tuple(datasets.get(d).groups), keys=self.party_key,
+            current=self.current_kid, changed=self.agreements_changed)
 
     def apply(self, config: BrokerConfig) -> None:
         """Take ``config`` as the one in force: access policy, limits, signing keys, CRL, TLS
@@ -107,12 +116,44 @@ class Broker:
                         broker_id=self.identity.node_id)
         if self.tls is not None:
             self.tls.reload()  # the last step that can fail; new handshakes see the new CRL
-        self.policy = policy
+        self.base_policy = policy
+        book = getattr(self, "book", None)
+        self.policy = policy.with_agreements(book.active()) if book is not None else policy
         self.config = config
         self.log_origin = config.log_origin or f"{self.identity.node_id}/log"
         self.limits: Limits = config.limits
         self.signing_keys = signing_keys
         self.revoked = revoked
+        subscriptions = getattr(self, "subscriptions", None)
+        if subscriptions is not None:
+            subscriptions.policy_changed()  # live subscriptions re-check their grant now
+
+    def agreements_changed(self) -> None:
+        """The book changed: the policy takes its active agreements, and every live
+        subscription re-checks its grant at once (a revocation closes it within the second)."""
+        self.policy = self.base_policy.with_agreements(self.book.active())
+        self.subscriptions.policy_changed()
+
+    def _party_certs(self, role: str, who: str) -> list[pki.SigningCert]:
+        try:
+            ca = x509.load_pem_x509_certificate(self.identity.ca_cert.read_bytes())
+            return pki.certified_signing_keys(
+                pki.signing_history(self.pki_dir, who, role=role), ca)
+        except (ExchangeError, OSError, ValueError):
+            return []
+
+    def party_key(self, role: str, who: str, kid: str) -> Ed25519PublicKey | None:
+        """A node's or operator's signing key by key id, from the CA's certificates (every one
+        it was issued: an agreement signed before a rotation still verifies)."""
+        return next((c.key for c in self._party_certs(role, who) if c.kid == kid), None)
+
+    def current_kid(self, role: str, who: str) -> str | None:
+        """The key id a new signature of this party must be made with: its last certificate,
+        unless revoked."""
+        certs = self._party_certs(role, who)
+        if not certs or certs[-1].serial in self.revoked.serials:
+            return None
+        return certs[-1].kid
 
     def log_operator_action(self, operator: str, method: str, target: str, status: int) -> None:
         """One JSON line per operator request in ``<data_dir>/operator-actions.log`` (0600,
@@ -566,6 +607,100 @@ async def log_entries(request: web.Request) -> web.Response:
     return _ok(await request.app[BROKER].tlog.entries(start, end))
 
 
+async def list_agreements(request: web.Request) -> web.Response:
+    """The agreements the caller may see (a node: those it asked for or whose dataset it owns;
+    an operator: all), newest first; ``?state=`` and ``?dataset=`` narrow the list."""
+    broker = request.app[BROKER]
+    who = request[PRINCIPAL]
+    now = broker.clock.utcnow()
+    state, dataset = request.query.get("state"), request.query.get("dataset")
+    out = [broker.book.view(e, now) for e in broker.book.visible(who.role, who.id)]
+    out = [v for v in out if (state is None or v["state"] == state)
+           and (dataset is None or v["request"]["dataset"] == dataset)]
+    out.sort(key=lambda v: -v["seq"])
+    return _ok(out)
+
+
+def _visible_entry(request: web.Request) -> Any:
+    broker = request.app[BROKER]
+    who = request[PRINCIPAL]
+    entry = broker.book.get(request.match_info["id"])
+    if entry not in broker.book.visible(who.role, who.id):
+        raise NotFound(f"no agreement {request.match_info['id']!r}",
+                       code=Code.UNKNOWN_AGREEMENT)
+    return entry
+
+
+async def get_agreement(request: web.Request) -> web.Response:
+    return _ok(request.app[BROKER].book.view(_visible_entry(request)))
+
+
+async def post_agreement(request: web.Request) -> web.Response:
+    """A subscriber's signed request (``NewRequest``); 201 with the stored agreement."""
+    broker = request.app[BROKER]
+    node = _node(request)
+    body = book_decode(NewRequest, await request.read())
+    entry = await broker.book.request(node, body)
+    return _ok(broker.book.view(entry), status=201)
+
+
+async def post_decision(request: web.Request) -> web.Response:
+    """The owner's (approve, reject, revoke) or an operator's (countersign, revoke) signed
+    decision on an agreement the caller can see."""
+    broker = request.app[BROKER]
+    who = request[PRINCIPAL]
+    _visible_entry(request)
+    decision = book_decode(Decision, await request.read())
+    entry = await broker.book.decide(who.role, who.id, request.match_info["id"], decision)
+    return _ok(broker.book.view(entry))
+
+
+async def get_catalog(request: web.Request) -> web.Response:
+    """The catalogue: per dataset served here, what a would-be subscriber reads before asking
+    (DCAT terms where they fit), with its live quality and how many agreements read it."""
+    broker = request.app[BROKER]
+    only = request.match_info.get("dataset")
+    now = broker.clock.utcnow()
+    scores: dict[str, Any] = {}
+    if broker.quality is not None:
+        report = await broker.quality.report(only)
+        scores = {name: entry["scores"] for name, entry in report.items()}
+    out = []
+    for d in broker.config.datasets:
+        if only is not None and d.name != only:
+            continue
+        spec = datasets.get(d.name)
+        cat = spec.catalogue
+        agreements_on = broker.policy.agreements_on(d.name)
+        out.append({
+            "identifier": d.name,
+            "title": {"vi": cat.title_vi, "en": cat.title_en} if cat else d.name,
+            "description": ({"vi": cat.description_vi, "en": cat.description_en} if cat
+                            else spec.description),
+            "publisher": d.owner,
+            "theme": cat.theme if cat else "",
+            "legal_basis": cat.legal_basis if cat else "",
+            "classification": cat.classification if cat else "other",
+            "category": cat.category if cat else "",
+            "accrualPeriodicity": f"PT{spec.update_interval_s}S",
+            "conformsTo": [f"/v1/schemas/{d.name}/{v}" for v in sorted(datasets.REGISTRY[d.name])],
+            "type": spec.type,
+            "record": spec.description,
+            "distributions": {g: list(f) for g, f in spec.groups.items()},
+            "countersignature_required": bool(cat and cat.classification in
+                                              ("core", "important")),
+            "quality": scores.get(d.name),
+            "agreements": {"live": sum(1 for a in agreements_on if a.live(now)),
+                           "signed": sum(1 for a in agreements_on
+                                         if a.id.startswith("agr-") and a.live(now)),
+                           "config": sum(1 for a in agreements_on
+                                         if a.id.startswith("config:") and a.live(now))},
+        })
+    if only is not None and not out:
+        raise NotFound(f"dataset {only!r} is not served here", code=Code.UNKNOWN_DATASET)
+    return _ok(out[0] if only is not None else out)
+
+
 def _tracker(broker: Broker) -> QualityTracker:
     if broker.quality is None:
         raise NotFound("quality scoring is switched off in this broker's config",
@@ -638,11 +773,31 @@ def create_app(broker: Broker) -> web.Application:
             await broker.quality.flush()
         await broker.store.close()
 
+    async def book_ctx(app: web.Application) -> AsyncIterator[None]:
+        """The agreement book follows the store: at start, and whenever the agreement
+        dataset grows (another broker's transition, over NATS, included)."""
+        async def follow() -> None:
+            while True:
+                grown = broker.hub.event("agreement")
+                try:
+                    await broker.book.refresh()
+                except ExchangeError as err:
+                    logger.error("agreements_unreadable", code=err.code, detail=err.message)
+                await grown.wait()
+
+        await broker.book.refresh()
+        task = asyncio.create_task(follow())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     async def log_ctx(app: web.Application) -> AsyncIterator[None]:
         async for _ in broker.tlog.run():
             yield
 
     app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(book_ctx)
     app.cleanup_ctx.append(log_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/datasets", list_datasets)
@@ -660,6 +815,12 @@ def create_app(broker: Broker) -> web.Application:
     app.router.add_get("/v1/quality/{dataset}", get_quality)
     app.router.add_get("/v1/quality/{dataset}/{publisher}", get_quality)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/catalog", get_catalog)
+    app.router.add_get("/v1/catalog/{dataset}", get_catalog)
+    app.router.add_get("/v1/agreements", list_agreements)
+    app.router.add_post("/v1/agreements", post_agreement)
+    app.router.add_get("/v1/agreements/{id}", get_agreement)
+    app.router.add_post("/v1/agreements/{id}/decisions", post_decision)
     app.router.add_get("/v1/log/checkpoint", log_checkpoint)
     app.router.add_get("/v1/log/key", log_key)
     app.router.add_get("/v1/log/proof/inclusion", log_inclusion)

@@ -50,6 +50,13 @@ class Subscriptions:
     #: the feeds of the connected subscriptions, by (node, dataset, name)
     live: dict[tuple[str, str, str], Feed] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _policy: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def policy_changed(self) -> None:
+        """The access policy changed (a reload, an agreement approved, revoked): every live
+        subscription re-checks its grant now, not at its next record."""
+        changed, self._policy = self._policy, asyncio.Event()
+        changed.set()
 
     def next_change(self) -> asyncio.Event:
         """An event set at the next credit, stored ack or connection change of any live
@@ -139,6 +146,7 @@ class Subscriptions:
         reader = asyncio.create_task(self._read(ws, feed, node, name, wake))
         try:
             while not ws.closed and not reader.done():
+                policy = self._policy  # taken before the check: no change is missed
                 closing = self._still_granted(node, dataset, agreement, granted)
                 if closing is not None:
                     await ws.close(code=closing[0], message=closing[1].encode())
@@ -151,7 +159,13 @@ class Subscriptions:
                 if want and await self._next_frame(ws, feed, node, want):
                     continue
                 wake.clear()
-                waits = [asyncio.ensure_future(wake.wait()), reader]
+                waits = [asyncio.ensure_future(wake.wait()), reader,
+                         asyncio.ensure_future(policy.wait())]
+                if agreement.expires is not None:
+                    # the grant ends at its expiry: wake then and close, with no record needed
+                    left = (agreement.expires - self.clock.utcnow()).total_seconds()
+                    waits.append(asyncio.ensure_future(
+                        self.clock.sleep_until(self.clock.monotonic() + max(0.0, left))))
                 if want:
                     waits.append(asyncio.ensure_future(grown.wait()))
                 deadline = feed.deadline()

@@ -8,11 +8,12 @@ an agency receives only the data its purpose needs).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import math
 import re
 import tomllib
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -71,6 +72,11 @@ class Agreement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     min_completeness: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
     #: must carry a UTC offset: a naive time cannot be compared with the broker's UTC clock
     expires: Annotated[dt.datetime, msgspec.Meta(tz=True)] | None = None
+    #: the law that allows it (a signed agreement always names one)
+    legal_basis: str = ""
+    #: ``agr-…`` for a signed agreement (``/v1/agreements``); ``config:<n>`` for the n-th of
+    #: the config file's pre-approved bootstrap agreements (set by ``Policy``)
+    id: str = ""
 
     def live(self, now: dt.datetime) -> bool:
         return self.expires is None or now < self.expires
@@ -278,8 +284,23 @@ class Policy:
         self.owners = {d.name: d.owner for d in config.datasets}
         self._groups: Mapping[str, Sequence[str]] = groups or {}
         self._agreements: dict[tuple[str, str], list[Agreement]] = {}
-        for a in config.agreements:
-            self._agreements.setdefault((a.subscriber, a.dataset), []).append(a)
+        for n, a in enumerate(config.agreements):
+            marked = msgspec.structs.replace(a, id=a.id or f"config:{n}")
+            self._agreements.setdefault((a.subscriber, a.dataset), []).append(marked)
+        self._config_agreements = dict(self._agreements)
+
+    def with_agreements(self, signed: Iterable[Agreement]) -> Policy:
+        """This policy with the signed agreements in force besides the config's (the book
+        changes between reloads; the config's checks are not run again)."""
+        new = copy.copy(self)
+        new._agreements = {k: list(v) for k, v in self._config_agreements.items()}
+        for a in signed:
+            new._agreements.setdefault((a.subscriber, a.dataset), []).append(a)
+        return new
+
+    def agreements_on(self, dataset: str) -> list[Agreement]:
+        """Every agreement in force on ``dataset`` (config and signed), expired ones too."""
+        return [a for (_, d), v in self._agreements.items() if d == dataset for a in v]
 
     def check_publish(self, node: str, dataset: str) -> None:
         owner = self.owners.get(dataset)

@@ -40,6 +40,7 @@ from exchange.core.signing import KeyId, key_id
 
 __all__ = [
     "REQUEST_CONTEXT",
+    "Action",
     "AgreementRecord",
     "Decision",
     "Request",

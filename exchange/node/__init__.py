@@ -15,12 +15,17 @@ sealing, receipts), ``subscriber`` (the WebSocket pump around the core's ``verif
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange.clock import SYSTEM, Clock
+from exchange.core import agreements as floor
+from exchange.core.envelope import rfc3339
 from exchange.core.verify import Delivery
 from exchange.node.client import Client, NodeConfig
 from exchange.node.monitor import TlogMonitor
@@ -95,6 +100,55 @@ class Node:
     def _forget(self, sub: Subscription) -> None:
         if sub in self._subs:
             self._subs.remove(sub)
+
+    # -- agreements (the exchange floor) ----------------------------------------------------
+
+    async def request_agreement(self, dataset: str, *, purpose: str, legal_basis: str,
+                                groups: Iterable[str] = (), days: float = 365.0,
+                                min_completeness: float = 0.0) -> dict[str, Any]:
+        """Ask ``dataset``'s owner for an agreement, signed with this node's key; the broker
+        stores it as ``requested``. Returns the stored agreement (its ``id`` among others)."""
+        now = self.client.clock.utcnow()
+        req = floor.Request(
+            subscriber=self.config.node_id, dataset=dataset, groups=list(groups),
+            purpose=purpose, legal_basis=legal_basis, requested_at=rfc3339(now.timestamp()),
+            expires=rfc3339((now + dt.timedelta(days=days)).timestamp()),
+            min_completeness=min_completeness, nonce=os.urandom(16).hex())
+        signed = floor.sign_request(self.client.identity.signing_key, req,
+                                         at=rfc3339(now.timestamp()))
+        out: dict[str, Any] = await self.client.post_json(
+            "/v1/agreements", {"request": req, "signature": signed})
+        return out
+
+    async def agreements(self, *, state: str | None = None, dataset: str | None = None
+                         ) -> list[dict[str, Any]]:
+        """The agreements this node (or operator) may see, newest first."""
+        query = "&".join(f"{k}={v}" for k, v in (("state", state), ("dataset", dataset)) if v)
+        out: list[dict[str, Any]] = await self.get_json(
+            "/v1/agreements" + (f"?{query}" if query else ""))
+        return out
+
+    async def agreement(self, agreement_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self.get_json(f"/v1/agreements/{agreement_id}")
+        return out
+
+    async def decide(self, agreement_id: str, action: floor.Action, *, reason: str = ""
+                     ) -> dict[str, Any]:
+        """Approve, reject or revoke (the owner), countersign or revoke (an operator): the
+        decision is signed here with this party's key over the agreement as the broker holds
+        it, and checked there against the lifecycle."""
+        view = await self.agreement(agreement_id)
+        record = msgspec.convert({k: view[k] for k in ("id", "request", "requested",
+                                                      "decisions", "countersign")},
+                                 floor.AgreementRecord)
+        identity = self.client.identity
+        decision = floor.decide(identity.signing_key, record, action,
+                                     by=identity.node_id,
+                                     role="operator" if identity.role == "operator" else "node",
+                                     at=rfc3339(self.client.clock.time()), reason=reason)
+        out: dict[str, Any] = await self.client.post_json(
+            f"/v1/agreements/{agreement_id}/decisions", decision)
+        return out
 
     async def dead_letters(self, after: int = 0, limit: int = 100, *, node: str | None = None
                            ) -> list[dict[str, Any]]:

@@ -141,6 +141,21 @@ class Client:
     async def get_json(self, path: str) -> Any:
         return msgspec.json.decode(await self.get_bytes(path))
 
+    async def post_json(self, path: str, body: Any) -> Any:
+        """POST ``body`` as JSON to the current broker; a refusal raises the broker's error."""
+        url = self.url
+        try:
+            async with self.session.post(url + path, data=msgspec.json.encode(body),
+                                         headers={"Content-Type": "application/json"}) as resp:
+                raw = await resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            self.fail_over(url)
+            raise UnavailableError(f"broker {url} unreachable: {err!r}",
+                                   code=Code.BROKER_UNREACHABLE) from None
+        if resp.status >= 400:
+            raise problem(resp.status, raw)
+        return msgspec.json.decode(raw)
+
 
 def load_identity(config: NodeConfig) -> pki.Identity:
     """The node's identity from its own directory (or, for central keys, the PKI directory);

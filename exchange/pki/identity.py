@@ -44,7 +44,12 @@ from exchange.pki.files import (
     _scan_nodes,
     _write,
 )
-from exchange.pki.names import DOCUMENT_SIGNING, node_id_from_cert, validate_node_id
+from exchange.pki.names import (
+    DOCUMENT_SIGNING,
+    node_id_from_cert,
+    principal_from_cert,
+    validate_node_id,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +137,7 @@ def load_signing_registry(directory: str | os.PathLike[str]) -> dict[str, ed2551
 
 def signing_identity_from_cert(
     cert: bytes | x509.Certificate, ca: x509.Certificate, *, at: dt.datetime | None = None,
-    check_time: bool = True,
+    check_time: bool = True, any_role: bool = False,
 ) -> tuple[str, ed25519.Ed25519PublicKey]:
     """Check a signing certificate (PEM/DER bytes or parsed) against the CA; return id and key.
 
@@ -157,7 +162,7 @@ def signing_identity_from_cert(
     key = cert.public_key()
     if DOCUMENT_SIGNING not in eku or not isinstance(key, ed25519.Ed25519PublicKey):
         raise AuthError("not an exchange signing certificate", code=Code.BAD_CERTIFICATE)
-    return node_id_from_cert(cert), key
+    return principal_from_cert(cert).id if any_role else node_id_from_cert(cert), key
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,17 +196,19 @@ def certified_signing_keys(bundle: bytes, ca: x509.Certificate) -> list[SigningC
     it was valid. Raises ``AuthError`` if any certificate fails."""
     out = []
     for cert in x509.load_pem_x509_certificates(bundle) if bundle.strip() else []:
-        node_id, key = signing_identity_from_cert(cert, ca, check_time=False)
+        node_id, key = signing_identity_from_cert(cert, ca, check_time=False, any_role=True)
         out.append(SigningCert(node_id, key_id(key), key, cert.not_valid_before_utc,
                                cert.not_valid_after_utc, cert.serial_number))
     return out
 
 
-def signing_history(directory: str | os.PathLike[str], node_id: str) -> bytes:
-    """Every signing certificate ever issued to ``node_id`` (PEM) in the order issued: the
-    last is the current one."""
+def signing_history(directory: str | os.PathLike[str], node_id: str, *,
+                    role: str = "node") -> bytes:
+    """Every signing certificate ever issued to ``node_id`` (an operator's with ``role``),
+    PEM, in the order issued: the last is the current one."""
     root = _initialised(directory)
-    history = root / _NODES / validate_node_id(node_id) / _HISTORY
+    history = (root / (_NODES if role == "node" else "operators") / validate_node_id(node_id)
+               / _HISTORY)
     paths = sorted(history.glob("*.crt")) if history.is_dir() else []
     return b"".join(_read_cert(p).public_bytes(serialization.Encoding.PEM) for p in paths)
 
