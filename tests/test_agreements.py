@@ -272,3 +272,46 @@ async def test_expiry_closes_the_live_subscription(tmp_path: Path) -> None:
         with contextlib.suppress(Exception):
             await runner.cleanup()
         del broker
+
+
+async def test_the_cli_walks_the_lifecycle_and_reads_the_catalogue(env: Env, capsys: Any
+                                                                   ) -> None:
+    from exchange.cli import main
+
+    def run(*args: str) -> Any:
+        return asyncio.to_thread(main, [*args, "--broker", env.url, "--json"])
+
+    as_out = ["--pki", str(env.pki_dir), "--node", OUTSIDER]
+    as_pop = ["--pki", str(env.pki_dir), "--node", POP]
+    as_ops = ["--as", str(env.operator_dir)]
+    assert await run("agreement", "request", "tax", "--purpose", "credit checks",
+                     "--legal-basis", "Law 91/2025/QH15", "--groups", "registration",
+                     "--days", "10", *as_out) == 0
+    asked = msgspec.json.decode(capsys.readouterr().out)
+    assert await run("agreement", "approve", asked["id"], *as_pop) == 1
+    assert "unknown_agreement" in capsys.readouterr().err  # not population's to see or decide
+    as_tax = ["--pki", str(env.pki_dir), "--node", TAX]
+    assert await run("agreement", "approve", asked["id"], *as_tax) == 0
+    assert msgspec.json.decode(capsys.readouterr().out)["state"] == "approved"
+    assert await run("agreement", "approve", asked["id"], *as_ops) == 0  # the countersignature
+    shown = msgspec.json.decode(capsys.readouterr().out)
+    assert shown["state"] == "active"
+    assert [d["action"] for d in shown["decisions"]] == ["approve", "countersign"]
+    assert await run("agreement", "list", "--state", "active", *as_ops) == 0
+    assert asked["id"] in [a["id"] for a in msgspec.json.decode(capsys.readouterr().out)]
+
+    assert await run("catalog", *as_out) == 0
+    catalog = {c["identifier"]: c for c in msgspec.json.decode(capsys.readouterr().out)}
+    assert set(catalog) == {"population", "tax", "land", "vehicle"}
+    tax = catalog["tax"]
+    assert tax["publisher"] == TAX and tax["classification"] == "core"
+    assert tax["countersignature_required"] and tax["title"]["vi"]
+    assert tax["agreements"]["signed"] == 1
+    assert tax["distributions"]["registration"][0] == "tax_id"
+    assert tax["conformsTo"] == ["/v1/schemas/tax/1"]
+    # the text forms print without error too
+    assert await asyncio.to_thread(main, ["catalog", "tax", "--broker", env.url, *as_out]) == 0
+    assert "classification  core" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["agreement", "show", asked["id"], "--broker", env.url,
+                                          *as_out]) == 0
+    assert "countersign" in capsys.readouterr().out

@@ -111,8 +111,10 @@ class QualityTracker:
         unresolved = await self.store.unresolved_counts()
         counters = await self.totals()
         out: dict[str, Any] = {}
-        names = [dataset] if dataset else sorted({d for d, _ in counters} |
-                                                 set(self._owners()))
+        # the exchange's own system datasets (agreements) are not data anyone scores
+        names = [dataset] if dataset else sorted(
+            d for d in {d for d, _ in counters} | set(self._owners())
+            if d in datasets.names())
         for name in names:
             spec = datasets.get(name)
             pubs = {p: c for (d, p), c in counters.items() if d == name and p

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 
 #: subcommand modules under exchange.cli; each defines register(subparsers)
-COMMANDS = ("schema", "pki", "broker", "node", "operator", "dead_letters", "audit", "quality",
-            "demo", "bench")
+COMMANDS = ("schema", "pki", "broker", "node", "operator", "agreement", "dead_letters", "audit",
+            "quality", "demo", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
