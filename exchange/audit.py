@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange import pki
-from exchange.core import datasets, disclosure, merkle, tlog
+from exchange.core import agreements, datasets, disclosure, merkle, tlog
 from exchange.core.envelope import digest
 from exchange.core.errors import Code, ExchangeError, InputError, IntegrityError
 from exchange.core.ledger import StoredBody
-from exchange.core.signing import Statement, Verifier
+from exchange.core.signing import Statement, Verifier, key_id
 
 __all__ = ["AuditResult", "Trust", "audit_data", "write_trust"]
 
@@ -47,6 +48,7 @@ class AuditResult:
     detail: str = ""
     batches: int = 0
     signatures: int = 0
+    agreements: int = 0
 
     def fail(self, seq: int | None, problem: str, detail: str) -> AuditResult:
         if self.ok:
@@ -57,7 +59,7 @@ class AuditResult:
         return {"ok": self.ok, "entries": self.entries, "checkpoints": self.checkpoints,
                 "first_bad_seq": self.first_bad_seq, "problem": self.problem,
                 "detail": self.detail, "batches": self.batches,
-                "signatures_checked": self.signatures}
+                "signatures_checked": self.signatures, "agreement_entries": self.agreements}
 
 
 @dataclass
@@ -69,24 +71,44 @@ class Trust:
     signing_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     #: node id → key id → every key it was certified for: records signed before a rotation
     history: dict[str, dict[str, Ed25519PublicKey]] = field(default_factory=dict)
+    #: operator name → key id → its signing keys (countersignatures on agreements)
+    operators: dict[str, dict[str, Ed25519PublicKey]] = field(default_factory=dict)
+    #: dataset → owner (who may approve agreements on it)
+    owners: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_pki(cls, pki_dir: Path, origin: str | None = None) -> Trust:
+    def from_pki(cls, pki_dir: Path, origin: str | None = None,
+                 owners: dict[str, str] | None = None) -> Trust:
         broker = pki.load_broker_identity(pki_dir)
         return cls(origin or f"{broker.node_id}/log", broker.signing_public_key,
-                   pki.load_signing_registry(pki_dir), _history(pki_dir))
+                   pki.load_signing_registry(pki_dir), _history(pki_dir), _operators(pki_dir),
+                   dict(owners or {}))
 
     @classmethod
     def from_file(cls, path: Path) -> Trust:
         raw = json.loads(path.read_text(encoding="utf-8"))
         key = tlog.NoteKey.from_vkey(raw["vkey"])
+
+        def keys(section: str) -> dict[str, dict[str, Ed25519PublicKey]]:
+            return {n: {kid: pki.decode_public_key(k) for kid, k in ks.items()}
+                    for n, ks in raw.get(section, {}).items()}
+
         return cls(key.name, key.public,
                    {n: pki.decode_public_key(k) for n, k in raw["signing_keys"].items()},
-                   {n: {kid: pki.decode_public_key(k) for kid, k in keys.items()}
-                    for n, keys in raw.get("history", {}).items()})
+                   keys("history"), keys("operators"), dict(raw.get("owners", {})))
 
     def certified(self, node: str, kid: str, time: str | None) -> Ed25519PublicKey | None:
         return self.history.get(node, {}).get(kid)
+
+    def party_key(self, role: str, who: str, kid: str) -> Ed25519PublicKey | None:
+        """A node's or operator's certified signing key by key id."""
+        if role == "operator":
+            return self.operators.get(who, {}).get(kid)
+        found = self.history.get(who, {}).get(kid)
+        current = self.signing_keys.get(who)
+        if found is None and current is not None and key_id(current) == kid:
+            found = current
+        return found
 
 
 def _history(pki_dir: Path) -> dict[str, dict[str, Ed25519PublicKey]]:
@@ -94,18 +116,73 @@ def _history(pki_dir: Path) -> dict[str, dict[str, Ed25519PublicKey]]:
             for n, certs in pki.load_signing_history(pki_dir).items()}
 
 
+def _operators(pki_dir: Path) -> dict[str, dict[str, Ed25519PublicKey]]:
+    ca = x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes())
+    out: dict[str, dict[str, Ed25519PublicKey]] = {}
+    for name, _serial, _revoked in pki.list_operators(pki_dir):
+        certs = pki.certified_signing_keys(
+            pki.signing_history(pki_dir, name, role="operator"), ca)
+        out[name] = {c.kid: c.key for c in certs}
+    return out
+
+
 def write_trust(data_dir: Path, origin: str, log_key: tlog.NoteKey,
-                signing_keys: dict[str, Ed25519PublicKey], pki_dir: Path | None = None) -> None:
+                signing_keys: dict[str, Ed25519PublicKey], pki_dir: Path | None = None,
+                owners: dict[str, str] | None = None) -> None:
     """The broker leaves its public trust material beside the data, for offline audits: the
-    log key, every node's current signing key and every key it was ever certified for. An
-    auditor who does not trust the data directory passes ``--pki`` instead."""
+    log key, every node's current signing key and every key it (or an operator) was ever
+    certified for, and each dataset's owner. An auditor who does not trust the data directory
+    passes ``--pki`` instead."""
     data_dir.mkdir(parents=True, exist_ok=True)
     history = _history(pki_dir) if pki_dir is not None else {}
+    operators = _operators(pki_dir) if pki_dir is not None else {}
+
+    def encoded(keys: dict[str, dict[str, Ed25519PublicKey]]) -> dict[str, dict[str, str]]:
+        return {n: {kid: pki.encode_public_key(k) for kid, k in ks.items()}
+                for n, ks in keys.items()}
+
     body = {"origin": origin, "vkey": log_key.vkey,
             "signing_keys": {n: pki.encode_public_key(k) for n, k in signing_keys.items()},
-            "history": {n: {kid: pki.encode_public_key(k) for kid, k in keys.items()}
-                        for n, keys in history.items()}}
+            "history": encoded(history), "operators": encoded(operators),
+            "owners": dict(owners or {})}
     (data_dir / TRUST_FILE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+
+
+#: the exchange's own dataset of agreements: its entries are checked for what they say too
+AGREEMENTS = "agreement"
+
+
+class _AgreementChain:
+    """Each agreement entry: every signature in it verifies against the CA-certified keys, each
+    decision was its signer's to make, and each version extends the one before (same request,
+    the earlier decisions unchanged)."""
+
+    def __init__(self, trust: Trust) -> None:
+        self.trust = trust
+        self.last: dict[str, agreements.AgreementRecord] = {}
+
+    def check(self, seq: int, data: Any, version: int) -> str | None:
+        try:
+            record = msgspec.convert(data, agreements.AgreementRecord)
+            owner = self.trust.owners.get(record.request.dataset)
+            if owner is None:
+                return (f"seq {seq}: agreement {record.id} is on {record.request.dataset}, "
+                        "whose owner the trust material does not name")
+            agreements.verify(record, self.trust.party_key, owner=owner)
+        except msgspec.ValidationError as err:
+            return f"seq {seq}: not an agreement: {err}"
+        except ExchangeError as err:
+            return f"seq {seq}: {err.message}"
+        before = self.last.get(record.id)
+        if before is not None and (before.request != record.request
+                                   or record.decisions[:len(before.decisions)]
+                                   != before.decisions
+                                   or len(record.decisions) != len(before.decisions) + 1):
+            return f"seq {seq}: version {version} of {record.id} rewrites its history"
+        if before is None and (version != 1 or record.decisions):
+            return f"seq {seq}: {record.id} starts at version {version}, not with its request"
+        self.last[record.id] = record
+        return None
 
 
 def _records(db: sqlite3.Connection, chunk: int = 5000) -> Iterator[tuple[Any, ...]]:
@@ -153,6 +230,7 @@ def _audit(db: sqlite3.Connection, trust: Trust,
     res.checkpoints = len(checkpoints)
 
     verifier = Verifier(trust.signing_keys, history=trust.certified)
+    agreement_check = _AgreementChain(trust)
     batches: dict[int, tuple[Statement, bytes]] = {}
     stored_leaf = {idx: h for idx, h in db.execute("SELECT idx, hash FROM tree WHERE level=0")}
     tree = merkle.CompactRange()
@@ -197,6 +275,11 @@ def _audit(db: sqlite3.Connection, trust: Trust,
             return res.fail(seq, "record_changed", f"seq {seq} is not in its signed batch")
         if ev.source != st.node:
             return res.fail(seq, "record_changed", f"seq {seq}: source is not the signer")
+        if dataset == AGREEMENTS:
+            problem = agreement_check.check(seq, ev.data, _version)
+            if problem is not None:
+                return res.fail(seq, "agreement_invalid", problem)
+            res.agreements += 1
         leaf = tlog.entry_leaf(seq, dataset, st.node, d, st.root, tlog.micros(accepted_at))
         if stored_leaf.get(seq) != leaf:
             return res.fail(seq, "record_changed", f"seq {seq}: log entry does not match the "

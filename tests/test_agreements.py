@@ -315,3 +315,24 @@ async def test_the_cli_walks_the_lifecycle_and_reads_the_catalogue(env: Env, cap
     assert await asyncio.to_thread(main, ["agreement", "show", asked["id"], "--broker", env.url,
                                           *as_out]) == 0
     assert "countersign" in capsys.readouterr().out
+
+
+async def test_the_audit_names_a_forged_agreement_entry(env: Env) -> None:
+    """A dishonest broker can log an agreement the owner never approved; the audit finds it
+    by the signatures inside the entry, not only the broker's own."""
+    async with Node(env.node_config(OUTSIDER)) as out, Node(env.node_config(POP)) as pop:
+        asked = await out.request_agreement("population", purpose="address checks",
+                                            legal_basis="Decree 13/2023 Art. 17")
+        await pop.decide(asked["id"], "approve")
+    honest = audit.audit_data(env.data_dir)
+    assert honest.ok and honest.agreements == 2
+    entry = env.broker.book.get(asked["id"])
+    stranger = Ed25519PrivateKey.generate()
+    forged = agreements.decide(stranger, entry.record, "countersign", by=OPS, role="operator",
+                               at=AT)
+    record = msgspec.structs.replace(entry.record, decisions=[*entry.record.decisions, forged],
+                                     state="active")
+    await env.broker.book._append(record, entry.version + 1)  # as a dishonest broker would
+    result = audit.audit_data(env.data_dir)
+    assert not result.ok and result.problem == "agreement_invalid"
+    assert result.first_bad_seq == await env.broker.store.head("agreement")

@@ -133,6 +133,11 @@ class Broker:
         subscription re-checks its grant at once (a revocation closes it within the second)."""
         self.policy = self.base_policy.with_agreements(self.book.active())
         self.subscriptions.policy_changed()
+        # offline audits check every signature in agreement entries: they need every key
+        # (an operator's included) and each dataset's owner
+        with contextlib.suppress(ExchangeError, OSError):
+            audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
+                              self.signing_keys, self.pki_dir, self.policy.owners)
 
     def _party_certs(self, role: str, who: str) -> list[pki.SigningCert]:
         try:
@@ -187,7 +192,7 @@ class Broker:
                 self._registry_stamp = stamp
                 # offline audits check records against every key certified so far
                 audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
-                                  self.signing_keys, self.pki_dir)
+                                  self.signing_keys, self.pki_dir, self.policy.owners)
             except ExchangeError as err:  # a half-synced copy: keep what was in force
                 logger.error("signing_registry_unreadable", error=err.message)
         return self.signing_keys.get(node)
@@ -212,7 +217,7 @@ class Broker:
             self.signing_keys = {**self.signing_keys, node: certs[-1].key}
             logger.info("signing_key_rotated", node=node, kid=certs[-1].kid)
             audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
-                              self.signing_keys, self.pki_dir)
+                              self.signing_keys, self.pki_dir, self.policy.owners)
         return next((c.key for c in certs if c.kid == kid), None)
 
     def reload(self) -> None:
@@ -763,7 +768,7 @@ def create_app(broker: Broker) -> web.Application:
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await broker.store.open()
         audit.write_trust(Path(broker.config.data_dir), broker.log_origin, broker.tlog.key,
-                          broker.signing_keys, broker.pki_dir)
+                          broker.signing_keys, broker.pki_dir, broker.policy.owners)
         if broker.quality is not None:
             await broker.quality.load()
         for d in broker.config.datasets:

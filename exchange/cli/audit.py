@@ -49,7 +49,13 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         if args.data is not None:
-            trust = audit.Trust.from_pki(args.pki) if args.pki else None
+            trust = None
+            if args.pki:
+                # the keys from the PKI; the datasets' owners (who approves agreements) from
+                # the broker's trust file, if there is one
+                left = args.data / audit.TRUST_FILE
+                owners = audit.Trust.from_file(left).owners if left.is_file() else {}
+                trust = audit.Trust.from_pki(args.pki, owners=owners)
             result = audit.audit_data(args.data, trust).as_dict()
         else:
             if args.party_dir is None and not (args.pki and args.node):
