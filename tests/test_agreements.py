@@ -193,8 +193,9 @@ async def test_lifecycle_on_the_broker_and_every_refusal(env: Env) -> None:
         sub = out.subscribe("population", "addresses", await _collect(got, 3, three))
         await asyncio.wait_for(three.wait(), 10)
         assert {d.key for d in got} == {p["id"] for p in people(3)}
-        assert all(set(d.withheld) == {"identity", "civil_status", "sensitive"}
-                   or "residence" not in d.withheld for d in got)
+        # projected to what was asked for: residence, nothing else
+        assert all(set(d.data) == {"permanent_address"} and "identity" in d.withheld
+                   for d in got)
 
         # the owner revokes: the live subscription is closed within a second
         revoked = await pop.decide(agreement_id, "revoke", reason="purpose fulfilled")

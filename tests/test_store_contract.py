@@ -263,3 +263,31 @@ async def test_group_append_is_one_commit_in_group_order(store: Store, pki_dir: 
     assert got[ids[2]].statement.root == batches[2].statement.root
     assert store.log_state()[0] == 6
     assert [d.message for d in await store.dead_letters(POP, 0, 10)] == ["refused 1"]
+
+
+async def test_versions_and_who_received_them(store: Store, pki_dir: Path) -> None:
+    from exchange.store.base import AccessRow
+
+    people_ = people(3, seed=41)
+    await publish(store, pki_dir, batch_of(pki_dir, people_, version=1, seed=41))
+    await publish(store, pki_dir, batch_of(pki_dir, people_[:1], version=2, seed=42))
+    key = people_[0]["id"]
+    versions = await store.versions("population", key)
+    assert [(r.version, r.key) for r in versions] == [(1, key), (2, key)]
+    assert await store.versions("population", "000000000000") == []
+    first, second = versions[0].seq, versions[1].seq
+
+    def row(node: str, name: str, lo: int, hi: int, kind: str = "delivery") -> AccessRow:
+        return AccessRow(dataset="population", node=node, name=name, kind=kind,
+                         agreement="agr-0123456789abcdef", purpose="checks",
+                         groups=("residence",), first_seq=lo, last_seq=hi, at=1.0)
+
+    await store.add_access([row(TAX, "a", 0, first), row(TAX, "a", first + 1, second)])
+    await store.add_access([row("vn.gov.mae.land", "b", 0, first - 1)])  # before the record
+    await store.add_access([row("vn.gov.mae.land", "", second, second, kind="lookup")])
+    got = await store.access("population", [first, second])
+    assert sorted((r.node, r.name, r.first_seq, r.last_seq) for r in got) == sorted([
+        (TAX, "a", 0, first), (TAX, "a", first + 1, second),
+        ("vn.gov.mae.land", "", second, second)])
+    assert all(r.groups == ("residence",) for r in got)
+    assert await store.access("tax", [first]) == []

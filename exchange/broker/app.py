@@ -46,15 +46,18 @@ from exchange.core.errors import (
     NotFound,
     RateLimited,
 )
+from exchange.core.feed import Feed
+from exchange.core.ledger import StoredBody
 from exchange.core.signing import Verifier, key_id
 from exchange.core.wire import PROBLEM_CODE_HEADER, PublishReply
-from exchange.store.base import Store
+from exchange.store.base import AccessRow, Store
 
 __all__ = ["BROKER", "Broker", "create_app"]
 
 logger = structlog.get_logger("exchange.broker")
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
+_stored_body = msgspec.msgpack.Decoder(StoredBody)
 PROBLEM = "application/problem+json"
 #: every operator request, one JSON line each, in the broker's data directory
 OPERATOR_LOG = "operator-actions.log"
@@ -612,6 +615,77 @@ async def log_entries(request: web.Request) -> web.Response:
     return _ok(await request.app[BROKER].tlog.entries(start, end))
 
 
+async def lookup(request: web.Request) -> web.Response:
+    """The current version of one record, under the caller's agreement: projected to its
+    granted groups and framed exactly as a subscription delivers it (publisher signature,
+    batch, audit path), so the SDK verifies it the same way, and its seq for an inclusion
+    proof against a checkpoint. A lookup is an access like a delivery: it is recorded."""
+    broker = request.app[BROKER]
+    node, dataset = _node(request), request.match_info["dataset"]
+    key = request.match_info["key"]
+    agreement, granted = broker.policy.check_subscribe(node, dataset, broker.clock.utcnow())
+    current = (await broker.store.current(dataset, [key])).get(key)
+    if current is None:
+        raise NotFound(f"{dataset} has no record {key!r}", code=Code.UNKNOWN_RECORD)
+    rows = await broker.store.read(dataset, current.seq - 1, 1)
+    if not rows or rows[0].seq != current.seq:
+        raise NotFound(f"{dataset} has no record {key!r}", code=Code.UNKNOWN_RECORD)
+    row = rows[0]
+    feed = Feed(dataset=dataset, acked=row.seq - 1, ack_timeout=broker.limits.ack_timeout_s,
+                granted=granted, min_completeness=agreement.min_completeness,
+                always_paths=True, cache=broker.subscriptions.cache)
+    feed.state.grant(1)
+    feed.wants()
+    fetched = await broker.store.batches([row.batch_id])
+    frame = feed.frame([row], fetched, head=broker.hub.heads.get(dataset, row.seq),
+                       now=broker.clock.monotonic())
+    if frame is None:
+        raise NotFound(f"{dataset} record {key!r} is below the agreement's completeness",
+                       code=Code.UNKNOWN_RECORD)
+    if agreement.id:
+        await broker.store.add_access([AccessRow(
+            dataset=dataset, node=node, name="", kind="lookup", agreement=agreement.id,
+            purpose=agreement.purpose, groups=tuple(granted), first_seq=row.seq,
+            last_seq=row.seq, at=broker.clock.time(),
+            min_completeness=agreement.min_completeness)])
+    body = b'{"seq":%d,"version":%d,"frame":' % (row.seq, row.version) + frame.data + b"}"
+    return web.Response(body=body, content_type="application/json")
+
+
+async def get_access(request: web.Request) -> web.Response:
+    """Who received one record: every version of it, and for each the agencies that were
+    delivered it or looked it up, when, under which agreement and purpose, with which groups.
+    The dataset's owner or an operator asks (Decree 13/2023/NĐ-CP Art. 9: the person's right to
+    know who processed their data)."""
+    broker = request.app[BROKER]
+    who = request[PRINCIPAL]
+    try:
+        dataset, key = request.query["dataset"], request.query["key"]
+    except KeyError as err:
+        raise InputError(f"query parameter {err.args[0]!r} is required",
+                         code=Code.BAD_QUERY) from None
+    owner = broker.policy.owners.get(dataset)
+    if owner is None:
+        raise NotFound(f"dataset {dataset!r} is not served here", code=Code.UNKNOWN_DATASET)
+    if who.role != "operator" and who.id != owner:
+        raise Forbidden(f"who received a {dataset} record is for its owner ({owner}) or an "
+                        "operator to ask", code=Code.OPERATOR_ONLY)
+    versions = await broker.store.versions(dataset, key)
+    rows = await broker.store.access(dataset, [v.seq for v in versions])
+    out = []
+    for v in versions:
+        completeness = _stored_body.decode(v.body).completeness
+        out.append({
+            "version": v.version, "seq": v.seq, "accepted_at": v.accepted_at,
+            "received_by": [
+                {"node": r.node, "kind": r.kind, "subscription": r.name or None,
+                 "agreement": r.agreement, "purpose": r.purpose, "groups": list(r.groups),
+                 "at": r.at}
+                for r in rows if r.first_seq <= v.seq <= r.last_seq
+                and completeness >= r.min_completeness]})
+    return _ok({"dataset": dataset, "key": key, "versions": out})
+
+
 async def list_agreements(request: web.Request) -> web.Response:
     """The agreements the caller may see (a node: those it asked for or whose dataset it owns;
     an operator: all), newest first; ``?state=`` and ``?dataset=`` narrow the list."""
@@ -822,6 +896,8 @@ def create_app(broker: Broker) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/catalog", get_catalog)
     app.router.add_get("/v1/catalog/{dataset}", get_catalog)
+    app.router.add_get("/v1/datasets/{dataset}/records/{key}", lookup)
+    app.router.add_get("/v1/access", get_access)
     app.router.add_get("/v1/agreements", list_agreements)
     app.router.add_post("/v1/agreements", post_agreement)
     app.router.add_get("/v1/agreements/{id}", get_agreement)

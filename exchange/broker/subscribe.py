@@ -30,7 +30,7 @@ from exchange.core.errors import (
 )
 from exchange.core.feed import Feed, FrameCache, Request, parse_request
 from exchange.core.wire import CLOSE_AGREEMENT_CHANGED, CLOSE_BAD_FRAME, CLOSE_FORBIDDEN
-from exchange.store.base import Store
+from exchange.store.base import AccessRow, Store
 
 __all__ = ["Subscriptions"]
 
@@ -143,7 +143,8 @@ class Subscriptions:
                     agreement: Agreement, granted: list[str]) -> None:
         dataset = feed.dataset
         wake = asyncio.Event()
-        reader = asyncio.create_task(self._read(ws, feed, node, name, wake))
+        reader = asyncio.create_task(self._read(ws, feed, node, name, wake, agreement,
+                                                granted))
         try:
             while not ws.closed and not reader.done():
                 policy = self._policy  # taken before the check: no change is missed
@@ -201,10 +202,14 @@ class Subscriptions:
         return True
 
     async def _read(self, ws: web.WebSocketResponse, feed: Feed, node: str, name: str,
-                    wake: asyncio.Event) -> None:
+                    wake: asyncio.Event, agreement: Agreement, granted: list[str]) -> None:
+        # an owner reading its own dataset receives nothing from anyone: no access to record
+        third_party = agreement.purpose != "owner" or agreement.subscriber != node or \
+            agreement.id != ""
         async for msg in ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
+            before = feed.state.acked
             try:
                 moved = feed.receive(msg.data)
             except InputError as err:
@@ -212,5 +217,12 @@ class Subscriptions:
                 return
             if moved is not None:
                 await self.store.ack(node, feed.dataset, name, moved)
+                if third_party and moved > before:
+                    # who received these records, under which agreement: one row per ack
+                    await self.store.add_access([AccessRow(
+                        dataset=feed.dataset, node=node, name=name, kind="delivery",
+                        agreement=agreement.id, purpose=agreement.purpose,
+                        groups=tuple(granted), first_seq=before + 1, last_seq=moved,
+                        at=self.clock.time(), min_completeness=agreement.min_completeness)])
             wake.set()
             self._pulse()

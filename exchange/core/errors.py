@@ -339,6 +339,7 @@ class Code(enum.StrEnum):
     BEYOND_LOG = "beyond_log", NotFound
     QUALITY_OFF = "quality_off", NotFound
     UNKNOWN_AGREEMENT = "unknown_agreement", NotFound
+    UNKNOWN_RECORD = "unknown_record", NotFound
 
     # -- conflicts with what the exchange holds ----------------------------------------------
     CONFLICT = "conflict", ConflictError

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,11 +27,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from exchange.clock import SYSTEM, Clock
 from exchange.core import agreements as floor
 from exchange.core.envelope import rfc3339
-from exchange.core.verify import Delivery
+from exchange.core.errors import Code, IntegrityError
+from exchange.core.verify import Deliver, Delivery, Evidence, Inbox
+from exchange.core.wire import RecordsIn
 from exchange.node.client import Client, NodeConfig
 from exchange.node.monitor import TlogMonitor
 from exchange.node.publisher import Publisher, PublishResult, Record
 from exchange.node.subscriber import Handler, Subscription
+
+
+class _LookupReply(msgspec.Struct, frozen=True):
+    seq: int
+    version: int
+    frame: RecordsIn
+
+
+_lookup_reply = msgspec.json.Decoder(_LookupReply)
 
 __all__ = ["Delivery", "Handler", "Node", "NodeConfig", "PublishResult", "Record",
            "Subscription", "TlogMonitor"]
@@ -100,6 +112,35 @@ class Node:
     def _forget(self, sub: Subscription) -> None:
         if sub in self._subs:
             self._subs.remove(sub)
+
+    # -- lookups and who received a record ----------------------------------------------------
+
+    async def lookup(self, dataset: str, key: str) -> Delivery:
+        """The current version of one record under this node's agreement, verified as a
+        delivery is (the publisher's signature over what was granted) and checked for
+        inclusion in the transparency log against a checkpoint this node trusts. Raises the
+        broker's refusal (``no_agreement``, ``unknown_record``) or ``IntegrityError``."""
+        body = await self.client.get_bytes(
+            f"/v1/datasets/{dataset}/records/{urllib.parse.quote(key, safe='')}")
+        reply = _lookup_reply.decode(body)
+        inbox = Inbox(self.client.verifier)
+        for signer, kid in inbox.signers(reply.frame):
+            await self.client.trust(signer, kid)
+        items = inbox.receive(reply.frame)
+        if len(items) != 1 or not isinstance(items[0], Deliver):
+            code = items[0].code if items and isinstance(items[0], Evidence) else "?"
+            raise IntegrityError(f"the record {dataset}/{key} did not verify ({code})",
+                                 code=Code.SIGNATURE_INVALID)
+        item = items[0]
+        await self.tlog.verify_inclusion(item.delivery.seq, item.leaf())
+        return item.delivery
+
+    async def access(self, dataset: str, key: str) -> dict[str, Any]:
+        """Who received one record, version by version (the dataset's owner or an operator
+        asks): which agencies, when, under which agreement and purpose, with which groups."""
+        query = urllib.parse.urlencode({"dataset": dataset, "key": key})
+        out: dict[str, Any] = await self.get_json(f"/v1/access?{query}")
+        return out
 
     # -- agreements (the exchange floor) ----------------------------------------------------
 

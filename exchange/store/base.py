@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from exchange.core import tlog
 from exchange.core.gate import Current
 from exchange.core.ledger import (
@@ -30,7 +32,26 @@ from exchange.core.ledger import (
     StoredRecord,
 )
 
-__all__ = ["Appended", "StaleRead", "Store", "SubscriptionRow", "Tail"]
+__all__ = ["AccessRow", "Appended", "StaleRead", "Store", "SubscriptionRow", "Tail"]
+
+
+class AccessRow(msgspec.Struct, frozen=True, kw_only=True):
+    """Who received a dataset's records ``first_seq..last_seq`` (those of them at least
+    ``min_completeness`` complete): a subscription's ack, or one lookup. One row per ack, not
+    per record; with the records' keys it answers "who received my record"."""
+
+    dataset: str
+    node: str
+    #: the subscription's name; "" for a lookup
+    name: str
+    kind: str  # "delivery" or "lookup"
+    agreement: str
+    purpose: str
+    groups: tuple[str, ...]
+    first_seq: int
+    last_seq: int
+    at: float
+    min_completeness: float = 0.0
 
 
 class StaleRead(Exception):
@@ -151,6 +172,18 @@ class Store(Protocol):
     async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[Reference]: ...
 
     async def read(self, dataset: str, after: int, limit: int) -> list[StoredRecord]: ...
+
+    async def versions(self, dataset: str, key: str) -> list[StoredRecord]:
+        """Every stored version of one key, in seq order."""
+        ...
+
+    async def add_access(self, rows: Sequence[AccessRow]) -> None:
+        """Record deliveries (acks) and lookups, durably."""
+        ...
+
+    async def access(self, dataset: str, seqs: Sequence[int]) -> list[AccessRow]:
+        """The access rows of ``dataset`` whose range holds any of ``seqs``."""
+        ...
 
     async def read_range(self, start: int, end: int) -> list[StoredRecord]:
         """Records with start <= seq < end, every dataset, in seq order."""

@@ -25,7 +25,17 @@ from exchange.core import ledger, merkle, tlog
 from exchange.core.errors import Code, InternalError, UnavailableError
 from exchange.core.gate import Current
 from exchange.core.signing import Statement
-from exchange.store.base import Appended, SubscriptionRow, Tail
+from exchange.store.base import AccessRow, Appended, SubscriptionRow, Tail
+
+_ACCESS_COLUMNS = ("dataset, node, name, kind, agreement, purpose, groups, first_seq, last_seq, "
+                   "at, min_completeness")
+
+
+def _access_row(cols: Sequence[Any]) -> AccessRow:
+    d, node, name, kind, agreement, purpose, groups, first, last, at, minc = cols
+    return AccessRow(dataset=d, node=node, name=name, kind=kind, agreement=agreement,
+                     purpose=purpose, groups=tuple(g for g in groups.split(",") if g),
+                     first_seq=first, last_seq=last, at=at, min_completeness=minc)
 
 __all__ = ["SqliteStore"]
 
@@ -50,6 +60,22 @@ CREATE TABLE IF NOT EXISTS records (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_dataset_seq ON records(dataset, seq);
+CREATE INDEX IF NOT EXISTS records_dataset_key ON records(dataset, key);
+CREATE TABLE IF NOT EXISTS access (
+    id INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    node TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    agreement TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    groups TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    min_completeness REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS access_chain ON access(dataset, node, name, first_seq);
 CREATE TABLE IF NOT EXISTS current (
     dataset TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -466,6 +492,45 @@ class SqliteStore:
             "SELECT seq, dataset, key, version, batch_id, idx, accepted_at, digest, body "
             "FROM records WHERE dataset=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
             (dataset, after, self._head, limit)))
+
+    async def versions(self, dataset: str, key: str) -> list[ledger.StoredRecord]:
+        return self._records(await self._rows(
+            "SELECT seq, dataset, key, version, batch_id, idx, accepted_at, digest, body "
+            "FROM records WHERE dataset=? AND key=? AND seq<=? ORDER BY seq",
+            (dataset, key, self._head)))
+
+    async def add_access(self, rows: Sequence[AccessRow]) -> None:
+        if rows:
+            await self._write((
+                "INSERT INTO access (dataset, node, name, kind, agreement, purpose, groups, "
+                "first_seq, last_seq, at, min_completeness) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [(r.dataset, r.node, r.name, r.kind, r.agreement, r.purpose,
+                  ",".join(r.groups), r.first_seq, r.last_seq, r.at, r.min_completeness)
+                 for r in rows], True))
+
+    async def access(self, dataset: str, seqs: Sequence[int]) -> list[AccessRow]:
+        """Per chain of one node's rows under one name (a subscription's acks never overlap),
+        the row that starts at or before each seq, if it reaches it: one indexed probe per
+        chain and seq, however many acks are stored. Lookups (name "") are matched exactly."""
+        chains = await self._rows("SELECT DISTINCT node, name FROM access WHERE dataset=?",
+                                  (dataset,))
+        found: dict[int, AccessRow] = {}
+        for node, name in chains:
+            for seq in seqs:
+                if name == "":
+                    rows = await self._rows(
+                        f"SELECT id, {_ACCESS_COLUMNS} FROM access WHERE dataset=? AND node=? "
+                        "AND name='' AND first_seq=?", (dataset, node, seq))
+                else:
+                    rows = await self._rows(
+                        f"SELECT id, {_ACCESS_COLUMNS} FROM access WHERE dataset=? AND node=? "
+                        "AND name=? AND first_seq<=? ORDER BY first_seq DESC LIMIT 1",
+                        (dataset, node, name, seq))
+                for row_id, *cols in rows:
+                    row = _access_row(cols)
+                    if row.first_seq <= seq <= row.last_seq:
+                        found[row_id] = row
+        return [found[i] for i in sorted(found)]
 
     async def read_range(self, start: int, end: int) -> list[ledger.StoredRecord]:
         return self._records(await self._rows(

@@ -10,6 +10,8 @@ What lives where (``P`` is the prefix, ``exchange`` by default; stream names upp
 - stream ``P_DEAD``, subjects ``P.dead.<publisher>``: dead letters; a dead letter's id is its
   stream sequence.
 - stream ``P_CHECKPOINTS``, subject ``P.checkpoint``: signed checkpoints, in size order.
+- stream ``P_ACCESS``, subjects ``P.access.<dataset>``: who received which records (one message
+  per ack or lookup).
 - KV bucket ``P_SUBS``: subscription positions (``acked``), updated by revision.
 
 Correctness under several brokers comes from JetStream alone, no lock of ours:
@@ -64,7 +66,7 @@ from exchange.core import ledger, merkle, tlog
 from exchange.core.errors import Code, InputError, IntegrityError, UnavailableError
 from exchange.core.gate import Current
 from exchange.core.signing import Statement
-from exchange.store.base import Appended, StaleRead, SubscriptionRow
+from exchange.store.base import AccessRow, Appended, StaleRead, SubscriptionRow
 from exchange.store.nats.direct import PAGE, DirectGets, unavailable
 from exchange.store.nats.kv import Buckets
 from exchange.store.nats.tailer import Tailer
@@ -79,6 +81,7 @@ logger = structlog.get_logger("exchange.store.nats")
 _enc = msgspec.msgpack.Encoder()
 _entry = msgspec.msgpack.Decoder(ledger.Entry)
 _dead = msgspec.msgpack.Decoder(ledger.DeadLetter)
+_access = msgspec.msgpack.Decoder(AccessRow)
 _stmt = msgspec.msgpack.Decoder(Statement)
 _pub_ack = msgspec.json.Decoder(dict[str, Any])
 
@@ -129,6 +132,7 @@ class NatsStore:
         upper = self.prefix.upper()
         self.records_stream = f"{upper}_RECORDS"
         self.dead_stream = f"{upper}_DEAD"
+        self.access_stream = f"{upper}_ACCESS"
         self.cp_stream = f"{upper}_CHECKPOINTS"
         self.subs_bucket = f"{upper}_SUBS"
         self.quality_bucket = f"{upper}_QUALITY"
@@ -196,6 +200,7 @@ class NatsStore:
         r = self.replicas
         for name, subjects in ((self.records_stream, [f"{self.prefix}.rec.>"]),
                                (self.dead_stream, [f"{self.prefix}.dead.>"]),
+                               (self.access_stream, [f"{self.prefix}.access.>"]),
                                (self.cp_stream, [f"{self.prefix}.checkpoint"])):
             config = StreamConfig(name=name, subjects=subjects, storage=StorageType.FILE,
                                   num_replicas=r, allow_direct=True, allow_atomic=True,
@@ -373,6 +378,49 @@ class NatsStore:
         return await self._read_records(
             {"seq": seqs[i] + 1, "batch": want, "next_by_subj": f"{self.prefix}.rec.{dataset}.>",
              "up_to_seq": self.tailer.size}, want)
+
+    async def versions(self, dataset: str, key: str) -> list[ledger.StoredRecord]:
+        """Every version of one key: the messages on its own subject, read by direct gets."""
+        subject = self._subject(dataset, key)
+        out: list[ledger.StoredRecord] = []
+        start = 1
+        while True:
+            if start > self.tailer.size:
+                return out
+            rows = [self._record(m) for m in await self.direct.get(
+                self.records_stream, {"seq": start, "batch": PAGE, "next_by_subj": subject,
+                                      "up_to_seq": self.tailer.size}, batch=True)]
+            out.extend(rows)
+            if len(rows) < PAGE:
+                return out
+            start = rows[-1].seq + 2
+
+    async def add_access(self, rows: Sequence[AccessRow]) -> None:
+        self._check_connected()
+        if rows:
+            await self._atomic([(f"{self.prefix}.access.{token(r.dataset)}", _enc.encode(r), {})
+                                for r in rows])
+
+    async def access(self, dataset: str, seqs: Sequence[int]) -> list[AccessRow]:
+        """Reads the dataset's access messages in order and keeps those holding a seq (a scan
+        of the dataset's acks: an index per key is a follow-up)."""
+        wanted = sorted(set(seqs))
+        found: list[AccessRow] = []
+        start = 1
+        while wanted:
+            msgs = await self.direct.get(self.access_stream, {
+                "seq": start, "batch": PAGE,
+                "next_by_subj": f"{self.prefix}.access.{token(dataset)}"}, batch=True)
+            for m in msgs:
+                row = _access.decode(m.data)
+                i = bisect.bisect_left(wanted, row.first_seq)
+                if i < len(wanted) and wanted[i] <= row.last_seq:
+                    found.append(row)
+            if len(msgs) < PAGE:
+                break
+            assert msgs[-1].headers is not None
+            start = int(msgs[-1].headers["Nats-Sequence"]) + 1
+        return found
 
     async def read_range(self, start: int, end: int) -> list[ledger.StoredRecord]:
         end = min(end, self.tailer.size)
