@@ -106,3 +106,20 @@ async def until_acked(env: Env, node: str, name: str, seq: int) -> None:
 
 async def _ignore(d: Any) -> None:
     return None
+
+
+async def test_the_cli_looks_up_and_answers_who_received(env: Env, capsys: Any) -> None:
+    from exchange.cli import main
+
+    person = people(1, seed=54)[0]
+    async with Node(env.node_config(POP)) as pop:
+        await pop.publish("population", [Record(person)])
+    common = ["--broker", env.url, "--pki", str(env.pki_dir)]
+    assert await asyncio.to_thread(main, ["lookup", "population", person["id"], *common,
+                                          "--node", LAND, "--json"]) == 0
+    looked = __import__("json").loads(capsys.readouterr().out)
+    assert looked["key"] == person["id"] and looked["withheld"]
+    assert await asyncio.to_thread(main, ["access", "population", person["id"], *common,
+                                          "--node", POP]) == 0
+    out = capsys.readouterr().out
+    assert f"{LAND} by a lookup" in out and "groups residence" in out

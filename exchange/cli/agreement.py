@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -64,6 +65,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         _common(d)
         d.set_defaults(func=lambda a, action=action: _run(a, _decide(action)))
 
+    lk = sub.add_parser("lookup", help="one record's current version, under your agreement",
+                        description="The current version of one record, projected to the "
+                        "groups your agreement grants, verified (the publisher's signature) and "
+                        "checked for inclusion in the transparency log. Recorded as an access.")
+    lk.add_argument("dataset")
+    lk.add_argument("key")
+    _common(lk)
+    lk.set_defaults(func=lambda a: _run(a, _lookup))
+
+    ac = sub.add_parser("access", help="who received a record (the owner or an operator)",
+                        description="Which agencies received each version of one record, "
+                        "when, under which agreement and purpose, and with which groups: "
+                        "the answer a person is owed (Decree 13/2023/NĐ-CP Art. 9).")
+    ac.add_argument("dataset")
+    ac.add_argument("key")
+    _common(ac)
+    ac.set_defaults(func=lambda a: _run(a, _access))
+
     c = sub.add_parser("catalog", help="what each dataset is, its groups, classification, "
                        "quality and agreements (DCAT terms)")
     c.add_argument("dataset", nargs="?")
@@ -96,6 +115,10 @@ def _run(args: argparse.Namespace, action: Action) -> int:
             print(_line(item))
     elif isinstance(out, dict) and "request" in out:
         print(_detail(out))
+    elif isinstance(out, dict) and "versions" in out:
+        print(_access_text(out))
+    elif isinstance(out, dict) and "withheld" in out:
+        print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
         print(_catalog_text(out))
     return 0
@@ -124,6 +147,31 @@ def _decide(action: str) -> Action:
             verb = "countersign"  # an operator's approval is its countersignature
         return await node.decide(args.id, verb, reason=args.reason)
     return run
+
+
+async def _lookup(node: Any, args: argparse.Namespace) -> Any:
+    d = await node.lookup(args.dataset, args.key)
+    return {"dataset": d.dataset, "key": d.key, "version": d.version, "seq": d.seq,
+            "data": d.data, "withheld": sorted(d.withheld), "verified": True,
+            "included_in_log": True}
+
+
+async def _access(node: Any, args: argparse.Namespace) -> Any:
+    return await node.access(args.dataset, args.key)
+
+
+def _access_text(a: dict[str, Any]) -> str:
+    lines = [f"{a['dataset']} {a['key']}:"]
+    for v in a["versions"]:
+        lines.append(f"  version {v['version']} (seq {v['seq']})")
+        if not v["received_by"]:
+            lines.append("    received by nobody")
+        for r in v["received_by"]:
+            how = f"subscription {r['subscription']}" if r["subscription"] else "a lookup"
+            at = dt.datetime.fromtimestamp(r["at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            lines.append(f"    {r['node']} by {how} at {at} UTC, agreement {r['agreement']} "
+                         f"(“{r['purpose']}”), groups {', '.join(r['groups'])}")
+    return "\n".join(lines)
 
 
 async def _catalog(node: Any, args: argparse.Namespace) -> Any:
