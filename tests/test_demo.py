@@ -59,13 +59,30 @@ def test_demo_json(tmp_path: Path) -> None:
         assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert min(q["correct"] for q in s["quality"].values()) < 1.0
 
+    # the exchange floor: requested, approved, countersigned (land is core data), records
+    # flowed, revoked, and the subscription was closed for it
+    floor = s["agreements"]
+    assert [(st["step"], st["state"]) for st in floor["steps"]] == [
+        ("requested", "requested"), ("approved", "approved"), ("countersigned", "active"),
+        ("revoked", "revoked")]
+    assert floor["delivered_before_revocation"] == s["accepted_by_dataset"]["land"] > 0
+    assert floor["subscription_closed"] == "no_agreement" and floor["closed_within_s"] < 1.0
+    # a lookup, and who received that citizen's record: the three subscribers and the lookup
+    access = s["access"]
+    assert access["lookup"]["verified"] and access["lookup"]["fields"] == ["permanent_address"]
+    received = {(r["node"], r["kind"]) for r in access["versions"][0]["received_by"]}
+    assert {(OWNERS["tax"], "delivery"), (OWNERS["land"], "delivery"),
+            (OWNERS["vehicle"], "delivery"), (OWNERS["land"], "lookup")} <= received
+
     # the data directory the demo leaves can be audited afterwards
     audit = subprocess.run([sys.executable, "-m", "exchange", "audit", "--data",
                             s["store_dir"], "--json"], capture_output=True, text=True,
                            timeout=60, check=False)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     report = json.loads(audit.stdout)
-    assert report["ok"] and report["entries"] == s["accepted"]
+    # every record, and every agreement transition with the signatures inside it
+    assert report["ok"] and report["entries"] == s["accepted"] + len(floor["steps"])
+    assert report["agreement_entries"] == len(floor["steps"])
 
 
 def test_demo_refuses_a_directory_in_use(tmp_path: Path) -> None:

@@ -140,6 +140,26 @@ def print_summary(s: dict[str, Any]) -> None:
         for who, q in subscribers.items():
             print(f"  latency      {name} → {who}: p50 ≤ {q.get('p50')} ms, "
                   f"p99 ≤ {q.get('p99')} ms (publish→deliver)")
+    floor = s.get("agreements") or {}
+    if floor.get("steps"):
+        print(f"  agreement    {floor.get('id')}: " + ", ".join(
+            f"{st['step']} by {st['by']} (log seq {st['seq']})" for st in floor["steps"]))
+        print(f"               {floor.get('delivered_before_revocation')} land records "
+              f"delivered to tax; after the revocation the subscription closed "
+              f"({floor.get('subscription_closed')}) in {floor.get('closed_within_s')} s")
+    elif floor.get("error"):
+        print(f"  agreement    failed: {floor['error']}")
+    access = s.get("access") or {}
+    if access.get("versions"):
+        look = access.get("lookup", {})
+        print(f"  lookup       {look.get('by')} looked up population {access['key']}: "
+              f"fields {', '.join(look.get('fields', []))} (verified, in the log)")
+        print(f"  access       who received population {access['key']}:")
+        for v in access["versions"]:
+            for r in v["received_by"]:
+                how = r["subscription"] or "lookup"
+                print(f"                 v{v['version']} → {r['node']} ({how}, agreement "
+                      f"{r['agreement']}, groups {', '.join(r['groups'])})")
     where = "kept" if s.get("kept") else "temporary directory, remove it when done"
     print(f"\n  data         {s['data_dir']} ({where})")
     print(f"  logs         {s['broker_log']}, {s['nodes_log']}")

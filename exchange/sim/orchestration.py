@@ -27,7 +27,7 @@ from exchange.sim.process import DemoError, running_broker
 from exchange.sim.report import Progress, _say, _summary, lag
 
 if TYPE_CHECKING:
-    from exchange.node import Node
+    from exchange.node import Delivery, Node
     from exchange.sim.roles import Agency
 
 __all__ = ["SHARES", "DemoError", "demo", "split_records"]
@@ -192,6 +192,9 @@ async def _demo(data: Path, *, records: int, duration: float, faults: float | No
             async with Node(NodeConfig(node_id=DEMO_OPERATOR, node_dir=str(data / "operator"),
                                        brokers=[broker.url])) as operator:
                 quality = await _quality(operator)
+                progress.phase = "exchange floor"
+                floor = await exchange_floor({a.role: a for a in agents}, operator,
+                                             accepted)
             ticker.cancel()
             interrupt.cancel()
             for task in (ticker, interrupt):
@@ -215,8 +218,79 @@ async def _demo(data: Path, *, records: int, duration: float, faults: float | No
                           for name, entry in sorted(quality.items())}
     summary["latency_ms"] = {name: entry.get("latency_ms", {})
                              for name, entry in sorted(quality.items())}
+    summary["agreements"] = floor["agreements"]
+    summary["access"] = floor["access"]
     summary["store_dir"] = str(data / "data")
     return summary
+
+
+async def exchange_floor(agencies_: dict[str, Agency], operator: Node,
+                         accepted: dict[str, set[int]]) -> dict[str, Any]:
+    """The exchange floor, shown once: the tax authority asks the land registry for an
+    agreement, the owner approves and an operator countersigns (land is core data), records
+    flow, the owner revokes and delivery stops; then a lookup, and who received one
+    citizen's record."""
+    tax, land, pop = (agencies_[r].node for r in ("tax", "land", "population"))
+    steps: list[dict[str, Any]] = []
+    report: dict[str, Any] = {"steps": steps}
+    try:
+        asked = await tax.request_agreement(
+            "land", purpose="property tax assessment",
+            legal_basis="Law on Tax Administration 38/2019/QH14 Art. 98", days=30)
+        steps.append({"step": "requested", "by": tax.config.node_id, "state": asked["state"],
+                      "seq": asked["seq"]})
+        approved = await land.decide(asked["id"], "approve")
+        steps.append({"step": "approved", "by": land.config.node_id,
+                      "state": approved["state"], "seq": approved["seq"]})
+        if approved["state"] == "approved":
+            active = await operator.decide(asked["id"], "countersign")
+            steps.append({"step": "countersigned", "by": operator.config.node_id,
+                          "state": active["state"], "seq": active["seq"]})
+        want = len(accepted.get("land", ()))
+        got: list[Delivery] = []
+        flowed = asyncio.Event()
+
+        async def handler(d: Delivery) -> None:
+            got.append(d)
+            if len(got) >= want:
+                flowed.set()
+
+        sub = tax.subscribe("land", "property-tax", handler)
+        if want:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(flowed.wait(), 30)
+        revoked = await land.decide(asked["id"], "revoke", reason="assessment done")
+        t0 = time.monotonic()
+        steps.append({"step": "revoked", "by": land.config.node_id,
+                      "state": revoked["state"], "seq": revoked["seq"]})
+        closed = "open"
+        if sub.task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(sub.task), 5)
+            except ExchangeError as err:
+                closed = err.code
+            except TimeoutError:
+                closed = "still open after 5 s"
+        report.update(id=asked["id"], delivered_before_revocation=len(got),
+                      subscription_closed=closed,
+                      closed_within_s=round(time.monotonic() - t0, 3))
+        await sub.stop()
+    except ExchangeError as err:
+        report["error"] = f"{err.code}: {err.message}"
+    access: dict[str, Any] = {}
+    try:
+        # a citizen the land registry knows (it was delivered to land, tax and vehicle)
+        known = sorted(getattr(agencies_["land"], "people", {}))
+        if known:
+            looked = await land.lookup("population", known[0])
+            access = await pop.access("population", known[0])
+            access["lookup"] = {"by": land.config.node_id, "version": looked.version,
+                                "fields": sorted(looked.data), "withheld": sorted(looked.withheld),
+                                "verified": True, "included_in_log": True}
+    except ExchangeError as err:
+        access = {"error": f"{err.code}: {err.message}"}
+    return {"agreements": report, "access": access}
+
 
 
 async def _quality(node: Node) -> dict[str, Any]:
