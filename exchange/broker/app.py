@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exchange import audit, pki
+from exchange.broker.access import AccessLog
 from exchange.broker.agreements import AgreementBook, NewRequest
 from exchange.broker.agreements import decode as book_decode
 from exchange.broker.checkpoints import TlogService
@@ -97,6 +98,7 @@ class Broker:
                                            policy=lambda: self.policy,
                                            limits=lambda: self.limits, quality=self.quality,
                                            clock=clock)
+        self.access_log = AccessLog(store)
         self.book = AgreementBook(
             store=store, publisher=self.publisher, broker_id=self.identity.node_id,
             signing_key=self.identity.signing_key, clock=clock,
@@ -643,11 +645,11 @@ async def lookup(request: web.Request) -> web.Response:
         raise NotFound(f"{dataset} record {key!r} is below the agreement's completeness",
                        code=Code.UNKNOWN_RECORD)
     if agreement.id:
-        await broker.store.add_access([AccessRow(
+        await broker.access_log.record(AccessRow(
             dataset=dataset, node=node, name="", kind="lookup", agreement=agreement.id,
             purpose=agreement.purpose, groups=tuple(granted), first_seq=row.seq,
             last_seq=row.seq, at=broker.clock.time(),
-            min_completeness=agreement.min_completeness)])
+            min_completeness=agreement.min_completeness))
     body = b'{"seq":%d,"version":%d,"frame":' % (row.seq, row.version) + frame.data + b"}"
     return web.Response(body=body, content_type="application/json")
 

@@ -216,13 +216,14 @@ class Subscriptions:
                 await ws.close(code=CLOSE_BAD_FRAME, message=err.message[:120].encode())
                 return
             if moved is not None:
-                await self.store.ack(node, feed.dataset, name, moved)
-                if third_party and moved > before:
-                    # who received these records, under which agreement: one row per ack
-                    await self.store.add_access([AccessRow(
-                        dataset=feed.dataset, node=node, name=name, kind="delivery",
-                        agreement=agreement.id, purpose=agreement.purpose,
-                        groups=tuple(granted), first_seq=before + 1, last_seq=moved,
-                        at=self.clock.time(), min_completeness=agreement.min_completeness)])
+                # who received these records, under which agreement: one row per ack, stored
+                # with the ack itself
+                access = AccessRow(
+                    dataset=feed.dataset, node=node, name=name, kind="delivery",
+                    agreement=agreement.id, purpose=agreement.purpose, groups=tuple(granted),
+                    first_seq=before + 1, last_seq=moved, at=self.clock.time(),
+                    min_completeness=agreement.min_completeness
+                ) if third_party and moved > before else None
+                await self.store.ack(node, feed.dataset, name, moved, access=access)
             wake.set()
             self._pulse()

@@ -501,12 +501,15 @@ class SqliteStore:
 
     async def add_access(self, rows: Sequence[AccessRow]) -> None:
         if rows:
-            await self._write((
-                "INSERT INTO access (dataset, node, name, kind, agreement, purpose, groups, "
+            await self._write(self._access_step(rows))
+
+    @staticmethod
+    def _access_step(rows: Sequence[AccessRow]) -> tuple[str, Any, bool]:
+        return ("INSERT INTO access (dataset, node, name, kind, agreement, purpose, groups, "
                 "first_seq, last_seq, at, min_completeness) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [(r.dataset, r.node, r.name, r.kind, r.agreement, r.purpose,
                   ",".join(r.groups), r.first_seq, r.last_seq, r.at, r.min_completeness)
-                 for r in rows], True))
+                 for r in rows], True)
 
     async def access(self, dataset: str, seqs: Sequence[int]) -> list[AccessRow]:
         """Per chain of one node's rows under one name (a subscription's acks never overlap),
@@ -569,10 +572,15 @@ class SqliteStore:
         assert row is not None
         return row
 
-    async def ack(self, node: str, dataset: str, name: str, seq: int) -> None:
+    async def ack(self, node: str, dataset: str, name: str, seq: int, *,
+                  access: AccessRow | None = None) -> None:
         # MAX keeps the position monotonic even if two connections of one subscription race
-        await self._write(("UPDATE subscriptions SET acked=MAX(acked, ?) WHERE node=? AND "
-                           "dataset=? AND name=?", (seq, node, dataset, name), False))
+        steps: list[tuple[str, Any, bool]] = [(
+            "UPDATE subscriptions SET acked=MAX(acked, ?) WHERE node=? AND dataset=? AND "
+            "name=?", (seq, node, dataset, name), False)]
+        if access is not None:
+            steps.append(self._access_step([access]))  # in the same transaction
+        await self._write(*steps)
 
     async def subscriptions(self) -> list[SubscriptionRow]:
         return [SubscriptionRow(*r) for r in await self._rows(

@@ -506,7 +506,10 @@ class NatsStore:
                                   now: float) -> SubscriptionRow:
         return await self.kv.create_subscription(node, dataset, name, acked, now)
 
-    async def ack(self, node: str, dataset: str, name: str, seq: int) -> None:
+    async def ack(self, node: str, dataset: str, name: str, seq: int, *,
+                  access: AccessRow | None = None) -> None:
+        # the access row first: an ack is never stored without the record of who received
+        await self.add_access([access] if access is not None else [])
         await self.kv.ack(node, dataset, name, seq)
 
     async def subscriptions(self) -> list[SubscriptionRow]:
