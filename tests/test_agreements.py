@@ -193,6 +193,8 @@ async def test_lifecycle_on_the_broker_and_every_refusal(env: Env) -> None:
         sub = out.subscribe("population", "addresses", await _collect(got, 3, three))
         await asyncio.wait_for(three.wait(), 10)
         assert {d.key for d in got} == {p["id"] for p in people(3)}
+        looked = await out.lookup("population", people(3)[0]["id"])  # while it is active
+        assert set(looked.data) == {"permanent_address"}
         # projected to what was asked for: residence, nothing else
         assert all(set(d.data) == {"permanent_address"} and "identity" in d.withheld
                    for d in got)
@@ -206,6 +208,9 @@ async def test_lifecycle_on_the_broker_and_every_refusal(env: Env) -> None:
         again = out.subscribe("population", "addresses", _ignore)
         with pytest.raises(Forbidden):
             await asyncio.wait_for(_task(again), 5)
+        with pytest.raises(Forbidden) as err:
+            await out.lookup("population", people(3)[0]["id"])
+        assert err.value.code == "no_agreement"
         # visibility: the subscriber and the owner see it, another node does not
         assert [a["id"] for a in await out.agreements()] == [agreement_id]
         assert agreement_id in [a["id"] for a in await pop.agreements(state="revoked")]
@@ -218,12 +223,16 @@ async def test_lifecycle_on_the_broker_and_every_refusal(env: Env) -> None:
             await tax.client.post_json("/v1/agreements", {
                 "request": asked["request"], "signature": asked["requested"]})
 
-    # every transition is a record of the agreement dataset: in the log, audited
+    # every transition is a record of the agreement dataset, in the log
     head = await env.broker.store.head("agreement")
     rows = await env.broker.store.read("agreement", -1, 10)
     assert [r.version for r in rows] == [1, 2, 3, 4] and rows[-1].seq == head
+
+
+async def test_the_audit_checks_every_transition(env: Env) -> None:
+    await test_lifecycle_on_the_broker_and_every_refusal(env)
     result = audit.audit_data(env.data_dir)
-    assert result.ok, result
+    assert result.ok and result.agreements == 4, result
 
 
 async def _ignore(d: Delivery) -> None:
@@ -267,6 +276,8 @@ async def test_expiry_closes_the_live_subscription(tmp_path: Path) -> None:
                 await asyncio.wait_for(_task(sub), 5)
             assert err.value.code == "no_agreement"
             assert (await out.agreement(a["id"]))["state"] == "expired"
+            with pytest.raises(Forbidden):
+                await out.lookup("population", people(2)[0]["id"])
             with pytest.raises(ConflictError):  # an expired agreement is not revived
                 await ops.decide(a["id"], "countersign")
     finally:

@@ -141,3 +141,49 @@ async def test_nats_unreachable_is_503_and_nothing_is_lost(tmp_path: Path) -> No
             await runner.cleanup()
     finally:
         cluster.stop()
+
+
+async def test_agreement_lifecycle(nats_env: Env) -> None:
+    from tests.test_agreements import test_lifecycle_on_the_broker_and_every_refusal as run
+
+    await run(nats_env)
+
+
+async def test_who_received_a_record(nats_env: Env) -> None:
+    from tests.test_access_records import test_who_received_my_record_version_by_version as run
+
+    await run(nats_env)
+
+
+async def test_two_brokers_share_one_book_of_agreements(tmp_path: Path,
+                                                        nats_single: NatsCluster) -> None:
+    """An agreement requested on one broker is decided on the other and read through either:
+    each broker's book follows the records stream."""
+    from tests.conftest import OUTSIDER, until
+
+    pki_dir = make_pki(tmp_path)
+    url = store_url(nats_single)
+    a = await start_broker_on(broker_config(pki_dir, tmp_path / "a"), url)
+    b = await start_broker_on(broker_config(pki_dir, tmp_path / "b"), url)
+    env_a = Env(tmp_path, pki_dir, tmp_path / "a", a[2], a[0], a[1])
+    env_b = Env(tmp_path, pki_dir, tmp_path / "b", b[2], b[0], b[1])
+    try:
+        async with Node(env_a.node_config(OUTSIDER)) as out, \
+                Node(env_b.node_config(POP)) as pop, Node(env_a.operator_config()) as ops:
+            asked = await out.request_agreement("population", purpose="address checks",
+                                                legal_basis="Decree 13/2023 Art. 17")
+            assert (await pop.decide(asked["id"], "approve"))["state"] == "approved"  # on b
+            assert (await ops.decide(asked["id"], "countersign"))["state"] == "active"  # on a
+
+            def active_on_b() -> bool:
+                entry = b[0].book.entries.get(asked["id"])
+                return entry is not None and entry.record.state == "active"
+
+            await until(active_on_b, lambda: b[0].hub.event("agreement"), what="b's book")
+            await pop.publish("population", [Record(p) for p in people(2, seed=61)])
+            async with Node(env_b.node_config(OUTSIDER)) as out_b:
+                looked = await out_b.lookup("population", people(2, seed=61)[0]["id"])
+            assert looked.version == 1
+    finally:
+        await a[1].cleanup()
+        await b[1].cleanup()
