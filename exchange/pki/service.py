@@ -18,7 +18,6 @@ every refusal is in the CA's log (``ca.log``).
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,9 +28,9 @@ import msgspec
 import structlog
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from exchange.core.errors import AuthError, Code, ExchangeError, InputError, InternalError
 from exchange.core.wire import PROBLEM_CODE_HEADER
@@ -109,33 +108,10 @@ def _service_cert(service: EnrolService, names: list[str]) -> tuple[Path, Path]:
             return cert_path, key_path
     ca_cert, ca_key = authority._load_ca(service.pki_dir, service.ca_dir)
     key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for host in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, authority.ORGANIZATION),
-            x509.NameAttribute(NameOID.COMMON_NAME, "Exchange enrolment service")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - authority.CLOCK_SKEW)
-        .not_valid_after(min(now + dt.timedelta(days=authority.LEAF_VALIDITY_DAYS),
-                             ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(authority._key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value), False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    cert = authority._leaf(ca_cert, ca_key, "Exchange enrolment service", key.public_key(),
+                           authority._host_names(names),
+                           authority._key_usage(digital_signature=True),
+                           ExtendedKeyUsageOID.SERVER_AUTH, authority.LEAF_VALIDITY_DAYS)
     _mkdir(out)
     _write(key_path, _pem_key(key), secret=True)
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
