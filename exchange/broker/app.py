@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -79,6 +80,9 @@ class Broker:
         self.started = clock.time()
         #: open WebSockets per node, bounded by limits.max_connections_per_node
         self.sockets: Counter[str] = Counter()
+        #: every connection that made a request, by its client certificate's serial: a
+        #: revocation closes them all (streams included), not only new handshakes
+        self.peers: dict[int, weakref.WeakSet[asyncio.BaseTransport]] = {}
         self.apply(config)
         # a new batch is signed with its node's current key; a rotated-out key is named
         self._registry_stamp: tuple[int, int, int] | None = None
@@ -129,9 +133,24 @@ class Broker:
         self.limits: Limits = config.limits
         self.signing_keys = signing_keys
         self.revoked = revoked
+        self.drop_revoked()
         subscriptions = getattr(self, "subscriptions", None)
         if subscriptions is not None:
             subscriptions.policy_changed()  # live subscriptions re-check their grant now
+
+    def drop_revoked(self) -> int:
+        """Close every open connection whose client certificate the CRL now lists: its
+        publish and subscribe streams end at once, and its next handshake is refused. Returns
+        how many were closed."""
+        closed = 0
+        for serial in [s for s in self.peers if s in self.revoked.serials]:
+            for transport in list(self.peers.pop(serial)):
+                if not transport.is_closing():
+                    transport.close()
+                    closed += 1
+        if closed:
+            logger.warning("revoked_connections_closed", connections=closed)
+        return closed
 
     def agreements_changed(self) -> None:
         """The book changed: the policy takes its active agreements, and every live
@@ -320,6 +339,8 @@ async def auth_middleware(request: web.Request,
         raise AuthError(f"the certificate of {who.role} {who.id} is revoked",
                         code=Code.REVOKED)
     request[PRINCIPAL] = who
+    if request.transport is not None:
+        broker.peers.setdefault(cert.serial_number, weakref.WeakSet()).add(request.transport)
     if who.role == "node":
         request[NODE] = who.id
         structlog.contextvars.bind_contextvars(node=who.id)
