@@ -47,6 +47,7 @@ from exchange.core.errors import (
     NotAllowed,
     NotFound,
     RateLimited,
+    UnsupportedMediaType,
 )
 from exchange.core.feed import Feed
 from exchange.core.ledger import StoredBody
@@ -61,6 +62,8 @@ _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
 _stored_body = msgspec.msgpack.Decoder(StoredBody)
 PROBLEM = "application/problem+json"
+#: what a published batch may be sent as (JSON, or MessagePack for less to parse)
+BATCH_TYPES = ("application/json", "application/msgpack", "application/x-msgpack")
 #: every operator request, one JSON line each, in the broker's data directory
 OPERATOR_LOG = "operator-actions.log"
 
@@ -308,7 +311,11 @@ async def problem_middleware(request: web.Request,
         if http_err is None:
             http_err = ExchangeError(exc.reason, code=Code.HTTP_ERROR)
             http_err.status = exc.status
-        return problem_response(http_err, request)
+        response = problem_response(http_err, request)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            # RFC 9110 §15.5.6: a 405 says which methods the resource has
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
     except Exception:
         logger.exception("internal_error")
         return problem_response(InternalError("internal error; the request id is in the log",
@@ -422,6 +429,15 @@ async def post_records(request: web.Request) -> web.Response:
     node, dataset = _node(request), request.match_info["dataset"]
     structlog.contextvars.bind_contextvars(dataset=dataset)
     broker.policy.check_publish(node, dataset)
+    if request.content_type not in BATCH_TYPES:
+        raise UnsupportedMediaType(f"a batch is {' or '.join(BATCH_TYPES)}, not "
+                                   f"{request.content_type or 'untyped'}",
+                                   code=Code.UNSUPPORTED_MEDIA_TYPE)
+    declared = request.content_length
+    if declared is not None and declared > broker.limits.max_body_bytes:
+        # refused on the declaration, before a byte is read or waited for
+        raise LimitExceeded(f"body of {declared} bytes; the limit is "
+                            f"{broker.limits.max_body_bytes}", code=Code.BODY_TOO_LARGE)
     body = await request.read()
     outcome = await broker.publisher.publish(node, dataset, body, request.content_type)
     logger.info("published", accepted=outcome.receipt.receipt.accepted,
@@ -557,6 +573,8 @@ async def dead_letters(request: web.Request) -> web.Response:
         limit = max(1, min(int(request.query.get("limit", "100")), 1000))
     except ValueError:
         raise InputError("after and limit must be integers", code=Code.BAD_QUERY) from None
+    if not 0 <= after <= MAX_QUERY_INT:
+        raise InputError(f"after must be in 0..{MAX_QUERY_INT}", code=Code.BAD_QUERY)
     rows = await broker.store.dead_letters(node, after, limit)
     return _ok([{**msgspec.to_builtins(d, builtin_types=(bytes,)),
                  "record": d.record.decode("utf-8", "replace")} for d in rows])
@@ -597,14 +615,21 @@ async def node_certificates(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/pem-certificate-chain")
 
 
+#: the largest integer a query may carry: what a store's seq can hold (sqlite's INTEGER)
+MAX_QUERY_INT = 2**63 - 1
+
+
 def _ints(request: web.Request, *names: str) -> list[int]:
     try:
-        return [int(request.query[n]) for n in names]
+        values = [int(request.query[n]) for n in names]
     except KeyError as err:
         raise InputError(f"query parameter {err.args[0]!r} is required",
                          code=Code.BAD_QUERY) from None
     except ValueError:
         raise InputError(f"{', '.join(names)} must be integers", code=Code.BAD_QUERY) from None
+    if not all(-MAX_QUERY_INT <= v <= MAX_QUERY_INT for v in values):
+        raise InputError(f"{', '.join(names)} out of range", code=Code.BAD_QUERY)
+    return values
 
 
 async def log_checkpoint(request: web.Request) -> web.Response:

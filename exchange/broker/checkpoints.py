@@ -108,8 +108,11 @@ class TlogService:
 
     async def consistency(self, old: int, new: int) -> list[bytes]:
         self._check_size(new)
-        if not 0 <= old <= new:
-            raise InputError(f"sizes {old} and {new} are not 0 <= from <= to", code=Code.BAD_RANGE)
+        if not 0 < old <= new:
+            # RFC 9162 §2.1.4: a consistency proof is between two non-empty trees; from the
+            # empty tree there is nothing to prove, and an empty proof would be refused
+            raise InputError(f"sizes {old} and {new} are not 0 < from <= to",
+                             code=Code.BAD_RANGE)
         return await self._prove(lambda node: merkle.consistency_proof(node, old, new))
 
     def _check_size(self, size: int) -> None:
@@ -119,9 +122,13 @@ class TlogService:
 
     async def entries(self, start: int, end: int) -> list[dict[str, Any]]:
         committed, _ = self.store.log_state()
-        end = min(end, committed, start + MAX_ENTRIES)
         if start < 0 or start > end:
             raise InputError("need 0 <= start <= end", code=Code.BAD_RANGE)
+        if start > committed:
+            # the same answer the proofs give for what the log does not hold yet
+            raise NotFound(f"the log has {committed} entries; start {start} is beyond it",
+                           code=Code.BEYOND_LOG)
+        end = min(end, committed, start + MAX_ENTRIES)
         rows = await self.store.read_range(start, end)
         batches = await self.store.batches([r.batch_id for r in rows])
         out = []

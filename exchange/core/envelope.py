@@ -14,15 +14,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from exchange.core.errors import Code, InputError
 
 __all__ = [
+    "PRINTABLE",
     "SPECVERSION",
     "Envelope",
+    "EnvelopeIn",
     "canonical_bytes",
     "digest",
     "parse_type",
@@ -36,6 +38,13 @@ _TYPE = re.compile(r"^vn\.exchange\.([a-z][a-z0-9_]*)\.v([1-9][0-9]*)$")
 _RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 
 NodeId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]+(\.[a-z0-9-]+)+$", max_length=128)]
+
+#: text with no control characters (C0, DEL, C1), no bidirectional overrides or isolates and no
+#: zero-width characters, and not made of spaces alone: what names and identifiers may hold
+#: (a right-to-left override can make an id read as another; an invisible name is no name)
+PRINTABLE = (r"^(?=.*[^\s\u200b-\u200f\u2060-\u2064\ufeff])"
+             r"[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069"
+             r"\ufeff]*$")
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
@@ -103,3 +112,15 @@ def canonical_bytes(attributes: dict[str, Any], commitments: dict[str, bytes]) -
 
 def digest(attributes: dict[str, Any], commitments: dict[str, bytes]) -> bytes:
     return hashlib.sha256(canonical_bytes(attributes, commitments)).digest()
+
+
+class EnvelopeIn(Envelope, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``Envelope`` as the broker decodes a published one: exactly what was signed. No
+    attribute is dropped (an unknown one is refused, ``unknown_attribute``) and none is filled
+    in (``specversion`` and ``datacontenttype`` must be there); ids and subjects are printable
+    text."""
+
+    specversion: Annotated[str, msgspec.Meta(pattern=r"^1\.0$")]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=PRINTABLE)]
+    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=PRINTABLE)]
+    datacontenttype: Literal["application/json"]

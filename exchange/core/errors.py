@@ -48,6 +48,7 @@ __all__ = [
     "RateLimited",
     "RemoteError",
     "UnavailableError",
+    "UnsupportedMediaType",
     "Violation",
 ]
 
@@ -161,6 +162,12 @@ class LimitExceeded(InputError):
     status = 413
     title = "Limit exceeded"
     default = "too_large"
+
+
+class UnsupportedMediaType(InputError):
+    status = 415
+    title = "Unsupported media type"
+    default = "unsupported_media_type"
 
 
 class RateLimited(InputError):
@@ -393,6 +400,8 @@ class Code(enum.StrEnum):
     PKI_IO = "pki_io", PkiError
     BAD_CSR = "bad_csr", InputError
     BAD_AGREEMENT = "bad_agreement", InputError
+    UNKNOWN_ATTRIBUTE = "unknown_attribute", InputError
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", UnsupportedMediaType
     NO_CA_KEY = "no_ca_key", PkiError
     KEY_MISMATCH_CERT = "cert_key_mismatch", PkiError
     NOT_ROTATING = "not_rotating", PkiError
@@ -408,6 +417,7 @@ class Code(enum.StrEnum):
     TYPE_MISMATCH = "type_mismatch", InvalidRecord
     NOT_NORMALISED = "not_normalised", InvalidRecord
     FUTURE_DATE = "future_date", InvalidRecord
+    BAD_TIME = "bad_time", InvalidRecord
     UNKNOWN_PROVINCE = "unknown_province", InvalidRecord
     UNKNOWN_WARD = "unknown_ward", InvalidRecord
     WARD_NOT_IN_PROVINCE = "ward_not_in_province", InvalidRecord

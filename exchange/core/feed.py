@@ -99,7 +99,7 @@ def parse_start(start: str) -> tuple[str, Any]:
     try:
         if kind == "seq":
             n = int(value)
-            if n < 0:
+            if not 0 <= n < 2**63:  # a seq a store can hold: beyond is no start, not a 500
                 raise ValueError(n)
             return kind, n
         if kind == "time":

@@ -15,6 +15,7 @@ Two steps, because the version decision needs the store:
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -170,8 +171,22 @@ def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limit
             if dataset != spec.name or version != spec.version:
                 problems.append(Violation(Code.UNKNOWN_SCHEMA_VERSION,
                                           f"type {ev.type} is not {spec.type}", "$.type"))
+        try:
+            at = dt.datetime.fromisoformat(ev.time)
+        except ValueError:
+            at = None
+        if at is None or at.tzinfo is None:
+            # the pattern admits 2025-13-45T25:61:61Z; a real instant is what the time means
+            problems.append(Violation(Code.BAD_TIME, f"time {ev.time!r} is not a real "
+                                      "instant (RFC 3339 with an offset)", "$.time"))
         data = ev.data
-        if len(data) > limits.max_fields:
+        # the whole envelope counts against the record limit: attributes and data alike
+        data_bytes = _canon.encode(data)
+        size = len(data_bytes) + _attributes_size(ev)
+        if size > limits.max_record_bytes:
+            problems.append(Violation(Code.TOO_LARGE, f"the record is {size} bytes encoded; "
+                                      f"the limit is {limits.max_record_bytes}", "$"))
+        elif len(data) > limits.max_fields:
             problems.append(Violation(Code.TOO_MANY_FIELDS,
                                       f"{len(data)} fields; the limit is {limits.max_fields}"))
         elif _too_deep(data, limits.max_depth):
@@ -192,10 +207,17 @@ def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limit
         candidates.append(Candidate(
             index=i, record=rec, key=key, version=ev.version, commitments=commitments[i],
             digest=digests[i], path=paths[i],
-            content=hashlib.sha256(_canon.encode(data)).digest(),
+            content=hashlib.sha256(data_bytes).digest(),
             completeness=scorer(spec, data) if scorer else 1.0,
             normalised=not result.notes))
     return Checked(candidates, rejected)
+
+
+def _attributes_size(ev: Any) -> int:
+    """What a record's attributes add to its encoded envelope (their text, and room for the
+    names and punctuation)."""
+    return (len(ev.specversion) + len(ev.id) + len(ev.source) + len(ev.type) + len(ev.subject)
+            + len(ev.time) + len(ev.datacontenttype) + len(ev.dataschema) + 160)
 
 
 def decide(checked: Checked, current: Mapping[str, Current]) -> Decided:

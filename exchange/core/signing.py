@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from exchange.core import disclosure, merkle
-from exchange.core.envelope import Envelope, NodeId, digest
+from exchange.core.envelope import Envelope, EnvelopeIn, NodeId, digest
 from exchange.core.errors import AuthError, Code, IntegrityError
 
 __all__ = [
     "Batch",
+    "BatchIn",
     "BatchProof",
     "PublishedRecord",
     "Statement",
@@ -76,6 +77,19 @@ class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     statement: Statement
     signature: Signature
     records: list[PublishedRecord]
+
+
+class PublishedRecordIn(PublishedRecord, frozen=True, forbid_unknown_fields=True):
+    """A published record as the broker decodes it (``EnvelopeIn``: nothing dropped, nothing
+    filled in)."""
+
+    event: EnvelopeIn
+
+
+class BatchIn(Batch, frozen=True, forbid_unknown_fields=True):
+    """A published batch as the broker decodes it."""
+
+    records: list[PublishedRecordIn]  # type: ignore[assignment]
 
 
 class BatchProof(msgspec.Struct, frozen=True):

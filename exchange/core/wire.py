@@ -24,7 +24,7 @@ import msgspec
 
 from exchange.core.envelope import SPECVERSION, Envelope
 from exchange.core.errors import Code, InputError, Violation
-from exchange.core.signing import Batch, Bytes32, Signature, Statement
+from exchange.core.signing import Batch, BatchIn, Bytes32, Signature, Statement
 
 __all__ = [
     "CLOSE_AGREEMENT_CHANGED",
@@ -53,8 +53,8 @@ def _no_ext(code: int, data: memoryview) -> Any:
                      code=Code.MALFORMED)
 
 
-_json_batch = msgspec.json.Decoder(Batch)
-_msgpack_batch = msgspec.msgpack.Decoder(Batch, ext_hook=_no_ext)
+_json_batch = msgspec.json.Decoder(BatchIn)
+_msgpack_batch = msgspec.msgpack.Decoder(BatchIn, ext_hook=_no_ext)
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 
 
@@ -65,6 +65,12 @@ def decode_batch(body: bytes, content_type: str) -> Batch:
     try:
         return (_msgpack_batch if binary else _json_batch).decode(body)
     except msgspec.ValidationError as err:
+        text = str(err)
+        if text.startswith("Object contains unknown field") and text.endswith(".event`"):
+            # an attribute the publisher signed that this exchange does not carry: refused,
+            # never dropped (the signature would no longer cover what is stored)
+            raise InputError(f"unknown CloudEvents attribute: {err}",
+                             code=Code.UNKNOWN_ATTRIBUTE) from None
         raise InputError(f"batch does not match the wire schema: {err}",
                          code=Code.SCHEMA_VIOLATION) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as err:

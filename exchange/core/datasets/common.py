@@ -11,6 +11,7 @@ from stdnum.vn import mst as _mst
 
 from exchange.core.datasets import admin_units
 from exchange.core.datasets.base import RuleContext
+from exchange.core.envelope import PRINTABLE
 from exchange.core.errors import Code, Violation
 
 __all__ = [
@@ -50,8 +51,10 @@ WardCode = Annotated[str, Meta(
 CountryCode = Annotated[str, Meta(
     pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 country code.",
 )]
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
-Text = Annotated[str, Meta(min_length=1, max_length=500)]
+#: printable (``envelope.PRINTABLE``): no control, bidirectional-override or zero-width
+#: characters, and not blank
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=PRINTABLE)]
+Text = Annotated[str, Meta(min_length=1, max_length=500, pattern=PRINTABLE)]
 
 
 class Address(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):

@@ -1,0 +1,147 @@
+"""Input the gate must refuse or report, each found by trying to break a running broker from
+outside: attributes dropped or invented, media types, sizes, invisible text, impossible times,
+numbers out of range, HTTP semantics. Real TLS on 127.0.0.1; none of it is ever a 5xx, and
+nothing of it is stored."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import pytest
+
+from exchange.core import datasets
+from exchange.core.seal import seal
+from exchange.pki import load_node_identity
+from tests.conftest import OWNERS, PROBLEM, SEALED_AT, Env, people, sealed
+from tests.test_broker_refusals import RECORDS, post, post_raw, session
+
+POP = OWNERS["population"]
+
+
+def _json(env: Env, records: list[dict[str, Any]]) -> bytes:
+    return msgspec.json.encode(sealed(env, POP, records))
+
+
+async def test_attributes_are_never_dropped_or_invented(env: Env) -> None:
+    body = _json(env, people(1, seed=81))
+    cases = {
+        # an extension attribute the exchange does not carry: refused, not dropped
+        "extension": body.replace(b'"specversion":', b'"traceparent":"00-ab-cd-01",'
+                                                    b'"specversion":', 1),
+        # one byte flipped in an attribute name in transit: the default is not filled in
+        "flipped": body.replace(b'"datacontenttype"', b'"datacontenttypf"', 1),
+    }
+    async with session(env) as s:
+        for name, raw in cases.items():
+            status, code, problem = await post_raw(s, raw)
+            assert (status, code) == (400, "unknown_attribute"), name
+            assert "$.records[0].event" in problem["detail"], name
+        # a missing attribute is not filled in either
+        missing = body.replace(b'"specversion":"1.0",', b"", 1)
+        status, code, problem = await post_raw(s, missing)
+        assert status in (400, 422) and "specversion" in problem["detail"]
+        other_type = body.replace(b'"datacontenttype":"application/json"',
+                                  b'"datacontenttype":"' + b"x" * 200_000 + b'"', 1)
+        status, code, _ = await post_raw(s, other_type)
+        assert status in (400, 422) and code == "schema_violation"
+    assert await env.broker.store.head() == -1
+
+
+async def test_unsupported_media_types_are_415(env: Env) -> None:
+    body = _json(env, people(1, seed=82))
+    async with session(env) as s:
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+            status, code, _ = await post_raw(s, body, ctype=ctype)
+            assert (status, code) == (415, "unsupported_media_type"), ctype
+        async with s.post(RECORDS, data=body, headers={"Content-Type": ""}) as resp:
+            assert resp.status == 415 and resp.content_type == PROBLEM
+    assert await env.broker.store.head() == -1
+
+
+async def test_a_declared_huge_body_is_refused_before_it_is_read(env: Env) -> None:
+    host, port = env.url.removeprefix("https://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=env.ssl(POP),
+                                                   server_hostname=host)
+    writer.write(f"POST {RECORDS} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+                 "\r\nContent-Length: 1000000000000\r\n\r\n".encode())
+    await writer.drain()
+    # answered on the declaration: no wait for a body that never comes
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 413")
+    writer.close()
+
+
+async def test_envelope_size_counts_against_the_record_limit(env: Env) -> None:
+    big = {**people(1, seed=83)[0], "notes": "a" * 70_000}
+    async with session(env) as s:
+        status, _, problem = await post(s, sealed(env, POP, [big]))
+    assert status == 422
+    assert [(r["index"], r["code"]) for r in problem["receipt"]["receipt"]["rejected"]] == [
+        (0, "too_large")]
+    assert await env.broker.store.head() == -1
+
+
+async def test_invisible_names_and_impossible_times(env: Env) -> None:
+    person = people(1, seed=84)[0]
+    key = load_node_identity(env.pki_dir, POP).signing_key
+    spec = datasets.get("population")
+    async with session(env) as s:
+        # a right-to-left override in the subject: refused with its path
+        rlo = seal(key, POP, spec, [("0010\u202e" + person["id"][4:], 1, person)],
+                   b"\x02" * 32, time=SEALED_AT)
+        status, _, problem = await post(s, rlo)
+        assert status == 400 and "event.subject" in problem["detail"]
+        # a name made only of invisible characters, a NUL in a name
+        for name in ("\u200b\u200b\u200b", "Nguyễn\x00Văn"):
+            status, _, problem = await post(s, sealed(env, POP, [{**person, "full_name": name}]))
+            rejected = problem["receipt"]["receipt"]["rejected"]
+            assert status == 422 and rejected[0]["path"] == "$.full_name", name
+        # a time that matches the pattern but is no instant
+        for when in ("2025-13-45T25:61:61Z", "0000-00-00T00:00:00Z"):
+            bad = seal(key, POP, spec, [(person["id"], 1, person)], b"\x03" * 32, time=when)
+            status, _, problem = await post(s, bad)
+            assert status == 422, when
+            assert problem["receipt"]["receipt"]["rejected"][0]["code"] == "bad_time"
+    assert await env.broker.store.head() == -1
+
+
+@pytest.mark.parametrize("query", [
+    "/v1/dead-letters?after=1e20", "/v1/dead-letters?after=-1e20",
+    "/v1/dead-letters?after=100000000000000000000", "/v1/dead-letters?after=-1",
+    "/v1/log/entries?start=100000000000000000000&end=100000000000000000001",
+    "/v1/log/proof/inclusion?seq=0&size=100000000000000000000",
+    "/v1/log/proof/consistency?from=0&to=1",
+])
+async def test_numbers_out_of_range_are_400_never_500(env: Env, query: str) -> None:
+    async with session(env) as s, s.get(query) as resp:
+        assert resp.status in (400, 404) and resp.content_type == PROBLEM, query
+        assert resp.headers["Problem-Code"] in ("bad_query", "bad_range", "beyond_log")
+
+
+async def test_a_subscription_start_out_of_range_is_400(env: Env) -> None:
+    import aiohttp
+
+    async with session(env, OWNERS["tax"]) as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await s.ws_connect("/v1/datasets/population/subscribe?name=x&start=seq:"
+                               "100000000000000000000")
+    assert err.value.status == 400
+    assert err.value.headers is not None and err.value.headers["Problem-Code"] == "bad_start"
+
+
+async def test_log_entries_beyond_the_log_say_so_like_the_proofs(env: Env) -> None:
+    async with session(env) as s:
+        async with s.get("/v1/log/entries?start=5&end=6") as resp:
+            assert (resp.status, resp.headers["Problem-Code"]) == (404, "beyond_log")
+        async with s.get("/v1/log/proof/inclusion?seq=5&size=6") as resp:
+            assert (resp.status, resp.headers["Problem-Code"]) == (404, "beyond_log")
+
+
+async def test_405_says_which_methods_are_allowed(env: Env) -> None:
+    async with session(env) as s, s.put("/v1/datasets") as resp:
+        assert resp.status == 405 and resp.content_type == PROBLEM
+        assert "GET" in resp.headers["Allow"]
+    async with session(env) as s, s.delete(RECORDS) as resp:
+        assert resp.status == 405 and "POST" in resp.headers["Allow"]
