@@ -187,3 +187,16 @@ async def test_two_brokers_share_one_book_of_agreements(tmp_path: Path,
     finally:
         await a[1].cleanup()
         await b[1].cleanup()
+
+
+def test_the_servers_fsync_before_they_acknowledge(nats_cluster: NatsCluster) -> None:
+    """A receipt is a durable promise: every JetStream server the exchange starts syncs each
+    write before acknowledging it (not every two minutes, JetStream's default)."""
+    import json
+    import urllib.request
+
+    for server in nats_cluster.servers:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/varz",
+                                    timeout=10) as resp:
+            config = json.load(resp)["jetstream"]["config"]
+        assert config["sync_always"] is True, server.name

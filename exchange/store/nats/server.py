@@ -85,6 +85,9 @@ class NatsServer:
                  f"http: 127.0.0.1:{self.http_port}",
                  "jetstream {",
                  f'  store_dir: "{self.store_dir / "js"}"',
+                 # fsync before acknowledging: JetStream's default (every two minutes) lets an
+                 # acknowledged write vanish in a crash, and a receipt is a durable promise
+                 "  sync_interval: always",
                  # one atomic batch per published batch (ADR-50: default ceiling 1000 messages)
                  f"  limits {{ batch {{ max_msgs: {BATCH_MAX_MSGS} }} }}",
                  "}"]
