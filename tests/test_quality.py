@@ -33,11 +33,12 @@ def test_scores_known_in_advance() -> None:
     c = quality.Counters(received=12, accepted=7, duplicates=1, rejected={"unknown_ward": 2,
                                                                          "mst_checksum": 1},
                          not_normalised=1, completeness_sum=3.5, last_accepted_at=1000.0,
-                         delivered=10, delivered_timely=9)
+                         delivered=14, delivered_live=10, delivered_timely=9)
     s = quality.scores(c, unresolved=2, now=1000.0 + HOUR / 2, update_interval_s=HOUR)
     assert s.correct == 7 / 10
     assert s.sufficient == 0.5
     assert s.clean == pytest.approx(1 - (1 + 1 + 2) / 12)
+    # timeliness is over live deliveries (10), not every delivery (14: replays too)
     assert s.live == 0.9 and not s.stale
 
 
@@ -57,7 +58,9 @@ def test_stale_with_an_injected_clock() -> None:
     assert not fresh.stale and fresh.live == 1.0
     assert stale.stale and stale.live == 0.25 and stale.seconds_since_update == 4 * HOUR
     never = quality.scores(quality.Counters(), unresolved=0, now=5, update_interval_s=HOUR)
-    assert never.stale and never.live == 0.0 and never.correct == 1.0
+    # no data is no score, not a perfect one
+    assert never.stale and never.live == 0.0
+    assert (never.correct, never.sufficient, never.clean) == (None, None, None)
 
 
 def test_counters_merge_and_round_trip() -> None:

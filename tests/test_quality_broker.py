@@ -187,3 +187,37 @@ async def test_counters_follow_only_what_was_committed(env: Env) -> None:
         assert result.accepted == 4 and failed == [4]
         counters = (await _quality(pop, "population"))["counters"]
     assert (counters["received"], counters["accepted"], counters["duplicates"]) == (4, 4, 0)
+
+
+async def test_a_replaying_subscriber_does_not_move_the_publishers_live_score(env: Env
+                                                                              ) -> None:
+    """Timeliness counts first live deliveries: a subscriber replaying old records from
+    ``earliest`` (late by construction) changes nothing the publisher did."""
+    people = Generator(17, today=TODAY).population(6)
+    async with Node(env.node_config(OWNERS["population"])) as pop, \
+            Node(env.node_config(OWNERS["land"])) as land:
+        await pop.publish("population", [Record(p) for p in people])
+        before = await _quality(pop, "population")
+        got: list[Delivery] = []
+        done = asyncio.Event()
+
+        async def handler(d: Delivery) -> None:
+            got.append(d)
+            if len(got) == 6:
+                done.set()
+
+        # replaying the six from earliest: accepted before the subscription connected
+        land.subscribe("population", "replay", handler)
+        await asyncio.wait_for(done.wait(), 10)
+        after = await _quality(pop, "population")
+    assert after["counters"]["delivered"] == before["counters"]["delivered"] + 6
+    assert after["counters"]["delivered_live"] == before["counters"]["delivered_live"]
+    assert after["scores"]["live"] == before["scores"]["live"]
+
+
+async def test_a_dataset_with_no_records_has_no_scores(env: Env) -> None:
+    async with Node(env.operator_config()) as ops:
+        report = (await ops.get_json("/v1/quality/land"))["datasets"]["land"]
+    assert (report["scores"]["correct"], report["scores"]["sufficient"],
+            report["scores"]["clean"]) == (None, None, None)
+    assert report["scores"]["stale"] is True

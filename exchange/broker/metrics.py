@@ -24,9 +24,10 @@ _dec = msgspec.msgpack.Decoder(quality.Counters)
 
 #: a delivery within this many seconds of acceptance is "timely" (the live score)
 TIMELY_S = 1.0
-#: publish→deliver latency buckets (seconds): 1 ms … 30 s
+#: publish→deliver latency buckets (seconds): 1 ms … 1 day; a live delivery is fast, but the
+#: histogram must show how slow a slow one was, not cap it at the top bucket
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-                   30.0)
+                   30.0, 60.0, 300.0, 900.0, 3600.0, 21_600.0, 86_400.0)
 
 
 class QualityTracker:
@@ -80,10 +81,14 @@ class QualityTracker:
         return out, sum(len(p) for p in wanted.values())
 
     def delivered(self, dataset: str, subscriber: str, accepted_at: list[float],
-                  now: float) -> None:
+                  now: float, *, total: int | None = None) -> None:
+        """``total`` records delivered, of which those accepted at ``accepted_at`` live (first
+        sent to a subscriber connected when they were accepted): only those count for
+        latency and timeliness."""
         owner = self._owners().get(dataset, "")
         c = self._get(dataset, owner)
-        c.delivered += len(accepted_at)
+        c.delivered += len(accepted_at) if total is None else total
+        c.delivered_live += len(accepted_at)
         hist = self.latency.labels(dataset, subscriber)
         for t in accepted_at:
             latency = max(0.0, now - t)
@@ -162,9 +167,13 @@ class QualityTracker:
         return out
 
 
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
 def _scores(s: quality.Scores) -> dict[str, Any]:
-    return {"correct": round(s.correct, 4), "sufficient": round(s.sufficient, 4),
-            "clean": round(s.clean, 4), "live": round(s.live, 4), "stale": s.stale,
+    return {"correct": _round(s.correct), "sufficient": _round(s.sufficient),
+            "clean": _round(s.clean), "live": round(s.live, 4), "stale": s.stale,
             "unresolved_references": s.unresolved_references,
             "seconds_since_update": (None if s.seconds_since_update is None
                                      else round(s.seconds_since_update, 3))}
@@ -207,7 +216,9 @@ class _Collector(Collector):
                 continue
             s = quality.scores(c, unresolved=0, now=now, update_interval_s=interval)
             for principle in ("correct", "sufficient", "clean", "live"):
-                score.add_metric([d, p, principle], getattr(s, principle))
+                value = getattr(s, principle)
+                if value is not None:  # no data: no sample, rather than a made-up 1
+                    score.add_metric([d, p, principle], value)
             stale.add_metric([d, p], 1.0 if s.stale else 0.0)
             delivered.add_metric([d], c.delivered)
         for (d, node, name), (n, seconds) in sorted(t.lag.items()):

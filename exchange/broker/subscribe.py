@@ -84,7 +84,8 @@ class Subscriptions:
         feed = Feed(dataset=dataset, acked=acked, ack_timeout=limits.ack_timeout_s,
                     granted=granted, min_completeness=agreement.min_completeness,
                     binary=req.binary, always_paths=req.always_paths,
-                    max_frame_records=limits.max_frame_records, cache=self.cache)
+                    max_frame_records=limits.max_frame_records, cache=self.cache,
+                    live_from=self.hub.heads.get(dataset, -1))
         self.live[key] = feed
         self._pulse()
         logger.info("subscribed", dataset=dataset, subscription=req.name, acked=acked,
@@ -198,7 +199,8 @@ class Subscriptions:
         if frame is not None:
             await self._send(ws, frame.binary, frame.data)
             if self.quality is not None:
-                self.quality.delivered(dataset, node, frame.accepted_at, self.clock.time())
+                self.quality.delivered(dataset, node, frame.accepted_at, self.clock.time(),
+                                       total=frame.count)
         return True
 
     async def _read(self, ws: web.WebSocketResponse, feed: Feed, node: str, name: str,

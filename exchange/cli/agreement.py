@@ -218,5 +218,6 @@ def _catalog_text(c: dict[str, Any]) -> str:
     q = c.get("quality")
     if q:
         lines.append("  quality         " + ", ".join(
-            f"{k} {q[k]:.3f}" for k in ("correct", "sufficient", "clean", "live")))
+            f"{k} {'—' if q[k] is None else format(q[k], '.3f')}"
+            for k in ("correct", "sufficient", "clean", "live")))
     return "\n".join(lines)

@@ -134,8 +134,8 @@ def print_summary(s: dict[str, Any]) -> None:
     if s.get("quality"):
         print("  quality      correct  sufficient  clean   live   (each in [0, 1]; see README)")
         for name, q in s["quality"].items():
-            print(f"    {name:<10} {q['correct']:>7.3f} {q['sufficient']:>10.3f} "
-                  f"{q['clean']:>6.3f} {q['live']:>6.3f}")
+            print(f"    {name:<10} {_f(q['correct']):>7} {_f(q['sufficient']):>10} "
+                  f"{_f(q['clean']):>6} {_f(q['live']):>6}")
     for name, subscribers in s.get("latency_ms", {}).items():
         for who, q in subscribers.items():
             print(f"  latency      {name} → {who}: p50 ≤ {q.get('p50')} ms, "
@@ -164,3 +164,7 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"\n  data         {s['data_dir']} ({where})")
     print(f"  logs         {s['broker_log']}, {s['nodes_log']}")
     print(f"  audit it     exchange audit --data {s['store_dir']}")
+
+
+def _f(score: float | None) -> str:
+    return "—" if score is None else f"{score:.3f}"

@@ -56,8 +56,9 @@ def table(datasets: dict[str, Any]) -> str:
                                                entry["publishers"].items()]
         for who, s in rows:
             since = s["seconds_since_update"]
-            lines.append(f"{name:<12}{who:<26}{s['correct']:>8.3f}{s['sufficient']:>9.3f}"
-                         f"{s['clean']:>7.3f}{s['live']:>7.3f}  {'yes' if s['stale'] else 'no':<6}"
+            lines.append(f"{name:<12}{who:<26}{_f(s['correct']):>8}{_f(s['sufficient']):>9}"
+                         f"{_f(s['clean']):>7}{_f(s['live']):>7}  "
+                         f"{'yes' if s['stale'] else 'no':<6}"
                          f"{s['unresolved_references']:>11}"
                          f"{'never' if since is None else f'{since:.0f}s ago':>13}")
         for sub in entry.get("subscriptions", []):
@@ -65,3 +66,8 @@ def table(datasets: dict[str, Any]) -> str:
             lines.append(f"{'':<12}  ↳ {sub['node']}/{sub['name']}: lag {sub['lag']} records, "
                          f"{sub['lag_s']}s; p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms")
     return "\n".join(lines)
+
+
+def _f(score: float | None) -> str:
+    """A score, or a dash where there is no data to score."""
+    return "—" if score is None else f"{score:.3f}"

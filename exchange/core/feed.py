@@ -306,8 +306,12 @@ class Frame:
 
     data: bytes
     binary: bool
-    #: acceptance times of the records it carries (publish → deliver latency)
+    #: acceptance times of the records it delivers live: first sent, and accepted while the
+    #: subscription was connected (publish → deliver latency; replays and redeliveries are
+    #: not the publisher's doing)
     accepted_at: list[float]
+    #: how many records it carries, live or not
+    count: int = 0
 
 
 class Feed:
@@ -316,7 +320,7 @@ class Feed:
     def __init__(self, *, dataset: str, acked: int, ack_timeout: float, granted: Sequence[str],
                  min_completeness: float = 0.0, binary: bool = False,
                  always_paths: bool = False, max_frame_records: int = 1000,
-                 cache: FrameCache | None = None) -> None:
+                 cache: FrameCache | None = None, live_from: int = -1) -> None:
         self.dataset = dataset
         self.state = ConsumerState(acked=acked, ack_timeout=ack_timeout)
         self._granted = list(granted)
@@ -329,6 +333,9 @@ class Feed:
         self.max_frame_records = max_frame_records
         self.cache = cache or FrameCache()
         self._asked = 0
+        #: the dataset's head when the subscription connected: records after it reach the
+        #: subscriber live, those before it are a replay (``frame``'s latency list)
+        self.live_from = live_from
 
     # -- in: the client ----------------------------------------------------------------------
 
@@ -439,8 +446,10 @@ class Feed:
         state.sent([r.seq for r in sent], now)
         state.skip_to(upto)  # records below the agreement's completeness are passed over
         batches = [BatchRef(b, have[b].statement, have[b].signature) for b in batch_ids]
+        live_from = self.live_from
         return Frame(self._encode(_Frame(batches=batches, records=records, head=head)),
-                     self.binary, [r.accepted_at for r in sent])
+                     self.binary, [r.accepted_at for r in sent
+                                   if r.seq > max_sent and r.seq > live_from], len(sent))
 
     def _encode(self, frame: Any) -> bytes:
         return _msgpack.encode(frame) if self.binary else _json.encode(frame)

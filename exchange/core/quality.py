@@ -14,7 +14,12 @@ gate keeps (Decision 1437/QĐ-TTg's quality measures, DESIGN.md "Data principles
   not have. A late population record resolves such references and the score recovers.
 - **live** = freshness × timeliness. Freshness is 1 while the publisher's last accepted record
   is younger than the dataset's declared update interval, then falls as interval ÷ age.
-  Timeliness is the share of deliveries made within ``timely_s`` of acceptance.
+  Timeliness is the share of *live* deliveries made within ``timely_s`` of acceptance: a
+  record's first delivery to a subscriber connected when it was accepted. Replays (a subscriber
+  catching up from ``earliest``) and redeliveries are not the publisher's doing and do not
+  count.
+
+A score with nothing to measure (no record received, none accepted) is ``None``, not 1.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class Counters(msgspec.Struct, kw_only=True):
     as_of_count: int = 0
     last_accepted_at: float = 0.0
     delivered: int = 0
+    #: first deliveries to subscribers connected when the record was accepted
+    delivered_live: int = 0
     delivered_timely: int = 0
 
     def merge(self, other: Counters) -> Counters:
@@ -68,6 +75,7 @@ class Counters(msgspec.Struct, kw_only=True):
             as_of_count=self.as_of_count + other.as_of_count,
             last_accepted_at=max(self.last_accepted_at, other.last_accepted_at),
             delivered=self.delivered + other.delivered,
+            delivered_live=self.delivered_live + other.delivered_live,
             delivered_timely=self.delivered_timely + other.delivered_timely)
 
 
@@ -110,9 +118,12 @@ def refused(records: int, code: str) -> Counters:
 
 
 class Scores(msgspec.Struct, frozen=True):
-    correct: float
-    sufficient: float
-    clean: float
+    """The four scores; ``None`` where there is nothing to score yet (no record received or
+    accepted): no data is not a score of 1."""
+
+    correct: float | None
+    sufficient: float | None
+    clean: float | None
     live: float
     stale: bool
     unresolved_references: int
@@ -157,11 +168,11 @@ def scores(c: Counters, *, unresolved: int, now: float, update_interval_s: float
         since: float | None = age
     else:
         freshness, since = 0.0, None
-    timeliness = _ratio(c.delivered_timely, c.delivered)
+    timeliness = _ratio(c.delivered_timely, c.delivered_live)
     return Scores(
-        correct=_ratio(c.accepted, distinct),
-        sufficient=_ratio(c.completeness_sum, c.accepted),
-        clean=1.0 - _ratio(dirty, c.received) if c.received else 1.0,
+        correct=_ratio(c.accepted, distinct) if distinct else None,
+        sufficient=_ratio(c.completeness_sum, c.accepted) if c.accepted else None,
+        clean=1.0 - _ratio(dirty, c.received) if c.received else None,
         live=freshness * timeliness,
         stale=since is None or since > update_interval_s,
         unresolved_references=unresolved,
