@@ -145,3 +145,37 @@ async def test_405_says_which_methods_are_allowed(env: Env) -> None:
         assert "GET" in resp.headers["Allow"]
     async with session(env) as s, s.delete(RECORDS) as resp:
         assert resp.status == 405 and "POST" in resp.headers["Allow"]
+
+
+async def test_dead_letters_are_bounded_per_publisher_and_say_so(tmp_path: Any) -> None:
+    """A publisher cannot fill the broker's disk with refusals: past its quota the refused
+    records are counted, not kept, and the reply says how many were not kept."""
+    from tests.conftest import broker_config, make_pki, start_broker
+
+    pki_dir = make_pki(tmp_path)
+    config = broker_config(pki_dir, tmp_path / "data", max_dead_letters_per_publisher=3,
+                           max_dead_letter_record_bytes=200)
+    broker, runner, url = await start_broker(config)
+    env = Env(tmp_path, pki_dir, tmp_path / "data", url, broker, runner)
+    try:
+        bad = [{**p, "id": "12345"} for p in people(5, seed=85)]  # five refused records
+        async with session(env) as s:
+            status, _, problem = await post(s, sealed(env, POP, bad))
+            assert status == 422 and problem["dead_letters_not_kept"] == 2
+            assert "not kept" in problem["detail"]
+            status, _, problem = await post(s, sealed(env, POP, bad[:2], seed=b"\x09" * 32))
+            assert problem["dead_letters_not_kept"] == 2
+            # a batch refused whole, once the store is full: said in its reply too
+            forged = msgspec.json.encode(sealed(env, POP, people(1, seed=86)))
+            forged = forged.replace(b'"signature":"', b'"signature":"AAAA', 1)
+            status, _, problem = await post_raw(s, forged)
+            assert status >= 400 and "not kept" in problem["detail"]
+            async with s.get("/v1/dead-letters?limit=100") as resp:
+                kept = msgspec.json.decode(await resp.read())
+        assert len(kept) == 3
+        assert all(len(d["record"].encode()) <= 200 and "cut to" in d["message"] for d in kept)
+        # every refusal still counts where quality is measured
+        counters = broker.quality.counters[("population", POP)] if broker.quality else None
+        assert counters is not None and sum(counters.rejected.values()) >= 7
+    finally:
+        await runner.cleanup()

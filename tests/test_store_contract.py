@@ -184,6 +184,10 @@ async def test_dead_letters_by_publisher_and_id(store: Store, pki_dir: Path) -> 
     (t,) = await store.dead_letters(TAX, 0, 10)
     assert (t.index, t.record, t.dataset) == (None, b"\xff", "tax")
     assert rows[0].record == b'{"i": 0}' and rows[0].message == "refused 0"
+    # what each publisher's dead-letter quota has used
+    assert await store.dead_letter_count(POP) == 3
+    assert await store.dead_letter_count(TAX) == 1
+    assert await store.dead_letter_count("vn.gov.nobody.here") == 0
 
 
 async def test_subscriptions_and_monotonic_acks(store: Store) -> None:

@@ -70,6 +70,8 @@ class Publisher:
     on_append: Callable[[str, int], None]
     quality: QualityTracker | None = None
     clock: Clock = SYSTEM
+    #: dead letters each publisher has stored (read from the store once, then counted)
+    _dead_used: dict[str, int] = field(default_factory=dict)
     # one writer task: the version decision and the append must see the same state
     _pending: list[_Job] = field(default_factory=list)
     _writer: asyncio.Task[None] | None = None
@@ -80,7 +82,12 @@ class Publisher:
         dead = ledger.refused(node, dataset, err, batch, body, self.clock.time())
         deltas = {(dataset, node): quality.refused(len(dead), err.code)}
         rows = self.quality.rows(deltas) if self.quality else []
-        await self.store.add_dead_letters(dead, quality=rows)
+        kept, dropped = await self._bound(node, dead)
+        await self.store.add_dead_letters(kept, quality=rows)
+        self._dead_used[node] += len(kept)
+        if dropped:
+            err.message += (f" ({dropped} refused record(s) not kept: {node}'s dead-letter "
+                            "store is full)")
         if self.quality:
             self.quality.add(deltas)
 
@@ -179,8 +186,13 @@ class Publisher:
         decisions = gate.decide_group([(j.dataset, j.checked) for j in jobs], current)
         group: list[ledger.Append] = []
         deltas: dict[tuple[str, str], quality.Counters] = {}
+        dropped: list[int] = []
+        used = dict(self._dead_used)
         for j, decided in zip(jobs, decisions, strict=True):
             dead = ledger.dead_letters(j.node, j.dataset, j.batch, decided.rejected, now)
+            dead, cut = await self._bound(j.node, dead, used)
+            used[j.node] += len(dead)
+            dropped.append(cut)
             unresolved: list[ledger.Reference] = []
             if self.quality is not None:
                 unresolved, references = await self.quality.unresolved_for(j.spec, decided)
@@ -191,6 +203,7 @@ class Publisher:
         plan = ledger.plan(group, now,
                            quality=self.quality.rows(deltas) if self.quality else ())
         appended = await self.store.append(plan)
+        self._dead_used.update(used)
         if self.quality is not None:
             self.quality.add(deltas)
         for a in group:
@@ -201,4 +214,22 @@ class Publisher:
         receipts = ledger.receipts(self.broker_id, group, appended.first_seq, log_size,
                                    log_root, rfc3339(now))
         # one signature for the group's receipts, as publishers sign their batches
-        return [ledger.outcome(s) for s in sign_receipts(self.signing_key, receipts)]
+        outcomes = [ledger.outcome(s) for s in sign_receipts(self.signing_key, receipts)]
+        for o, cut in zip(outcomes, dropped, strict=True):
+            if cut and o.problem is not None:
+                o.problem["dead_letters_not_kept"] = cut
+                o.problem["detail"] += (f" ({cut} refused record(s) not kept: the "
+                                        "publisher's dead-letter store is full)")
+        return outcomes
+
+    async def _bound(self, node: str, dead: list[ledger.DeadLetter],
+                     used: dict[str, int] | None = None) -> tuple[list[ledger.DeadLetter], int]:
+        """The dead letters ``node``'s quota has room for (its stored count is read once)."""
+        if node not in self._dead_used:
+            self._dead_used[node] = await self.store.dead_letter_count(node)
+            if used is not None:
+                used.setdefault(node, self._dead_used[node])
+        limits = self.limits()
+        held = (used if used is not None else self._dead_used)[node]
+        return ledger.bounded(dead, limits.max_dead_letters_per_publisher - held,
+                              limits.max_dead_letter_record_bytes)

@@ -53,6 +53,10 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: most records in one subscribe frame
     max_frame_records: int = 1000
     max_connections_per_node: int = 64
+    #: refused records kept per publisher (past it, refusals are counted, not kept)
+    max_dead_letters_per_publisher: int = 100_000
+    #: a kept refused record is cut to this many bytes
+    max_dead_letter_record_bytes: int = 4096
 
 
 class DatasetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -311,6 +311,21 @@ def dead_letters(publisher: str, dataset: str, batch: Batch, rejected: Sequence[
             for v in rejected]
 
 
+def bounded(dead: Sequence[DeadLetter], room: int, max_record_bytes: int
+            ) -> tuple[list[DeadLetter], int]:
+    """The dead letters a publisher's quota has ``room`` for, each record cut to
+    ``max_record_bytes``; and how many were not kept (still counted by the quality counters,
+    and said in the reply)."""
+    kept = []
+    for d in dead[:max(0, room)]:
+        if len(d.record) > max_record_bytes:
+            d = msgspec.structs.replace(
+                d, record=d.record[:max_record_bytes],
+                message=f"{d.message} (record cut to its first {max_record_bytes} bytes)")
+        kept.append(d)
+    return kept, len(dead) - len(kept)
+
+
 def refused(publisher: str, dataset: str, err: ExchangeError, batch: Batch | None, body: bytes,
             now: float) -> list[DeadLetter]:
     """The dead letters of a batch refused whole: each of its records, or the body's first

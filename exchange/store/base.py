@@ -212,6 +212,10 @@ class Store(Protocol):
 
     async def dead_letters(self, publisher: str, after: int, limit: int) -> list[DeadLetter]: ...
 
+    async def dead_letter_count(self, publisher: str) -> int:
+        """How many dead letters ``publisher`` has stored (its quota's use)."""
+        ...
+
     # transparency log: the store grows the RFC 6962 tree in the same transaction as the records
 
     def log_state(self) -> tuple[int, bytes]:

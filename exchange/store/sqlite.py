@@ -593,6 +593,11 @@ class SqliteStore:
             (dataset, seq, self._head))
         return int(row[0]) if row else 0
 
+    async def dead_letter_count(self, publisher: str) -> int:
+        row = await self._one("SELECT COUNT(*) FROM dead_letters WHERE publisher=?",
+                              (publisher,))
+        return int(row[0]) if row else 0
+
     async def dead_letters(self, publisher: str, after: int, limit: int) -> list[ledger.DeadLetter]:
         return [ledger.DeadLetter(id=r[0], publisher=r[1], dataset=r[2], received_at=r[3],
                            index=r[4], code=r[5], path=r[6], message=r[7], record=r[8])

@@ -463,6 +463,13 @@ class NatsStore:
 
     # -- dead letters --------------------------------------------------------------------------
 
+    async def dead_letter_count(self, publisher: str) -> int:
+        subject = f"{self.prefix}.dead.{token(publisher)}"
+        with unavailable("counting dead letters"):
+            info = await self.nc.jetstream(timeout=self.timeout).stream_info(
+                self.dead_stream, subjects_filter=subject)
+        return int((info.state.subjects or {}).get(subject, 0))
+
     async def dead_letters(self, publisher: str, after: int, limit: int) -> list[ledger.DeadLetter]:
         if limit <= 0:
             return []
