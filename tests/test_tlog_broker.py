@@ -205,6 +205,11 @@ async def test_audit_cli_offline_and_online(env: Env, capsys: pytest.CaptureFixt
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["entries"] == 15 and out["checkpoints"] == 2
     await env.runner.cleanup()
+    # the broker is gone: "could not check" (exit 2), never a verdict on the log
+    rc = await asyncio.to_thread(main, ["audit", "--url", env.url, "--pki", str(env.pki_dir),
+                                        "--node", OWNERS["tax"], "--json",
+                                        "--from-checkpoint", str(saved)])
+    assert rc == 2 and "inconsistent" not in capsys.readouterr().out
     rc = main(["audit", "--data", str(env.data_dir), "--pki", str(env.pki_dir), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out == {**out, "ok": True, "entries": 15, "first_bad_seq": None,

@@ -634,7 +634,7 @@ def _ints(request: web.Request, *names: str) -> list[int]:
 
 async def log_checkpoint(request: web.Request) -> web.Response:
     """The latest signed checkpoint (C2SP tlog-checkpoint in a signed note), as text."""
-    cp = await request.app[BROKER].tlog.checkpoint()
+    cp = await request.app[BROKER].tlog.served()
     return web.Response(text=cp.note, content_type="text/plain")
 
 

@@ -52,7 +52,22 @@ class TlogService:
 
     async def start(self) -> None:
         self.latest = await self.store.latest_checkpoint()
-        await self.checkpoint()
+        try:
+            await self.checkpoint()
+        except Exception:
+            # a full disk must not keep the broker from serving reads: the timer tries again
+            logger.exception("checkpoint_failed_at_start")
+
+    async def served(self) -> tlog.Checkpoint:
+        """The checkpoint to hand a reader: a fresh one when it can be signed and stored, else
+        the last one stored (a full disk does not make the log unreadable)."""
+        try:
+            return await self.checkpoint()
+        except Exception:
+            if self.latest is None:
+                raise
+            logger.warning("checkpoint_stale_served", size=self.latest.size, exc_info=True)
+            return self.latest
 
     async def run(self) -> AsyncIterator[None]:
         """aiohttp cleanup context: a checkpoint every ``interval`` while records arrive."""

@@ -208,24 +208,31 @@ class Subscriptions:
         # an owner reading its own dataset receives nothing from anyone: no access to record
         third_party = agreement.purpose != "owner" or agreement.subscriber != node or \
             agreement.id != ""
+        saved = feed.state.acked  # the position the store holds
         async for msg in ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
-            before = feed.state.acked
             try:
                 moved = feed.receive(msg.data)
             except InputError as err:
                 await ws.close(code=CLOSE_BAD_FRAME, message=err.message[:120].encode())
                 return
-            if moved is not None:
+            if moved is not None and moved > saved:
                 # who received these records, under which agreement: one row per ack, stored
                 # with the ack itself
                 access = AccessRow(
                     dataset=feed.dataset, node=node, name=name, kind="delivery",
                     agreement=agreement.id, purpose=agreement.purpose, groups=tuple(granted),
-                    first_seq=before + 1, last_seq=moved, at=self.clock.time(),
-                    min_completeness=agreement.min_completeness
-                ) if third_party and moved > before else None
-                await self.store.ack(node, feed.dataset, name, moved, access=access)
+                    first_seq=saved + 1, last_seq=moved, at=self.clock.time(),
+                    min_completeness=agreement.min_completeness) if third_party else None
+                try:
+                    await self.store.ack(node, feed.dataset, name, moved, access=access)
+                    saved = moved
+                except Exception as err:  # the store's fault (a full disk), not the peer's
+                    # keep delivering: the ack is cumulative, so the next one saves this one
+                    # too (and its access row covers the whole range); dropping the
+                    # subscriber would only make it fetch the same records again
+                    logger.warning("ack_not_saved", dataset=feed.dataset, subscription=name,
+                                   seq=moved, error=repr(err))
             wake.set()
             self._pulse()

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.core.errors import ExchangeError
+from exchange.core.errors import ExchangeError, IntegrityError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,7 +84,7 @@ async def _online(args: argparse.Namespace) -> dict[str, Any]:
             node.tlog.trusted = tlog.open_checkpoint(key, note, node.tlog.origin)
         try:
             latest = await node.tlog.refresh()  # consistency with --from-checkpoint, if given
-        except ExchangeError as err:
+        except IntegrityError as err:  # a verdict; an unreachable broker is not one (exit 2)
             bad = node.tlog.trusted.size if node.tlog.trusted else None
             return audit.AuditResult().fail(bad, "inconsistent_checkpoints",
                                             err.message).as_dict()
