@@ -6,6 +6,8 @@ nothing of it is stored."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from typing import Any
 
 import msgspec
@@ -178,4 +180,69 @@ async def test_dead_letters_are_bounded_per_publisher_and_say_so(tmp_path: Any) 
         counters = broker.quality.counters[("population", POP)] if broker.quality else None
         assert counters is not None and sum(counters.rejected.values()) >= 7
     finally:
+        await runner.cleanup()
+
+
+async def test_a_body_sent_too_slowly_is_cut_off(tmp_path: Any) -> None:
+    """A body trickling in a byte at a time holds no connection past the body deadline (the
+    broker's clock: moved here, not waited for)."""
+    from exchange.clock import FakeClock
+    from tests.conftest import broker_config, make_pki, start_broker
+
+    clock = FakeClock()
+    pki_dir = make_pki(tmp_path)
+    broker, runner, url = await start_broker(broker_config(pki_dir, tmp_path / "data"),
+                                             clock=clock)
+    env = Env(tmp_path, pki_dir, tmp_path / "data", url, broker, runner)
+    try:
+        host, port = url.removeprefix("https://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=env.ssl(POP),
+                                                       server_hostname=host)
+        idle = clock.sleepers
+        writer.write(f"POST {RECORDS} HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
+                     "application/json\r\nContent-Length: 1000\r\n\r\n{\"statement\"".encode())
+        await writer.drain()
+        await clock.sleeping(idle + 1)  # the broker now waits for the rest, on its deadline
+        await clock.advance(broker.limits.body_timeout_s + 1)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 408") and b"Problem-Code: body_too_slow" in head
+        assert b"Connection: close" in head  # nothing more is read from this connection
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+    finally:
+        await runner.cleanup()
+
+
+async def test_requests_in_progress_per_node_are_bounded(tmp_path: Any) -> None:
+    from tests.conftest import broker_config, make_pki, start_broker
+
+    pki_dir = make_pki(tmp_path)
+    config = broker_config(pki_dir, tmp_path / "data", max_requests_per_node=2)
+    broker, runner, url = await start_broker(config)
+    env = Env(tmp_path, pki_dir, tmp_path / "data", url, broker, runner)
+    host, port = url.removeprefix("https://").split(":")
+    held = []
+    try:
+        for _ in range(2):  # two bodies that never finish hold the node's two slots
+            _, writer = await asyncio.open_connection(host, int(port), ssl=env.ssl(POP),
+                                                           server_hostname=host)
+            writer.write(f"POST {RECORDS} HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
+                         "application/json\r\nContent-Length: 100\r\n\r\n{".encode())
+            await writer.drain()
+            held.append(writer)
+
+        async def full() -> bool:
+            return broker.requests[POP] == 2
+
+        from tests.conftest import eventually
+        # the broker counts a request once it has read its headers; no event marks that
+        await eventually(full, what="two requests in progress")
+        async with session(env) as s, s.get("/v1/datasets") as resp:
+            assert resp.status == 429 and resp.headers["Problem-Code"] == "too_many_requests"
+        async with session(env, OWNERS["tax"]) as s, s.get("/v1/datasets") as resp:
+            assert resp.status == 200  # another node is not held up
+    finally:
+        for w in held:
+            w.close()
         await runner.cleanup()

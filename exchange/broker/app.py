@@ -47,6 +47,7 @@ from exchange.core.errors import (
     NotAllowed,
     NotFound,
     RateLimited,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 from exchange.core.feed import Feed
@@ -83,6 +84,8 @@ class Broker:
         self.started = clock.time()
         #: open WebSockets per node, bounded by limits.max_connections_per_node
         self.sockets: Counter[str] = Counter()
+        #: requests of each node or operator being served now
+        self.requests: Counter[str] = Counter()
         #: every connection that made a request, by its client certificate's serial: a
         #: revocation closes them all (streams included), not only new handshakes
         self.peers: dict[int, weakref.WeakSet[asyncio.BaseTransport]] = {}
@@ -300,7 +303,10 @@ async def problem_middleware(request: web.Request,
         return await handler(request)
     except ExchangeError as err:
         logger.info("refused", code=err.code, status=err.status, detail=err.message)
-        return problem_response(err, request)
+        response = problem_response(err, request)
+        if isinstance(err, RequestTimeout):
+            response.force_close()  # nothing more is read from this connection
+        return response
     except web.HTTPRequestEntityTooLarge as exc:
         return problem_response(LimitExceeded(f"body larger than {exc.text}",
                                               code=Code.BODY_TOO_LARGE), request)
@@ -346,8 +352,23 @@ async def auth_middleware(request: web.Request,
         raise AuthError(f"the certificate of {who.role} {who.id} is revoked",
                         code=Code.REVOKED)
     request[PRINCIPAL] = who
+    if broker.requests[who.id] >= broker.limits.max_requests_per_node:
+        raise RateLimited(f"{who.id} has {broker.requests[who.id]} requests in progress; the "
+                          f"limit is {broker.limits.max_requests_per_node}",
+                          code=Code.TOO_MANY_REQUESTS)
+    broker.requests[who.id] += 1
+    try:
+        return await _serve_principal(request, handler, broker, who, cert.serial_number)
+    finally:
+        broker.requests[who.id] -= 1
+
+
+async def _serve_principal(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                           broker: Broker, who: pki.Principal, serial: int
+                           ) -> web.StreamResponse:
     if request.transport is not None:
-        broker.peers.setdefault(cert.serial_number, weakref.WeakSet()).add(request.transport)
+        broker.peers.setdefault(serial, weakref.WeakSet()).add(request.transport)
     if who.role == "node":
         request[NODE] = who.id
         structlog.contextvars.bind_contextvars(node=who.id)
@@ -438,7 +459,7 @@ async def post_records(request: web.Request) -> web.Response:
         # refused on the declaration, before a byte is read or waited for
         raise LimitExceeded(f"body of {declared} bytes; the limit is "
                             f"{broker.limits.max_body_bytes}", code=Code.BODY_TOO_LARGE)
-    body = await request.read()
+    body = await _read_body(request, broker)
     outcome = await broker.publisher.publish(node, dataset, body, request.content_type)
     logger.info("published", accepted=outcome.receipt.receipt.accepted,
              duplicates=len(outcome.receipt.receipt.duplicates),
@@ -450,6 +471,26 @@ async def post_records(request: web.Request) -> web.Response:
                             content_type=PROBLEM,
                             headers={PROBLEM_CODE_HEADER: outcome.problem["code"]})
     return _ok(outcome.receipt)
+
+
+async def _read_body(request: web.Request, broker: Broker) -> bytes:
+    """The whole body, within ``limits.body_timeout_s`` on the broker's clock; a body that
+    trickles in slower is refused (408) and its connection closed."""
+    clock = broker.clock
+    reading = asyncio.ensure_future(request.read())
+    deadline = asyncio.ensure_future(
+        clock.sleep_until(clock.monotonic() + broker.limits.body_timeout_s))
+    try:
+        await asyncio.wait({reading, deadline}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        deadline.cancel()
+    if not reading.done():
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reading
+        raise RequestTimeout(f"the body did not arrive within {broker.limits.body_timeout_s} s",
+                             code=Code.BODY_TOO_SLOW)
+    return reading.result()
 
 
 @contextlib.contextmanager

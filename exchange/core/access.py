@@ -53,6 +53,11 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: most records in one subscribe frame
     max_frame_records: int = 1000
     max_connections_per_node: int = 64
+    #: a request body must arrive whole within this many seconds (a body sent a byte a
+    #: second holds a connection and a buffer for nothing)
+    body_timeout_s: float = 30.0
+    #: requests of one node being served at once (a slow client cannot hold them all)
+    max_requests_per_node: int = 256
     #: refused records kept per publisher (past it, refusals are counted, not kept)
     max_dead_letters_per_publisher: int = 100_000
     #: a kept refused record is cut to this many bytes

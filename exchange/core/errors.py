@@ -47,6 +47,7 @@ __all__ = [
     "PkiError",
     "RateLimited",
     "RemoteError",
+    "RequestTimeout",
     "UnavailableError",
     "UnsupportedMediaType",
     "Violation",
@@ -168,6 +169,12 @@ class UnsupportedMediaType(InputError):
     status = 415
     title = "Unsupported media type"
     default = "unsupported_media_type"
+
+
+class RequestTimeout(InputError):
+    status = 408
+    title = "Request timeout"
+    default = "body_too_slow"
 
 
 class RateLimited(InputError):
@@ -318,6 +325,8 @@ class Code(enum.StrEnum):
     BODY_TOO_LARGE = "body_too_large", LimitExceeded
     RATE_LIMITED = "rate_limited", RateLimited
     TOO_MANY_CONNECTIONS = "too_many_connections", RateLimited
+    TOO_MANY_REQUESTS = "too_many_requests", RateLimited
+    BODY_TOO_SLOW = "body_too_slow", RequestTimeout
 
     # -- who the peer is and what it may do ----------------------------------------------------
     NOT_AUTHENTICATED = "not_authenticated", AuthError
