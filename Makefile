@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench clean
+.PHONY: demo test check bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 check: $(STAMP)
 	$(BIN)/ruff check exchange tests benchmarks
 	$(BIN)/mypy
+
+# the long hostile-input run: every decoder, 1,000,000 coverage-guided inputs each (atheris);
+# `make test` runs a bounded slice (tests/test_fuzz.py)
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,fuzz]'
+	$(BIN)/python -m tests.long.fuzz $(if $(RUNS),--runs $(RUNS))
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.validate

@@ -227,6 +227,6 @@ def decode(kind: type[Any], body: bytes) -> Any:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as err:
         raise InputError(f"agreement: {err}", code=Code.BAD_AGREEMENT) from None
-    except msgspec.DecodeError as err:
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
         raise InputError(f"not JSON: {err}", code=Code.MALFORMED) from None
 

@@ -129,7 +129,7 @@ class NoteKey:
                 continue
             try:
                 blob = base64.b64decode(line[len(prefix):], validate=True)
-            except binascii.Error:
+            except (ValueError, binascii.Error):  # not base64, or not even ASCII
                 continue
             if len(blob) != 68 or blob[:4] != self.key_id:
                 continue

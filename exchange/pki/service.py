@@ -150,10 +150,14 @@ def _peer(request: web.Request) -> str:
 
 
 async def _decode(request: web.Request, kind: type[Any]) -> Any:
-    body = await request.read()
+    return decode_body(kind, await request.read())
+
+
+def decode_body(kind: type[Any], body: bytes) -> Any:
+    """A request body as ``kind``, or the ``InputError`` that says why not."""
     try:
         return msgspec.json.decode(body, type=kind)
-    except msgspec.DecodeError as err:
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
         raise InputError(f"request body: {err}", code=Code.MALFORMED) from None
 
 
