@@ -321,6 +321,9 @@ async def test_the_cli_walks_the_lifecycle_and_reads_the_catalogue(env: Env, cap
     assert tax["agreements"]["signed"] == 1
     assert tax["distributions"]["registration"][0] == "tax_id"
     assert tax["conformsTo"] == ["/v1/schemas/tax/1"]
+    # what every subscriber sees whatever it is granted: the key, said plainly
+    assert tax["key"] == {"fields": ["tax_id"], "always_disclosed": True}
+    assert catalog["population"]["key"]["fields"] == ["id"]
     # the text forms print without error too
     assert await asyncio.to_thread(main, ["catalog", "tax", "--broker", env.url, *as_out]) == 0
     assert "classification  core" in capsys.readouterr().out

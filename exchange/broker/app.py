@@ -854,6 +854,8 @@ async def get_catalog(request: web.Request) -> web.Response:
             "conformsTo": [f"/v1/schemas/{d.name}/{v}" for v in sorted(datasets.REGISTRY[d.name])],
             "type": spec.type,
             "record": spec.description,
+            # the key is the envelope's subject: every subscriber sees it, whatever it is granted
+            "key": {"fields": list(cat.key_fields) if cat else [], "always_disclosed": True},
             "distributions": {g: list(f) for g, f in spec.groups.items()},
             "countersignature_required": bool(cat and cat.classification in
                                               ("core", "important")),

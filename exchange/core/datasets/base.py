@@ -102,6 +102,10 @@ class Catalogue:
     classification: str
     #: the Decision 20/2025/QĐ-TTg annex category the classification rests on, if one applies
     category: str = ""
+    #: the fields the record's key is made of. The key travels as the CloudEvents ``subject``
+    #: and is disclosed to every subscriber whatever groups it is granted: an agreement on this
+    #: dataset always reveals these values (the catalogue says so)
+    key_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -192,5 +192,6 @@ SPEC = DatasetSpec(
         classification="core",
         category="Decision 20/2025/QĐ-TTg annex: undisclosed basic data of citizens (land "
                  "users)",
+        key_fields=("ward_code", "map_sheet", "parcel_number"),
     ),
 )

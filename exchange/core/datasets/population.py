@@ -163,5 +163,6 @@ SPEC = DatasetSpec(
         category="Decision 20/2025/QĐ-TTg annex: undisclosed basic data of citizens (national "
                  "copy: core); ethnicity and religion are sensitive personal data (Decree "
                  "13/2023/NĐ-CP Art. 2(4))",
+        key_fields=("id",),
     ),
 )

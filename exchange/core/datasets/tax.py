@@ -140,5 +140,6 @@ SPEC = DatasetSpec(
         classification="core",
         category="Decision 20/2025/QĐ-TTg annex: undisclosed basic data of citizens "
                  "(personal tax codes)",
+        key_fields=("tax_id",),
     ),
 )

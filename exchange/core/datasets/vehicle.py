@@ -180,5 +180,6 @@ SPEC = DatasetSpec(
         classification="core",
         category="Decision 20/2025/QĐ-TTg annex: undisclosed basic data of citizens (vehicle "
                  "owners, plates)",
+        key_fields=("plate",),
     ),
 )
