@@ -246,3 +246,59 @@ async def test_requests_in_progress_per_node_are_bounded(tmp_path: Any) -> None:
         for w in held:
             w.close()
         await runner.cleanup()
+
+
+async def test_every_refusal_is_one_structured_log_line(tmp_path: Any) -> None:
+    """A refusal leaves one JSON line in the broker's log naming the peer, the identity and the
+    code (a real broker process, at its default level)."""
+    import json
+
+    import aiohttp
+
+    from exchange import pki
+    from exchange.sim.process import running_broker
+    from exchange.sim.topology import broker_toml
+    from tests.conftest import make_pki
+
+    pki_dir = make_pki(tmp_path)
+    config = tmp_path / "exchange.toml"
+    config.write_text(broker_toml(str(pki_dir), str(tmp_path / "data"), "127.0.0.1:0"))
+    log = tmp_path / "broker.log"
+    tax = pki.client_ssl_context(pki_dir, OWNERS["tax"])
+    async with running_broker(config, log) as broker:
+        async with aiohttp.ClientSession(broker.url, connector=aiohttp.TCPConnector(
+                ssl=tax)) as s:
+            async with s.post(RECORDS, data=b"{}", headers={
+                    "Content-Type": "application/json"}) as resp:
+                assert resp.status == 403
+            ws = await s.ws_connect("/v1/datasets/population/subscribe?name=logged")
+            await ws.receive()  # hello
+            await ws.send_str("not a frame")
+            await ws.receive()
+            await ws.close()
+    lines = [json.loads(line) for line in log.read_text().splitlines()
+             if line.startswith("{")]
+    refused = [x for x in lines if x.get("event") == "refused"]
+    http = next(x for x in refused if x.get("status") == 403)
+    assert http["peer"] == "127.0.0.1" and http["node"] == OWNERS["tax"]
+    assert http["code"] == "not_owner"
+    frame = next(x for x in refused if x.get("status") == 4400)
+    assert frame["code"] == "bad_request" and frame["subscription"] == "logged"
+
+
+def test_a_librarys_traceback_is_a_field_of_one_json_line(capfd: Any) -> None:
+    import json
+    import logging
+
+    from exchange import logger
+
+    logger.configure("warning", json=True)
+    capfd.readouterr()
+    try:
+        raise ZeroDivisionError("boom")
+    except ZeroDivisionError:
+        logging.getLogger("aiohttp.server").exception("Error handling request")
+    (line,) = capfd.readouterr().err.splitlines()  # one line, not a multi-line dump
+    record = json.loads(line)
+    assert record["logger"] == "aiohttp.server" and record["level"] == "error"
+    assert "ZeroDivisionError: boom" in record["exception"]

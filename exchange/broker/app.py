@@ -298,7 +298,8 @@ async def problem_middleware(request: web.Request,
                              ) -> web.StreamResponse:
     """Every error leaves as RFC 9457 problem+json with a stable ``code``."""
     rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
-    structlog.contextvars.bind_contextvars(request_id=rid, path=request.path)
+    structlog.contextvars.bind_contextvars(request_id=rid, path=request.path,
+                                           peer=request.remote)
     try:
         return await handler(request)
     except ExchangeError as err:

@@ -215,6 +215,8 @@ class Subscriptions:
             try:
                 moved = feed.receive(msg.data)
             except InputError as err:
+                logger.info("refused", code=err.code, status=CLOSE_BAD_FRAME,
+                            detail=err.message, dataset=feed.dataset, subscription=name)
                 await ws.close(code=CLOSE_BAD_FRAME, message=err.message[:120].encode())
                 return
             if moved is not None and moved > saved:
