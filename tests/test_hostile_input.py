@@ -265,17 +265,16 @@ async def test_every_refusal_is_one_structured_log_line(tmp_path: Any) -> None:
     config.write_text(broker_toml(str(pki_dir), str(tmp_path / "data"), "127.0.0.1:0"))
     log = tmp_path / "broker.log"
     tax = pki.client_ssl_context(pki_dir, OWNERS["tax"])
-    async with running_broker(config, log) as broker:
-        async with aiohttp.ClientSession(broker.url, connector=aiohttp.TCPConnector(
-                ssl=tax)) as s:
-            async with s.post(RECORDS, data=b"{}", headers={
-                    "Content-Type": "application/json"}) as resp:
-                assert resp.status == 403
-            ws = await s.ws_connect("/v1/datasets/population/subscribe?name=logged")
-            await ws.receive()  # hello
-            await ws.send_str("not a frame")
-            await ws.receive()
-            await ws.close()
+    async with running_broker(config, log) as broker, aiohttp.ClientSession(
+            broker.url, connector=aiohttp.TCPConnector(ssl=tax)) as s:
+        async with s.post(RECORDS, data=b"{}", headers={
+                "Content-Type": "application/json"}) as resp:
+            assert resp.status == 403
+        ws = await s.ws_connect("/v1/datasets/population/subscribe?name=logged")
+        await ws.receive()  # hello
+        await ws.send_str("not a frame")
+        await ws.receive()
+        await ws.close()
     lines = [json.loads(line) for line in log.read_text().splitlines()
              if line.startswith("{")]
     refused = [x for x in lines if x.get("event") == "refused"]
