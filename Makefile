@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench fuzz clean
+.PHONY: demo test check bench fuzz faults soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ check: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,fuzz]'
 	$(BIN)/python -m tests.long.fuzz $(if $(RUNS),--runs $(RUNS))
+
+# crash and fault rounds: 100 broker SIGKILLs on sqlite, the NATS fault scenarios ten times,
+# the disk-full faults (`make test` runs a slice of each)
+faults: $(STAMP)
+	$(BIN)/python -m tests.long.faults $(if $(KILLS),--kills $(KILLS))
+
+# 100 nodes connecting, publishing, subscribing and leaving for 30 minutes (not in CI)
+soak: $(STAMP)
+	$(BIN)/python -m tests.long.soak $(if $(MINUTES),--minutes $(MINUTES))
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.validate
