@@ -275,9 +275,26 @@ async def test_every_refusal_is_one_structured_log_line(tmp_path: Any) -> None:
         await ws.send_str("not a frame")
         await ws.receive()
         await ws.close()
+        # handshakes refused: no client certificate, and one from a foreign CA
+        host, port = broker.url.removeprefix("https://").split(":")
+        ca_only = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
+        foreign_dir = tmp_path / "foreign"
+        pki.init(foreign_dir)
+        pki.enroll(foreign_dir, OWNERS["tax"])
+        foreign = pki.client_ssl_context(foreign_dir, OWNERS["tax"])
+        foreign.load_verify_locations(cafile=str(pki_dir / "ca.crt"))
+        for ctx in (ca_only, foreign):
+            with contextlib.suppress(OSError, ssl.SSLError, asyncio.IncompleteReadError):
+                reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx,
+                                                               server_hostname=host)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                await reader.readuntil(b"\r\n")
     lines = [json.loads(line) for line in log.read_text().splitlines()
              if line.startswith("{")]
     refused = [x for x in lines if x.get("event") == "refused"]
+    handshakes = [x for x in refused if x.get("status") == "tls_handshake"]
+    assert {x["code"] for x in handshakes} >= {"no_certificate", "bad_certificate"}
+    assert all(x["peer"] == "127.0.0.1" for x in handshakes)
     http = next(x for x in refused if x.get("status") == 403)
     assert http["peer"] == "127.0.0.1" and http["node"] == OWNERS["tax"]
     assert http["code"] == "not_owner"

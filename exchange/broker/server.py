@@ -16,6 +16,7 @@ from aiohttp import web
 from exchange import pki
 from exchange.broker import checks, control
 from exchange.broker.app import Broker, create_app
+from exchange.broker.tls_log import log_handshake_refusals
 from exchange.core.access import BrokerConfig, config_error, parse_listen, problems_of
 from exchange.core.errors import Code, ExchangeError, InputError, UnavailableError
 from exchange.store.base import Store
@@ -62,6 +63,7 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
     checked = checks.check(config)
     if checked.problems:
         raise config_error(checked.problems)
+    log_handshake_refusals()
     tls = pki.ServerTLS(config.pki_dir)
     broker = Broker(config, make_store(config), config_path=config_path, tls=tls)
     wire_store(broker)
