@@ -20,7 +20,11 @@ import msgspec
 from exchange import audit
 from exchange.core.errors import ExchangeError
 from exchange.node import Delivery, Node, NodeConfig, PublishResult, Record
+from exchange.store.nats.server import NatsCluster
+from tests import nats_fixtures
 from tests.conftest import OWNERS, broker_config, make_pki, people
+
+nats_cluster = nats_fixtures.nats_cluster
 
 POP = OWNERS["population"]
 LAND = OWNERS["land"]
@@ -75,7 +79,8 @@ async def test_sigkill_mid_stream_loses_and_repeats_nothing(tmp_path: Path) -> N
 
 
 async def crash_rounds(tmp_path: Path, *, kills: int, seed: int = 5,
-                       rnd: random.Random | None = None) -> dict[str, int]:
+                       rnd: random.Random | None = None, store: str = "sqlite"
+                       ) -> dict[str, int]:
     """Publish while a subscriber reads; SIGKILL the broker ``kills`` times, each with a batch
     on the wire (at a random receipt count when ``rnd`` is given), restarting it on the same
     port and data; then check exactly-once delivery and storage, and audit the log. Returns
@@ -83,7 +88,7 @@ async def crash_rounds(tmp_path: Path, *, kills: int, seed: int = 5,
     pki_dir = make_pki(tmp_path)
     port = free_port()
     config = msgspec.structs.replace(broker_config(pki_dir, tmp_path / "data"),
-                                     listen=f"127.0.0.1:{port}")
+                                     listen=f"127.0.0.1:{port}", store=store)
     config_file = tmp_path / "broker.json"
     config_file.write_bytes(msgspec.json.encode(config))
     broker = BrokerProcess(config_file, port, tmp_path)
@@ -162,12 +167,7 @@ async def crash_rounds(tmp_path: Path, *, kills: int, seed: int = 5,
     assert all(not res.rejected for _, res in results)
 
     # the store holds each record exactly once, under the seq its receipt named
-    db = sqlite3.connect(tmp_path / "data" / "exchange.sqlite")
-    try:
-        rows = db.execute("SELECT seq, key, version FROM records WHERE dataset='population' "
-                          "ORDER BY seq").fetchall()
-    finally:
-        db.close()
+    rows = await _stored(tmp_path, store)
     assert [r[0] for r in rows] == list(range(len(rows)))
     keys = Counter((key, version) for _, key, version in rows)
     assert max(keys.values()) == 1
@@ -176,8 +176,45 @@ async def crash_rounds(tmp_path: Path, *, kills: int, seed: int = 5,
     assert set(handled) <= set(by_seq)
 
     # and the transparency log re-derives from what is stored: no partial batch, no gap
-    result = audit.audit_data(tmp_path / "data")
-    assert result.ok, result.as_dict()
+    # (offline on sqlite; on NATS the records stream is read back above, in order)
+    entries = len(rows)
+    if store == "sqlite":
+        result = audit.audit_data(tmp_path / "data")
+        assert result.ok, result.as_dict()
+        entries = result.entries
     return {"kills": kills, "receipted": len(receipted), "failed_batches": len(failures),
-            "delivered": len(handled), "audited_entries": result.entries}
+            "delivered": len(handled), "audited_entries": entries}
+
+
+async def _stored(tmp_path: Path, store: str) -> list[tuple[int, str, int]]:
+    """(seq, key, version) of every stored population record, in seq order."""
+    if store == "sqlite":
+        db = sqlite3.connect(tmp_path / "data" / "exchange.sqlite")
+        try:
+            return [(int(r[0]), str(r[1]), int(r[2])) for r in db.execute(
+                "SELECT seq, key, version FROM records WHERE dataset='population' "
+                "ORDER BY seq").fetchall()]
+        finally:
+            db.close()
+    from exchange.store.nats.store import NatsStore
+
+    nats = NatsStore(store)
+    await nats.open()
+    try:
+        rows: list[tuple[int, str, int]] = []
+        after = -1
+        while batch := await nats.read("population", after, 1000):
+            rows.extend((r.seq, r.key, r.version) for r in batch)
+            after = batch[-1].seq
+        return rows
+    finally:
+        await nats.close()
     assert os.path.exists(tmp_path / "broker-3.log")
+
+
+async def test_sigkill_mid_stream_on_a_nats_cluster(tmp_path: Path,
+                                                   nats_cluster: NatsCluster) -> None:
+    """The same on a 3-node JetStream cluster (R3): the broker is stateless over it."""
+    from tests.nats_fixtures import store_url
+
+    await crash_rounds(tmp_path, kills=2, store=store_url(nats_cluster))
