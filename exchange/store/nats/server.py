@@ -75,6 +75,8 @@ class NatsServer:
     cluster_port: int = field(default_factory=free_port)
     routes: list[int] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    #: fsync each write before acknowledging it (off only to measure what it costs)
+    sync_always: bool = True
 
     @property
     def url(self) -> str:
@@ -87,7 +89,7 @@ class NatsServer:
                  f'  store_dir: "{self.store_dir / "js"}"',
                  # fsync before acknowledging: JetStream's default (every two minutes) lets an
                  # acknowledged write vanish in a crash, and a receipt is a durable promise
-                 "  sync_interval: always",
+                 *(["  sync_interval: always"] if self.sync_always else []),
                  # one atomic batch per published batch (ADR-50: default ceiling 1000 messages)
                  f"  limits {{ batch {{ max_msgs: {BATCH_MAX_MSGS} }} }}",
                  "}"]
@@ -135,10 +137,12 @@ class NatsCluster:
     root: Path
     n: int = 1
     servers: list[NatsServer] = field(default_factory=list)
+    sync_always: bool = True
 
     def __post_init__(self) -> None:
         if not self.servers:
-            self.servers = [NatsServer(f"n{i + 1}", self.root / f"n{i + 1}")
+            self.servers = [NatsServer(f"n{i + 1}", self.root / f"n{i + 1}",
+                                       sync_always=self.sync_always)
                             for i in range(self.n)]
             if self.n > 1:
                 for s in self.servers:
