@@ -318,3 +318,34 @@ def test_a_librarys_traceback_is_a_field_of_one_json_line(capfd: Any) -> None:
     record = json.loads(line)
     assert record["logger"] == "aiohttp.server" and record["level"] == "error"
     assert "ZeroDivisionError: boom" in record["exception"]
+
+
+async def test_duplicate_json_keys_cannot_make_two_meanings(env: Env) -> None:
+    """Decided, not refused: a duplicated key in a published record is read last-wins, and the
+    signature is checked over that reading; what is stored, served and kept as evidence is the
+    broker's re-encoding of it, never the published bytes. A publisher whose parser read the
+    first value instead signed another digest, and its batch fails verification."""
+    person = people(1, seed=99)[0]
+    async with session(env) as s:
+        # the publisher signed the record with full_name X; the wire repeats the key, first
+        # with another value: read last-wins, it is still X, and it verifies
+        batch = msgspec.json.encode(sealed(env, POP, [person]))
+        name = msgspec.json.encode(person["full_name"])
+        twice = batch.replace(b'"full_name":' + name,
+                              b'"full_name":"Someone Else","full_name":' + name, 1)
+        assert twice != batch
+        async with s.post(RECORDS, data=twice,
+                          headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 200
+        # the other way round (the signed value first) would be read as the other value,
+        # which the signature does not cover: refused whole
+        other = people(1, seed=100)[0]
+        batch = msgspec.json.encode(sealed(env, POP, [other], seed=b"\x0a" * 32))
+        name = msgspec.json.encode(other["full_name"])
+        swapped = batch.replace(b'"full_name":' + name,
+                                b'"full_name":' + name + b',"full_name":"Someone Else"', 1)
+        status, code, _ = await post_raw(s, swapped)
+        assert status >= 400 and code == "signature_invalid"
+    stored = await env.broker.store.read("population", -1, 10)
+    assert [r.key for r in stored] == [person["id"]]
+    assert b"Someone Else" not in stored[0].body
