@@ -164,10 +164,18 @@ class _AgreementChain:
     def check(self, seq: int, data: Any, version: int) -> str | None:
         try:
             record = msgspec.convert(data, agreements.AgreementRecord)
-            owner = self.trust.owners.get(record.request.dataset)
-            if owner is None:
-                return (f"seq {seq}: agreement {record.id} is on {record.request.dataset}, "
-                        "whose owner the trust material does not name")
+            owner = self.trust.owners.get(record.request.dataset, record.request.owner)
+            if owner != record.request.owner:
+                return (f"seq {seq}: agreement {record.id} asks {record.request.owner} for "
+                        f"{record.request.dataset}, whose owner is {owner}")
+            # whether an operator must countersign comes from the dataset's classification,
+            # not from the entry the broker wrote
+            spec = datasets.get(record.request.dataset)
+            needed = bool(spec.catalogue and spec.catalogue.classification
+                          in ("core", "important"))
+            if record.countersign != needed:
+                return (f"seq {seq}: agreement {record.id} on {record.request.dataset} says "
+                        f"countersign={record.countersign}; its classification needs {needed}")
             agreements.verify(record, self.trust.party_key, owner=owner)
         except msgspec.ValidationError as err:
             return f"seq {seq}: not an agreement: {err}"

@@ -117,3 +117,30 @@ async def test_the_cli_looks_up_and_answers_who_received(env: Env, capsys: Any) 
                                           "--node", POP]) == 0
     out = capsys.readouterr().out
     assert f"{LAND} by a lookup" in out and "groups residence" in out
+
+
+async def test_records_sent_but_never_acked_are_on_record_too(env: Env) -> None:
+    """A subscriber that reads everything and acks nothing still leaves its trace."""
+    import aiohttp
+
+    person = people(1, seed=55)[0]
+    async with Node(env.node_config(POP)) as pop:
+        await pop.publish("population", [Record(person)])
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=env.ssl(LAND))) as s:
+        ws = await s.ws_connect(f"{env.url}/v1/datasets/population/subscribe?name=silent")
+        await ws.receive_json()  # hello
+        await ws.send_json({"type": "credit", "n": 1000})
+        frame = await ws.receive_json()
+        assert frame["type"] == "records"
+        await ws.close()  # never acked
+
+    async def recorded() -> bool:
+        rows = await env.broker.store.access("population", [0])
+        return any(r.kind == "sent" and r.node == LAND for r in rows)
+
+    from tests.conftest import until
+    await until(recorded, env.broker.subscriptions.next_change, what="the sent row")
+    async with Node(env.node_config(POP)) as pop:
+        answer = await pop.access("population", person["id"])
+    assert {(r["node"], r["kind"]) for r in answer["versions"][0]["received_by"]} == {
+        (LAND, "sent")}

@@ -53,7 +53,7 @@ def _keys(role: str, who: str, kid: str) -> Any:
 
 
 def _requested(countersign: bool = True, **kw: Any) -> AgreementRecord:
-    req = Request(subscriber=OUTSIDER, dataset="population", groups=["residence"],
+    req = Request(subscriber=OUTSIDER, dataset="population", owner=POP, groups=["residence"],
                   purpose="address checks", legal_basis="Decree 13/2023 Art. 17",
                   requested_at=AT, expires="2027-11-22T09:00:00Z", nonce="ab" * 8, **kw)
     return AgreementRecord(id=agreements.request_id(req), request=req,
@@ -351,3 +351,18 @@ async def test_the_audit_names_a_forged_agreement_entry(env: Env) -> None:
     result = audit.audit_data(env.data_dir)
     assert not result.ok and result.problem == "agreement_invalid"
     assert result.first_bad_seq == await env.broker.store.head("agreement")
+
+
+async def test_a_request_names_the_owner_it_asks_and_each_group_once(env: Env) -> None:
+    async with Node(env.node_config(OUTSIDER)) as out:
+        now = "2026-11-22T09:00:00Z"
+        for owner, groups, code in ((TAX, ["residence"], "bad_agreement"),
+                                    (POP, ["residence", "residence"], "bad_agreement")):
+            req = Request(subscriber=OUTSIDER, dataset="population", owner=owner,
+                          groups=groups, purpose="address checks", legal_basis="Decree 13",
+                          requested_at=now, expires="2099-01-01T00:00:00Z", nonce="cd" * 8)
+            signed = agreements.sign_request(out.client.identity.signing_key, req, at=now)
+            with pytest.raises(ExchangeError) as err:
+                await out.client.post_json("/v1/agreements", {"request": req,
+                                                              "signature": signed})
+            assert err.value.code == code and err.value.status == 400

@@ -483,3 +483,17 @@ async def test_a_revoked_operator_loses_its_open_connection(
                     await o.get_json("/v1/subscriptions")
     finally:
         await runner.cleanup()
+
+
+async def test_a_revoked_certificate_rotates_nothing_however_long_the_service_runs(
+        tmp_path: Path, exchange_pki: Path) -> None:
+    """The enrolment service read the CRL when it started; a revocation after that still
+    stops a rotation asked with the revoked certificate."""
+    join_offline(exchange_pki, tmp_path / "pop", POP)
+    async with enrol_service(exchange_pki) as url:
+        pki.revoke(exchange_pki, POP, reason=x509.ReasonFlags.key_compromise)
+        with pytest.raises(AuthError) as err:
+            await enrol.rotate(tmp_path / "pop", url)
+        assert err.value.code == "revoked"
+    assert [e["code"] for e in ca_log(exchange_pki) if e["event"] == "rotate_refused"] == [
+        "revoked"]

@@ -34,7 +34,6 @@ from exchange.core.errors import (
     Forbidden,
     InputError,
     NotFound,
-    UnavailableError,
 )
 from exchange.core.ledger import StoredBody
 from exchange.core.seal import seal
@@ -130,6 +129,11 @@ class AgreementBook:
         if owner is None:
             raise NotFound(f"dataset {req.dataset!r} is not served here",
                            code=Code.UNKNOWN_DATASET)
+        if req.owner != owner:
+            raise InputError(f"the request asks {req.owner} for {req.dataset}, whose owner is "
+                             f"{owner}", code=Code.BAD_AGREEMENT)
+        if len(set(req.groups)) != len(req.groups):
+            raise InputError("a group is asked for twice", code=Code.BAD_AGREEMENT)
         if owner == node:
             raise InputError(f"{node} owns {req.dataset}: an owner needs no agreement",
                              code=Code.BAD_AGREEMENT)
@@ -166,7 +170,9 @@ class AgreementBook:
         async with self._lock:
             await self.refresh()
             entry = self.get(agreement_id)
-            owner = self.owner(entry.record.request.dataset) or ""
+            # the owner the subscriber asked, in its signed request: a later change of owner
+            # in the config leaves the agreement decidable (and revocable) as it was made
+            owner = entry.record.request.owner
             record = agreements.apply(entry.record, decision, owner=owner)
             if decision.action in ("approve", "countersign") and agreements.state_at(
                     record, self.clock.utcnow()) == "expired":
@@ -197,11 +203,15 @@ class AgreementBook:
             if any(c in (Code.VERSION_CONFLICT, Code.STALE_VERSION) for c in codes):
                 raise ConflictError(f"{record.id} changed meanwhile; ask again",
                                     code=Code.AGREEMENT_STATE)
-            raise UnavailableError(f"the agreement could not be stored: {outcome.problem}",
-                                   code=Code.UNAVAILABLE)
+            # the gate refused what the request holds (too large, not printable): the
+            # requester's to fix, not the broker's fault
+            raise InputError(f"the agreement cannot be recorded: "
+                             f"{outcome.problem.get('detail', '')}", code=Code.BAD_AGREEMENT)
         entry = Entry(record, version, outcome.last_seq)
         self.entries[record.id] = entry
-        self.position = max(self.position, outcome.last_seq)
+        # the read position is not moved here: seqs are global, and another broker's
+        # transition below this one may not have been read yet (refresh reads it, and this
+        # one again, harmlessly)
         logger.info("agreement", id=record.id, state=record.state, version=version,
                     seq=outcome.last_seq)
         self.changed()

@@ -223,8 +223,8 @@ class Broker:
                 # offline audits check records against every key certified so far
                 audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
                                   self.signing_keys, self.pki_dir, self.policy.owners)
-            except ExchangeError as err:  # a half-synced copy: keep what was in force
-                logger.error("signing_registry_unreadable", error=err.message)
+            except (ExchangeError, OSError) as err:  # a half-synced copy, a full disk
+                logger.error("signing_registry_unreadable", error=str(err))
         return self.signing_keys.get(node)
 
     def retired_key(self, node: str, kid: str, time: str | None) -> Ed25519PublicKey | None:
@@ -246,8 +246,9 @@ class Broker:
         if current is None or key_id(current) != certs[-1].kid:
             self.signing_keys = {**self.signing_keys, node: certs[-1].key}
             logger.info("signing_key_rotated", node=node, kid=certs[-1].kid)
-            audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
-                              self.signing_keys, self.pki_dir, self.policy.owners)
+            with contextlib.suppress(ExchangeError, OSError):  # a full disk: audit later
+                audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
+                                  self.signing_keys, self.pki_dir, self.policy.owners)
         return next((c.key for c in certs if c.kid == kid), None)
 
     def reload(self) -> None:
@@ -808,7 +809,7 @@ async def post_agreement(request: web.Request) -> web.Response:
     """A subscriber's signed request (``NewRequest``); 201 with the stored agreement."""
     broker = request.app[BROKER]
     node = _node(request)
-    body = book_decode(NewRequest, await request.read())
+    body = book_decode(NewRequest, await _read_body(request, broker))
     entry = await broker.book.request(node, body)
     return _ok(broker.book.view(entry), status=201)
 
@@ -819,7 +820,7 @@ async def post_decision(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     who = request[PRINCIPAL]
     _visible_entry(request)
-    decision = book_decode(Decision, await request.read())
+    decision = book_decode(Decision, await _read_body(request, broker))
     entry = await broker.book.decide(who.role, who.id, request.match_info["id"], decision)
     return _ok(broker.book.view(entry))
 
@@ -952,8 +953,10 @@ def create_app(broker: Broker) -> web.Application:
                 grown = broker.hub.event("agreement")
                 try:
                     await broker.book.refresh()
-                except ExchangeError as err:
-                    logger.error("agreements_unreadable", code=err.code, detail=err.message)
+                except Exception as err:  # never let the book stop following the store
+                    logger.error("agreements_unreadable", error=repr(err))
+                    await broker.clock.sleep_until(broker.clock.monotonic() + 1.0)
+                    continue
                 await grown.wait()
 
         await broker.book.refresh()

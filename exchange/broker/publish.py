@@ -83,8 +83,12 @@ class Publisher:
         deltas = {(dataset, node): quality.refused(len(dead), err.code)}
         rows = self.quality.rows(deltas) if self.quality else []
         kept, dropped = await self._bound(node, dead)
-        await self.store.add_dead_letters(kept, quality=rows)
-        self._dead_used[node] += len(kept)
+        self._dead_used[node] += len(kept)  # reserved before the await: no two overshoot
+        try:
+            await self.store.add_dead_letters(kept, quality=rows)
+        except BaseException:
+            self._dead_used[node] -= len(kept)
+            raise
         if dropped:
             err.message += (f" ({dropped} refused record(s) not kept: {node}'s dead-letter "
                             "store is full)")
@@ -187,11 +191,14 @@ class Publisher:
         group: list[ledger.Append] = []
         deltas: dict[tuple[str, str], quality.Counters] = {}
         dropped: list[int] = []
-        used = dict(self._dead_used)
+        reserved: dict[str, int] = {}
         for j, decided in zip(jobs, decisions, strict=True):
             dead = ledger.dead_letters(j.node, j.dataset, j.batch, decided.rejected, now)
-            dead, cut = await self._bound(j.node, dead, used)
-            used[j.node] += len(dead)
+            dead, cut = await self._bound(j.node, dead)
+            # reserved at once (no await between the bound and this): concurrent refusals
+            # see it; given back if the commit fails
+            self._dead_used[j.node] += len(dead)
+            reserved[j.node] = reserved.get(j.node, 0) + len(dead)
             dropped.append(cut)
             unresolved: list[ledger.Reference] = []
             if self.quality is not None:
@@ -202,8 +209,12 @@ class Publisher:
             group.append(ledger.Append(j.node, j.dataset, j.batch, decided, dead, unresolved))
         plan = ledger.plan(group, now,
                            quality=self.quality.rows(deltas) if self.quality else ())
-        appended = await self.store.append(plan)
-        self._dead_used.update(used)
+        try:
+            appended = await self.store.append(plan)
+        except BaseException:
+            for node, n in reserved.items():
+                self._dead_used[node] -= n
+            raise
         if self.quality is not None:
             self.quality.add(deltas)
         for a in group:
@@ -222,14 +233,13 @@ class Publisher:
                                         "publisher's dead-letter store is full)")
         return outcomes
 
-    async def _bound(self, node: str, dead: list[ledger.DeadLetter],
-                     used: dict[str, int] | None = None) -> tuple[list[ledger.DeadLetter], int]:
-        """The dead letters ``node``'s quota has room for (its stored count is read once)."""
+    async def _bound(self, node: str, dead: list[ledger.DeadLetter]
+                     ) -> tuple[list[ledger.DeadLetter], int]:
+        """The dead letters ``node``'s quota has room for (its stored count is read once).
+        The caller reserves what it keeps before its next await."""
         if node not in self._dead_used:
-            self._dead_used[node] = await self.store.dead_letter_count(node)
-            if used is not None:
-                used.setdefault(node, self._dead_used[node])
+            count = await self.store.dead_letter_count(node)
+            self._dead_used.setdefault(node, count)  # another task may have read it first
         limits = self.limits()
-        held = (used if used is not None else self._dead_used)[node]
-        return ledger.bounded(dead, limits.max_dead_letters_per_publisher - held,
-                              limits.max_dead_letter_record_bytes)
+        return ledger.bounded(dead, limits.max_dead_letters_per_publisher
+                              - self._dead_used[node], limits.max_dead_letter_record_bytes)

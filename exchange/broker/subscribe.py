@@ -51,6 +51,8 @@ class Subscriptions:
     live: dict[tuple[str, str, str], Feed] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _policy: asyncio.Event = field(default_factory=asyncio.Event)
+    #: subscriptions being connected (claimed before the first await)
+    _claimed: set[tuple[str, str, str]] = field(default_factory=set)
 
     def policy_changed(self) -> None:
         """The access policy changed (a reload, an agreement approved, revoked): every live
@@ -71,12 +73,21 @@ class Subscriptions:
         dataset = request.match_info["dataset"]
         req = parse_request(request.query)
         agreement, granted = self.policy().check_subscribe(node, dataset, self.clock.utcnow())
-        acked = await self._position(node, dataset, req)
         key = (node, dataset, req.name)
-        if key in self.live:
+        if key in self.live or key in self._claimed:
             # a conflict with the live connection (409), not a broker fault (500)
             raise ConflictError(f"subscription {req.name!r} on {dataset} is already connected",
                                 code=Code.SUBSCRIPTION_BUSY)
+        self._claimed.add(key)  # before the first await: two connections never both get in
+        try:
+            return await self._serve(request, node, dataset, req, key, agreement, granted)
+        finally:
+            self._claimed.discard(key)
+
+    async def _serve(self, request: web.Request, node: str, dataset: str, req: Request,
+                     key: tuple[str, str, str], agreement: Agreement, granted: list[str]
+                     ) -> web.StreamResponse:
+        acked = await self._position(node, dataset, req)
         limits = self.limits()
         ws = web.WebSocketResponse(heartbeat=limits.idle_timeout_s / 2,
                                    max_msg_size=64 * 1024)
@@ -90,14 +101,24 @@ class Subscriptions:
         self._pulse()
         logger.info("subscribed", dataset=dataset, subscription=req.name, acked=acked,
                     groups=granted, purpose=agreement.purpose)
+        saved = {"seq": acked}  # what the store holds, moved by the ack reader
         try:
             await self._send(ws, feed.binary, feed.hello(req.name, agreement.purpose))
-            await self._pump(ws, feed, node, req.name, agreement, granted)
+            await self._pump(ws, feed, node, req.name, agreement, granted, saved)
         finally:
-            del self.live[key]
-            self._pulse()
             if not ws.closed:
                 await ws.close()
+            # records sent but never acked were received all the same: on record too
+            if _third_party(agreement, node) and feed.state.max_sent > saved["seq"]:
+                with contextlib.suppress(Exception):
+                    await self.store.add_access([AccessRow(
+                        dataset=dataset, node=node, name=req.name, kind="sent",
+                        agreement=agreement.id, purpose=agreement.purpose,
+                        groups=tuple(granted), first_seq=saved["seq"] + 1,
+                        last_seq=feed.state.max_sent, at=self.clock.time(),
+                        min_completeness=agreement.min_completeness)])
+            del self.live[key]
+            self._pulse()  # after the row: whoever waits on the change sees it
         return ws
 
     async def _position(self, node: str, dataset: str, req: Request) -> int:
@@ -141,11 +162,11 @@ class Subscriptions:
         return None
 
     async def _pump(self, ws: web.WebSocketResponse, feed: Feed, node: str, name: str,
-                    agreement: Agreement, granted: list[str]) -> None:
+                    agreement: Agreement, granted: list[str], saved: dict[str, int]) -> None:
         dataset = feed.dataset
         wake = asyncio.Event()
         reader = asyncio.create_task(self._read(ws, feed, node, name, wake, agreement,
-                                                granted))
+                                                granted, saved))
         try:
             while not ws.closed and not reader.done():
                 policy = self._policy  # taken before the check: no change is missed
@@ -204,11 +225,10 @@ class Subscriptions:
         return True
 
     async def _read(self, ws: web.WebSocketResponse, feed: Feed, node: str, name: str,
-                    wake: asyncio.Event, agreement: Agreement, granted: list[str]) -> None:
-        # an owner reading its own dataset receives nothing from anyone: no access to record
-        third_party = agreement.purpose != "owner" or agreement.subscriber != node or \
-            agreement.id != ""
-        saved = feed.state.acked  # the position the store holds
+                    wake: asyncio.Event, agreement: Agreement, granted: list[str],
+                    progress: dict[str, int]) -> None:
+        third_party = _third_party(agreement, node)
+        saved = progress["seq"]  # the position the store holds
         async for msg in ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
@@ -229,7 +249,7 @@ class Subscriptions:
                     min_completeness=agreement.min_completeness) if third_party else None
                 try:
                     await self.store.ack(node, feed.dataset, name, moved, access=access)
-                    saved = moved
+                    saved = progress["seq"] = moved
                 except Exception as err:  # the store's fault (a full disk), not the peer's
                     # keep delivering: the ack is cumulative, so the next one saves this one
                     # too (and its access row covers the whole range); dropping the
@@ -238,3 +258,9 @@ class Subscriptions:
                                    seq=moved, error=repr(err))
             wake.set()
             self._pulse()
+
+
+def _third_party(agreement: Agreement, node: str) -> bool:
+    """Whether ``node`` reads under an agreement (an owner reading its own dataset receives
+    nothing from anyone: no access to record)."""
+    return agreement.purpose != "owner" or agreement.subscriber != node or agreement.id != ""

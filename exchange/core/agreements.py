@@ -70,8 +70,11 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
     subscriber: NodeId
     dataset: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+    #: the dataset's owner the subscriber asks (from the catalogue): it alone approves
+    owner: NodeId
     #: disclosure groups asked for; empty asks for every group
-    groups: list[Annotated[str, msgspec.Meta(max_length=64)]] = []
+    groups: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]],
+                      msgspec.Meta(max_length=16)] = []
     purpose: Text
     #: the law or decision that allows the processing (Decree 13/2023 Art. 17, Law 91/2025)
     legal_basis: Text
@@ -159,9 +162,11 @@ def _check(keys: Keys, signed: Signature, message: bytes, what: str) -> None:
                              "verify", code=Code.SIGNATURE_INVALID) from None
 
 
-def verify(record: AgreementRecord, keys: Keys, *, owner: str) -> None:
-    """Every signature in ``record`` verifies, each decision was its signer's to make, and the
-    state is the one the decisions lead to. Raises the first fault."""
+def verify(record: AgreementRecord, keys: Keys, *, owner: str | None = None) -> None:
+    """Every signature in ``record`` verifies, each decision was its signer's to make (the
+    owner is the one the subscriber's signed request names, unless ``owner`` is given), and
+    the state is the one the decisions lead to. Raises the first fault."""
+    owner = owner if owner is not None else record.request.owner
     if record.id != request_id(record.request):
         raise InputError(f"{record.id} is not the id of its request", code=Code.BAD_AGREEMENT)
     if record.requested.by != record.request.subscriber or record.requested.role != "node":

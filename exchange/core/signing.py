@@ -162,6 +162,13 @@ class Verifier:
             return True
         return self._history is not None and self._history(node, kid, None) is not None
 
+    def key_for(self, node: str, kid: str) -> Ed25519PublicKey | None:
+        """The certified key ``kid`` of ``node``: its current one, or one from its history."""
+        public = self._lookup(node)
+        if public is not None and key_id(public) == kid:
+            return public
+        return self._history(node, kid, None) if self._history is not None else None
+
     def _key(self, statement: Statement) -> Ed25519PublicKey:
         public = self._lookup(statement.node)
         if public is None:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange.clock import SYSTEM, Clock
@@ -132,6 +133,11 @@ class Node:
             raise IntegrityError(f"the record {dataset}/{key} did not verify ({code})",
                                  code=Code.SIGNATURE_INVALID)
         item = items[0]
+        got = item.delivery
+        if (got.dataset, got.key, got.seq) != (dataset, key, reply.seq):
+            # a genuine record, but not the one asked for
+            raise IntegrityError(f"asked for {dataset}/{key}, the broker served "
+                                 f"{got.dataset}/{got.key}", code=Code.SIGNATURE_INVALID)
         await self.tlog.verify_inclusion(item.delivery.seq, item.leaf())
         return item.delivery
 
@@ -150,8 +156,10 @@ class Node:
         """Ask ``dataset``'s owner for an agreement, signed with this node's key; the broker
         stores it as ``requested``. Returns the stored agreement (its ``id`` among others)."""
         now = self.client.clock.utcnow()
+        catalog = await self.get_json(f"/v1/catalog/{dataset}")
         req = floor.Request(
-            subscriber=self.config.node_id, dataset=dataset, groups=list(groups),
+            subscriber=self.config.node_id, dataset=dataset, owner=catalog["publisher"],
+            groups=list(groups),
             purpose=purpose, legal_basis=legal_basis, requested_at=rfc3339(now.timestamp()),
             expires=rfc3339((now + dt.timedelta(days=days)).timestamp()),
             min_completeness=min_completeness, nonce=os.urandom(16).hex())
@@ -182,6 +190,21 @@ class Node:
         record = msgspec.convert({k: view[k] for k in ("id", "request", "requested",
                                                       "decisions", "countersign")},
                                  floor.AgreementRecord)
+        # sign only what was asked for: the agreement named, its id its request's, the
+        # request signed by its subscriber (a broker cannot get a decision for another one)
+        if record.id != agreement_id or floor.request_id(record.request) != agreement_id:
+            raise IntegrityError(f"the broker served another agreement than {agreement_id}",
+                                 code=Code.SIGNATURE_INVALID)
+        await self.client.trust(record.request.subscriber, record.requested.kid)
+        public = self.client.verifier.key_for(record.request.subscriber, record.requested.kid)
+        if public is None:
+            raise IntegrityError("the request's signer has no certified key",
+                                 code=Code.SIGNATURE_INVALID)
+        try:
+            public.verify(record.requested.signature, floor.request_bytes(record.request))
+        except InvalidSignature:
+            raise IntegrityError(f"the request of {agreement_id} is not its subscriber's",
+                                 code=Code.SIGNATURE_INVALID) from None
         identity = self.client.identity
         decision = floor.decide(identity.signing_key, record, action,
                                      by=identity.node_id,

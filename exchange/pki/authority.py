@@ -408,9 +408,13 @@ def rotate(
     *,
     ca_dir: str | os.PathLike[str] | None = None,
     peer: str = "",
+    presented_serial: int | None = None,
 ) -> x509.Certificate:
     """Certify a new signing key for ``principal``, who proved who it is with its current TLS
-    certificate (the online ``exchange node rotate``). The request must name the same party."""
+    certificate (the online ``exchange node rotate``). The request must name the same party,
+    and the certificate presented (``presented_serial``) must be the party's current TLS
+    certificate and not on the CRL as it is on disk now: a revoked or replaced certificate
+    rotates nothing, however long the service has been running."""
     root = _initialised(directory)
     ca = _ca_dir(root, ca_dir)
     try:
@@ -422,8 +426,15 @@ def rotate(
         if _kind(csr) != "signing":
             raise InputError("a rotation certifies a signing key (Ed25519)", code=Code.BAD_CSR)
         with _locked(root):
-            if not (_party_dir(root, principal.role, principal.id) / _SIGNING_CERT).is_file():
+            party_dir = _party_dir(root, principal.role, principal.id)
+            if not (party_dir / _SIGNING_CERT).is_file():
                 raise PkiError(f"{principal.id} is not enrolled", code=Code.NOT_ENROLLED)
+            if presented_serial is not None:
+                current = _read_cert(party_dir / _TLS_CERT).serial_number
+                revoked = {r.serial_number for r in _load_crl(root)}
+                if presented_serial in revoked or presented_serial != current:
+                    raise AuthError(f"the certificate presented is not {principal.id}'s "
+                                    "current one, or it is revoked", code=Code.REVOKED)
             cert = _sign_locked(root, ca, csr, force=False, validity_days=LEAF_VALIDITY_DAYS)
     except ExchangeError as err:
         _log(ca, "rotate_refused", role=principal.role, id=principal.id, code=err.code,

@@ -193,9 +193,11 @@ async def post_rotate(request: web.Request) -> web.Response:
         raise AuthError("a rotation is asked with the party's current TLS certificate",
                         code=Code.NO_CERTIFICATE)
     principal = principal_from_cert(der)
+    serial = x509.load_der_x509_certificate(der).serial_number
     body: RotateRequest = await _decode(request, RotateRequest)
     cert = authority.rotate(service.pki_dir, principal, body.request.encode("ascii", "replace"),
-                            ca_dir=service.ca_dir, peer=_peer(request))
+                            ca_dir=service.ca_dir, peer=_peer(request),
+                            presented_serial=serial)
     logger.info("rotated", role=principal.role, id=principal.id, peer=_peer(request))
     return web.Response(body=_json.encode({"certificates": [_pem(cert)]}),
                         content_type="application/json")

@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS access (
     min_completeness REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS access_chain ON access(dataset, node, name, first_seq);
+CREATE INDEX IF NOT EXISTS access_kind ON access(dataset, kind, first_seq);
 CREATE TABLE IF NOT EXISTS current (
     dataset TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -515,20 +516,27 @@ class SqliteStore:
         """Per chain of one node's rows under one name (a subscription's acks never overlap),
         the row that starts at or before each seq, if it reaches it: one indexed probe per
         chain and seq, however many acks are stored. Lookups (name "") are matched exactly."""
-        chains = await self._rows("SELECT DISTINCT node, name FROM access WHERE dataset=?",
-                                  (dataset,))
+        chains = await self._rows("SELECT DISTINCT node, name FROM access WHERE dataset=? "
+                                  "AND kind!='sent'", (dataset,))
         found: dict[int, AccessRow] = {}
+        for seq in seqs:
+            # sent but never acked (one row per such connection, ranges may overlap): all
+            rows = await self._rows(
+                f"SELECT id, {_ACCESS_COLUMNS} FROM access WHERE dataset=? AND kind='sent' "
+                "AND first_seq<=? AND last_seq>=?", (dataset, seq, seq))
+            for row_id, *cols in rows:
+                found[row_id] = _access_row(cols)
         for node, name in chains:
             for seq in seqs:
                 if name == "":
                     rows = await self._rows(
                         f"SELECT id, {_ACCESS_COLUMNS} FROM access WHERE dataset=? AND node=? "
-                        "AND name='' AND first_seq=?", (dataset, node, seq))
+                        "AND name='' AND kind!='sent' AND first_seq=?", (dataset, node, seq))
                 else:
                     rows = await self._rows(
                         f"SELECT id, {_ACCESS_COLUMNS} FROM access WHERE dataset=? AND node=? "
-                        "AND name=? AND first_seq<=? ORDER BY first_seq DESC LIMIT 1",
-                        (dataset, node, name, seq))
+                        "AND name=? AND kind='delivery' AND first_seq<=? "
+                        "ORDER BY first_seq DESC LIMIT 1", (dataset, node, name, seq))
                 for row_id, *cols in rows:
                     row = _access_row(cols)
                     if row.first_seq <= seq <= row.last_seq:
