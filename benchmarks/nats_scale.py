@@ -179,7 +179,7 @@ async def run(duration: float = 8.0, work_dir: Path | None = None) -> dict[str, 
             nats = [ProcStats(s.proc.pid) for s in cluster.servers if s.proc is not None]
             for n in (1, 2, 3):
                 # a fresh prefix per configuration: each starts from empty streams
-                store = f"{cluster.url}?prefix=scale{n}"
+                store = f"{cluster.url}?prefix=scale{n}&sync=always"
                 runs.append(await measure(root, pki_dir, pool, f"nats{n}", store, n, nats,
                                           duration))
         finally:

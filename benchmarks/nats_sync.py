@@ -38,7 +38,7 @@ async def _run(pki_dir: Path, bodies: list[bytes], records: int, *, sync: bool, 
     cluster.start()
     try:
         await cluster.wait_healthy()
-        url = cluster.url + f"?prefix=b{os.getpid()}"
+        url = cluster.url + f"?prefix=b{os.getpid()}" + ("&sync=always" if sync else "")
         store = NatsStore(url)
         config = BrokerConfig(data_dir=str(root / "data"), pki_dir=str(pki_dir), quality=False,
                               store=url, datasets=[DatasetConfig("population", NODE)])

@@ -71,6 +71,7 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
 
 def store_url(cluster: NatsCluster, **params: str) -> str:
     params.setdefault("prefix", prefix())
+    params.setdefault("sync", "always")  # the servers the tests start fsync before acking
     return cluster.url + "?" + "&".join(f"{k}={v}" for k, v in params.items())
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+import pytest
 
 from exchange.node import Node, Record
 from exchange.store.nats.server import NatsCluster
@@ -200,3 +201,16 @@ def test_the_servers_fsync_before_they_acknowledge(nats_cluster: NatsCluster) ->
                                     timeout=10) as resp:
             config = json.load(resp)["jetstream"]["config"]
         assert config["sync_always"] is True, server.name
+
+
+async def test_a_store_url_without_the_fsync_word_is_warned_about(
+        nats_single: NatsCluster, capfd: pytest.CaptureFixture[str]) -> None:
+    from tests.nats_fixtures import prefix
+
+    capfd.readouterr()
+    for url, warned in ((f"{nats_single.url}?prefix={prefix()}", True),
+                        (f"{nats_single.url}?prefix={prefix()}&sync=always", False)):
+        store = NatsStore(url)
+        await store.open()
+        await store.close()
+        assert ("nats_fsync_unverified" in capfd.readouterr().err) is warned, url

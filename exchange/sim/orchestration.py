@@ -76,7 +76,7 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
         try:
             return await _demo(data, records=records, duration=duration, faults=faults,
                                rate=rate, seed=seed, catch_up_s=catch_up_s, live=live,
-                               store=nats_server.url)
+                               store=nats_server.url + "?sync=always")
         finally:
             nats_server.stop()
     return await _demo(data, records=records, duration=duration, faults=faults, rate=rate,

@@ -99,17 +99,21 @@ def token(value: str) -> str:
 
 
 def parse_url(url: str) -> tuple[list[str], dict[str, str]]:
-    """``nats://h1:p1,h2:p2?replicas=3&prefix=exchange`` → server URLs and parameters."""
+    """``nats://h1:p1,h2:p2?replicas=3&prefix=exchange&sync=always`` → server URLs and
+    parameters."""
     parts = urlsplit(url)
     if parts.scheme not in ("nats", "tls") or not parts.netloc:
         raise InputError(f"store URL {url!r} is not nats://HOST:PORT[,HOST:PORT...]",
                          code=Code.BAD_CONFIG)
     servers = [f"{parts.scheme}://{h}" for h in parts.netloc.split(",") if h]
     params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(params) - {"replicas", "prefix"}
+    unknown = set(params) - {"replicas", "prefix", "sync"}
     if unknown:
         raise InputError(f"store URL parameters {sorted(unknown)} are unknown; use replicas, "
-                         "prefix", code=Code.BAD_CONFIG)
+                         "prefix, sync", code=Code.BAD_CONFIG)
+    if params.get("sync", "always") != "always":
+        raise InputError("sync=always is the only value: it says the servers fsync before "
+                         "they acknowledge", code=Code.BAD_CONFIG)
     return servers, params
 
 
@@ -129,6 +133,9 @@ class NatsStore:
             raise InputError("store prefix must be lower-case letters, digits, _",
                              code=Code.BAD_CONFIG)
         self.replicas = int(params["replicas"]) if "replicas" in params else None
+        #: the operator says every server fsyncs before acknowledging (sync_interval: always);
+        #: the client protocol cannot show it, so without the word the broker warns at start
+        self.sync_declared = params.get("sync") == "always"
         upper = self.prefix.upper()
         self.records_stream = f"{upper}_RECORDS"
         self.dead_stream = f"{upper}_DEAD"
@@ -176,6 +183,12 @@ class NatsStore:
                 await self.nc.subscribe(f"{self.prefix}.appended.>", cb=self._on_hint)
                 # the whole log before serving: head, current versions and the tree
                 await self.tailer.catch_up()
+            if not self.sync_declared:
+                logger.warning(
+                    "nats_fsync_unverified",
+                    detail="a receipt is durable only if every JetStream server fsyncs before "
+                    "it acknowledges (jetstream { sync_interval: always }); the client "
+                    "protocol cannot show it: set it, then add sync=always to the store URL")
         except BaseException:
             await self.close()
             raise
