@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -497,3 +499,29 @@ async def test_a_revoked_certificate_rotates_nothing_however_long_the_service_ru
         assert err.value.code == "revoked"
     assert [e["code"] for e in ca_log(exchange_pki) if e["event"] == "rotate_refused"] == [
         "revoked"]
+
+
+async def test_the_enrolment_service_cuts_off_a_body_sent_too_slowly(exchange_pki: Path
+                                                                     ) -> None:
+    service = EnrolService(exchange_pki, body_timeout_s=0.5)
+    runner = web.AppRunner(create_app(service), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=service_ssl_context(service))
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        from exchange.node.enrol import _verified
+
+        ctx = _verified((exchange_pki / "ca.crt").read_bytes())
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                                       server_hostname="127.0.0.1")
+        writer.write(b"POST /v1/enrol HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: 1000\r\n\r\n{\"token\"")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 408") and b"body_too_slow" in head
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+    finally:
+        await runner.cleanup()

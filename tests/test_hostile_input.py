@@ -349,3 +349,50 @@ async def test_duplicate_json_keys_cannot_make_two_meanings(env: Env) -> None:
     stored = await env.broker.store.read("population", -1, 10)
     assert [r.key for r in stored] == [person["id"]]
     assert b"Someone Else" not in stored[0].body
+
+
+async def test_headers_sent_slowly_hold_the_connection_no_longer_than_the_idle_limit(
+        tmp_path: Any, capsys: Any) -> None:
+    """A connection that trickles its request line and headers a byte at a time is closed when
+    the idle limit (``limits.idle_timeout_s``) runs out from its start: partial data does not
+    extend it. The broker as ``exchange broker serve`` runs it."""
+    import json
+    from pathlib import Path
+
+    from exchange import pki
+    from exchange.broker.app import load_config
+    from exchange.broker.server import serve
+    from exchange.sim.topology import broker_toml
+    from tests.conftest import make_pki
+
+    pki_dir = make_pki(Path(tmp_path))
+    config_file = Path(tmp_path) / "exchange.toml"
+    config_file.write_text(broker_toml(str(pki_dir), str(Path(tmp_path) / "data"),
+                                       "127.0.0.1:0") + "\n[limits]\nidle_timeout_s = 1.0\n")
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(load_config(config_file), ready=ready, stop=stop))
+    await asyncio.wait_for(ready.wait(), 30)
+    port = json.loads(capsys.readouterr().out.splitlines()[-1])["port"]
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=pki.client_ssl_context(pki_dir, POP),
+            server_hostname="127.0.0.1")
+        closed = asyncio.ensure_future(reader.read())  # EOF: the broker closed it
+
+        async def trickle() -> None:
+            for byte in b"GET /v1/datasets HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " * 10:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)  # the attack itself: a byte every 50 ms
+
+        sender = asyncio.ensure_future(trickle())
+        done, _ = await asyncio.wait({closed, sender}, timeout=10,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        assert closed in done, "the slow connection was not closed"
+        assert not sender.done()  # closed while bytes were still coming
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, ssl.SSLError):
+            await sender
+        writer.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

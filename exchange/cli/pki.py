@@ -207,7 +207,8 @@ def _serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         from aiohttp import web
 
-        runner = web.AppRunner(create_app(service), access_log=None)
+        # an idle or slow connection is closed after 30 s (partial data does not extend it)
+        runner = web.AppRunner(create_app(service), access_log=None, keepalive_timeout=30.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=ctx)
         await site.start()

@@ -17,6 +17,7 @@ every refusal is in the CA's log (``ca.log``).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import ssl
@@ -32,7 +33,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from exchange.core.errors import AuthError, Code, ExchangeError, InputError, InternalError
+from exchange.core.errors import (
+    AuthError,
+    Code,
+    ExchangeError,
+    InputError,
+    InternalError,
+    RequestTimeout,
+)
 from exchange.core.wire import PROBLEM_CODE_HEADER
 from exchange.pki import authority
 from exchange.pki.files import (
@@ -72,9 +80,12 @@ class EnrolService:
     """What the service holds: where the PKI and the CA key are."""
 
     def __init__(self, pki_dir: str | os.PathLike[str],
-                 ca_dir: str | os.PathLike[str] | None = None) -> None:
+                 ca_dir: str | os.PathLike[str] | None = None, *,
+                 body_timeout_s: float = 30.0) -> None:
         self.pki_dir = _initialised(pki_dir)
         self.ca_dir = Path(ca_dir) if ca_dir is not None else default_ca_dir(self.pki_dir)
+        #: a request body (64 KiB at most) must arrive whole within this many seconds
+        self.body_timeout_s = body_timeout_s
 
 
 SERVICE = web.AppKey("service", EnrolService)
@@ -131,8 +142,12 @@ async def _errors(request: web.Request,
     try:
         return await handler(request)
     except ExchangeError as err:
-        logger.info("enrol_refused", code=err.code, detail=err.message, path=request.path)
-        return _problem(err, request)
+        logger.info("enrol_refused", code=err.code, detail=err.message, path=request.path,
+                    peer=request.remote)
+        response = _problem(err, request)
+        if isinstance(err, RequestTimeout):
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -150,7 +165,12 @@ def _peer(request: web.Request) -> str:
 
 
 async def _decode(request: web.Request, kind: type[Any]) -> Any:
-    return decode_body(kind, await request.read())
+    try:
+        body = await asyncio.wait_for(request.read(), request.app[SERVICE].body_timeout_s)
+    except TimeoutError:
+        raise RequestTimeout("the body did not arrive in time",
+                             code=Code.BODY_TOO_SLOW) from None
+    return decode_body(kind, body)
 
 
 def decode_body(kind: type[Any], body: bytes) -> Any:
