@@ -83,20 +83,18 @@ class AgreementBook:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def refresh(self) -> bool:
-        """Read the agreement records not seen yet; whether any was new."""
+        """Read the agreement records not seen yet; whether any changed the book (re-reading
+        a transition this broker appended itself changes nothing)."""
         grew = False
-        while True:
-            rows = await self.store.read(DATASET, self.position, 500)
-            if not rows:
-                break
+        while rows := await self.store.read(DATASET, self.position, 500):
             for row in rows:
                 body = _body.decode(row.body)
                 record = msgspec.convert(body.event.data, AgreementRecord)
                 known = self.entries.get(record.id)
                 if known is None or row.version > known.version:
                     self.entries[record.id] = Entry(record, row.version, row.seq)
+                    grew = True
                 self.position = row.seq
-            grew = True
         if grew:
             self.changed()
         return grew

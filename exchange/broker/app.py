@@ -80,6 +80,8 @@ class Broker:
         self.tls = tls
         self.pki_dir = Path(config.pki_dir)
         self.identity = pki.load_broker_identity(self.pki_dir)
+        #: the exchange CA, read once: every certificate history is checked against it
+        self.ca = x509.load_pem_x509_certificate(self.identity.ca_cert.read_bytes())
         self.hub = Hub()
         self.started = clock.time()
         #: open WebSockets per node, bounded by limits.max_connections_per_node
@@ -166,14 +168,18 @@ class Broker:
         # offline audits check every signature in agreement entries: they need every key
         # (an operator's included) and each dataset's owner
         with contextlib.suppress(ExchangeError, OSError):
-            audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
-                              self.signing_keys, self.pki_dir, self.policy.owners)
+            self.write_trust()
+
+    def write_trust(self) -> None:
+        """Leave the public trust material beside the data for offline audits (the log key,
+        every key certified so far, each dataset's owner)."""
+        audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
+                          self.signing_keys, self.pki_dir, self.policy.owners)
 
     def _party_certs(self, role: str, who: str) -> list[pki.SigningCert]:
         try:
-            ca = x509.load_pem_x509_certificate(self.identity.ca_cert.read_bytes())
             return pki.certified_signing_keys(
-                pki.signing_history(self.pki_dir, who, role=role), ca)
+                pki.signing_history(self.pki_dir, who, role=role), self.ca)
         except (ExchangeError, OSError, ValueError):
             return []
 
@@ -220,9 +226,7 @@ class Broker:
             try:
                 self.signing_keys = pki.load_signing_registry(self.pki_dir)
                 self._registry_stamp = stamp
-                # offline audits check records against every key certified so far
-                audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
-                                  self.signing_keys, self.pki_dir, self.policy.owners)
+                self.write_trust()  # offline audits check against every key so far
             except (ExchangeError, OSError) as err:  # a half-synced copy, a full disk
                 logger.error("signing_registry_unreadable", error=str(err))
         return self.signing_keys.get(node)
@@ -234,12 +238,7 @@ class Broker:
         certificate issued is the node's current key: if the broker held another (the node
         rotated since the registry was loaded), it takes the new one now, before the batch is
         judged, and the audit trust file learns it."""
-        try:
-            bundle = pki.signing_history(self.pki_dir, node)
-            ca = x509.load_pem_x509_certificate(self.identity.ca_cert.read_bytes())
-            certs = pki.certified_signing_keys(bundle, ca)
-        except (ExchangeError, OSError, ValueError):
-            return None
+        certs = self._party_certs("node", node)
         if not certs:
             return None
         current = self.signing_keys.get(node)
@@ -247,8 +246,7 @@ class Broker:
             self.signing_keys = {**self.signing_keys, node: certs[-1].key}
             logger.info("signing_key_rotated", node=node, kid=certs[-1].kid)
             with contextlib.suppress(ExchangeError, OSError):  # a full disk: audit later
-                audit.write_trust(Path(self.config.data_dir), self.log_origin, self.tlog.key,
-                                  self.signing_keys, self.pki_dir, self.policy.owners)
+                self.write_trust()
         return next((c.key for c in certs if c.kid == kid), None)
 
     def reload(self) -> None:
@@ -934,8 +932,7 @@ def create_app(broker: Broker) -> web.Application:
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await broker.store.open()
-        audit.write_trust(Path(broker.config.data_dir), broker.log_origin, broker.tlog.key,
-                          broker.signing_keys, broker.pki_dir, broker.policy.owners)
+        broker.write_trust()
         if broker.quality is not None:
             await broker.quality.load()
         for d in broker.config.datasets:

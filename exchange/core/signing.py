@@ -155,12 +155,9 @@ class Verifier:
 
     def knows(self, node: str, kid: str | None = None) -> bool:
         """Whether the signing key of ``node`` (the one named ``kid``, if given) is at hand."""
-        public = self._lookup(node)
-        if public is None:
-            return False
-        if kid is None or key_id(public) == kid:
-            return True
-        return self._history is not None and self._history(node, kid, None) is not None
+        if kid is None:
+            return self._lookup(node) is not None
+        return self.key_for(node, kid) is not None
 
     def key_for(self, node: str, kid: str) -> Ed25519PublicKey | None:
         """The certified key ``kid`` of ``node``: its current one, or one from its history."""

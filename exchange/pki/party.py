@@ -19,7 +19,6 @@ Layout (certs/README.md)::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -56,7 +55,13 @@ from exchange.pki.files import (
     _write,
 )
 from exchange.pki.identity import Identity, load_signing_key, save_signing_key
-from exchange.pki.names import DOCUMENT_SIGNING, Principal, principal_uri, validate_node_id
+from exchange.pki.names import (
+    DOCUMENT_SIGNING,
+    Principal,
+    principal_from_cert,
+    principal_uri,
+    validate_node_id,
+)
 
 __all__ = ["Party", "create", "install", "load", "load_identity", "prepare_rotation",
            "requests"]
@@ -127,9 +132,7 @@ def prepare_rotation(directory: str | os.PathLike[str]) -> bytes:
                        code=Code.NOT_ENROLLED)
     key = ed25519.Ed25519PrivateKey.generate()
     save_signing_key(party.dir / _NEXT_KEY, key)
-    for stale in (_NEXT_CERT,):
-        with contextlib.suppress(FileNotFoundError):
-            (party.dir / stale).unlink()
+    (party.dir / _NEXT_CERT).unlink(missing_ok=True)  # from a rotation started before
     csr = _request(key, party.principal, tls=False)
     _write(party.dir / _NEXT_CSR, csr)
     return csr
@@ -245,8 +248,6 @@ def _public(path: Path, *, tls: bool) -> bytes:
 
 
 def _check_issued(cert: x509.Certificate, ca: x509.Certificate, party: Party) -> None:
-    from exchange.pki.names import principal_from_cert
-
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as err:
