@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/exchange demo
 
-test: $(STAMP)
+# the TypeScript verifier (verifier-ts/): its pinned compiler and a build, redone only when
+# its sources change; tests/test_verifier_ts.py runs it against the vectors and a live broker
+TS_STAMP := verifier-ts/dist/.built
+$(TS_STAMP): verifier-ts/package.json verifier-ts/package-lock.json verifier-ts/tsconfig.json $(wildcard verifier-ts/src/*.ts)
+	cd verifier-ts && npm ci --no-audit --no-fund --silent && npx tsc -p .
+	touch $(TS_STAMP)
+
+test: $(STAMP) $(TS_STAMP)
 	$(BIN)/pytest -q
 
 check: $(STAMP)

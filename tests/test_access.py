@@ -9,18 +9,19 @@ from typing import Any
 import msgspec
 import pytest
 
-from exchange.core import datasets
+from exchange.broker.checks import registry_groups
 from exchange.core.access import (
     Agreement,
     BrokerConfig,
     DatasetConfig,
     Limits,
     Policy,
+    check_config,
     parse_config,
 )
 from exchange.core.errors import Forbidden, InputError, NotFound
 
-GROUPS = {n: tuple(datasets.get(n).groups) for n in datasets.names()}
+GROUPS = registry_groups()  # name -> version -> groups
 
 POP_OWNER = "vn.gov.mps.population"
 TAX_OWNER = "vn.gov.mof.tax"
@@ -244,7 +245,9 @@ def test_a_live_agreement_wins_over_an_expired_one() -> None:
 
 def test_owner_reads_its_own_dataset_with_all_groups() -> None:
     agreement, groups = _policy().check_subscribe(POP_OWNER, "population", NOW)
-    assert groups == list(GROUPS["population"])
+    # the owner reads every group of its latest version
+    assert groups == list(GROUPS["population"][2])
+    assert agreement.version == 2
     assert agreement.subscriber == POP_OWNER
     assert agreement.dataset == "population"
 
@@ -252,7 +255,25 @@ def test_owner_reads_its_own_dataset_with_all_groups() -> None:
 def test_agreement_groups_default_to_all_groups() -> None:
     p = _policy(Agreement(subscriber=BANK, dataset="tax", purpose="credit scoring"))
     _, groups = p.check_subscribe(BANK, "tax", NOW)
-    assert groups == list(GROUPS["tax"])
+    assert groups == list(GROUPS["tax"][1])
+
+
+def test_an_agreement_grants_at_most_the_groups_of_its_version() -> None:
+    v1 = _policy(Agreement(subscriber=BANK, dataset="population", purpose="credit scoring"))
+    assert v1.check_subscribe(BANK, "population", NOW)[1] == list(GROUPS["population"][1])
+    assert "household" not in GROUPS["population"][1]
+    v2 = _policy(Agreement(subscriber=BANK, dataset="population", purpose="credit scoring",
+                           version=2))
+    assert v2.check_subscribe(BANK, "population", NOW)[1] == list(GROUPS["population"][2])
+    # a v1 agreement naming a group only v2 has, and a version that does not exist, are
+    # refused with their paths
+    for bad, path in ((Agreement(subscriber=BANK, dataset="population", purpose="credit",
+                                 groups=["household"]), "agreements[0].groups[0]"),
+                      (Agreement(subscriber=BANK, dataset="population", purpose="credit",
+                                 version=7), "agreements[0].version")):
+        config = BrokerConfig(datasets=[DatasetConfig("population", POP_OWNER)],
+                              agreements=[bad])
+        assert [p.path for p in check_config(config, groups=GROUPS)] == [path]
 
 
 def test_agreement_grants_only_its_groups() -> None:
@@ -267,7 +288,7 @@ def test_config_file_to_decisions() -> None:
     _, groups = p.check_subscribe(TAX_OWNER, "population", NOW)
     assert groups == ["identity", "residence"]
     _, groups = p.check_subscribe(BANK, "tax", NOW)
-    assert groups == list(GROUPS["tax"])
+    assert groups == list(GROUPS["tax"][1])
     with pytest.raises(Forbidden):
         p.check_subscribe(TAX_OWNER, "population", dt.datetime(2027, 1, 1, tzinfo=dt.UTC))
 

@@ -320,7 +320,7 @@ async def test_the_cli_walks_the_lifecycle_and_reads_the_catalogue(env: Env, cap
     assert tax["countersignature_required"] and tax["title"]["vi"]
     assert tax["agreements"]["signed"] == 1
     assert tax["distributions"]["registration"][0] == "tax_id"
-    assert tax["conformsTo"] == ["/v1/schemas/tax/1"]
+    assert tax["conformsTo"] == [f"{env.url}/v1/schemas/tax/1"] and tax["version"] == 1
     # what every subscriber sees whatever it is granted: the key, said plainly
     assert tax["key"] == {"fields": ["tax_id"], "always_disclosed": True}
     assert catalog["population"]["key"]["fields"] == ["id"]

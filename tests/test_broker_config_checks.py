@@ -28,8 +28,8 @@ import pytest
 from exchange import pki
 from exchange.broker import checks, control
 from exchange.broker.app import load_config
+from exchange.broker.checks import registry_groups
 from exchange.broker.server import serve
-from exchange.core import datasets
 from exchange.core.access import (
     Agreement,
     BrokerConfig,
@@ -46,7 +46,7 @@ from exchange.sim.topology import broker_config as reference_config
 from exchange.sim.topology import broker_toml
 from tests.conftest import OUTSIDER, OWNERS, make_pki
 
-GROUPS = {n: tuple(datasets.get(n).groups) for n in datasets.names()}
+GROUPS = registry_groups()  # name -> version -> groups
 BROKER = pki.BROKER_ID
 POP, TAX, LAND = OWNERS["population"], OWNERS["tax"], OWNERS["land"]
 NEVER = "vn.gov.never.enrolled"
@@ -401,7 +401,8 @@ async def test_a_refused_reload_says_why_and_keeps_the_old_config(served: Served
 
     # the old config is still in force: healthy, and the outsider still reads nothing
     assert await granted(served, OUTSIDER) == 403
-    assert await granted(served, TAX) == ["identity", "residence", "civil_status"]
+    assert await granted(served, TAX) == ["identity", "residence", "civil_status",
+                                             "household"]
     assert not served.task.done()
 
     served.config.write_text(good + GRANT, encoding="utf-8")

@@ -22,8 +22,10 @@ from exchange.core.errors import NotFound
 CTX = RuleContext(today=dt.date(2026, 11, 22))
 ROOT = Path(__file__).resolve().parent.parent / "schemas"
 NAMES = ("land", "population", "tax", "vehicle")
+#: every published version: (dataset, version)
+VERSIONS = [("land", 1), ("population", 1), ("population", 2), ("tax", 1), ("vehicle", 1)]
 
-#: the expected violation code of each line of schemas/<dataset>/v1/examples/invalid.ndjson
+#: the expected violation code of each line of schemas/<dataset>/v<N>/examples/invalid.ndjson
 INVALID_CODES = {
     "population": ["unknown_ward", "ward_not_in_province", "id_century_sex_mismatch",
                    "id_birth_year_mismatch", "unknown_birth_province", "future_date",
@@ -38,16 +40,24 @@ INVALID_CODES = {
     "vehicle": ["plate_format", "plate_province", "plate_series", "plate_series", "vin_format",
                 "owner_id", "future_date", "registration_before_manufacture", "status_code",
                 "plate_format"],
+    "population/v2": ["unknown_province", "ward_not_in_province", "household_incomplete",
+                      "household_head_mismatch", "household_head_mismatch", "relationship_code",
+                      "id_format", "unknown_field"],
 }
 
 
 def test_registry() -> None:
     assert tuple(datasets.names()) == NAMES
-    for name in NAMES:
-        spec = datasets.get(name)
-        assert spec.version == 1
-        assert spec.type == f"vn.exchange.{name}.v1"
-        assert spec.dataschema == f"/v1/schemas/{name}/1"
+    assert sorted((s.name, s.version) for n in NAMES for s in datasets.versions(n)) == VERSIONS
+    for name, version in VERSIONS:
+        spec = datasets.get(name, version)
+        assert spec.version == version
+        assert spec.type == f"vn.exchange.{name}.v{version}"
+        assert spec.dataschema == f"/v1/schemas/{name}/{version}"
+        assert spec.dataschema_uri("https://x.example/") == (
+            f"https://x.example/v1/schemas/{name}/{version}")
+        assert spec.compatibility == "FULL_TRANSITIVE"
+    assert datasets.get("population").version == 2  # the latest
     with pytest.raises(NotFound) as err:
         datasets.get("weather")
     assert err.value.code == "unknown_dataset"
@@ -56,21 +66,21 @@ def test_registry() -> None:
     assert err.value.code == "unknown_schema_version"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_groups_partition_the_fields(name: str) -> None:
-    spec = datasets.get(name)
+@pytest.mark.parametrize(("name", "version"), VERSIONS)
+def test_groups_partition_the_fields(name: str, version: int) -> None:
+    spec = datasets.get(name, version)
     fields = list(spec.record_type.__struct_fields__)
     grouped = [f for fs in spec.groups.values() for f in fs]
     assert sorted(grouped) == sorted(fields), "every field in exactly one group"
     assert len(grouped) == len(set(grouped))
-    assert 2 <= len(spec.groups) <= 4
+    assert 2 <= len(spec.groups) <= 6
     assert set(spec.required) | set(spec.recommended) <= set(fields)
     assert not set(spec.required) & set(spec.recommended)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_required_fields_have_no_default(name: str) -> None:
-    spec = datasets.get(name)
+@pytest.mark.parametrize(("name", "version"), VERSIONS)
+def test_required_fields_have_no_default(name: str, version: int) -> None:
+    spec = datasets.get(name, version)
     info = msgspec.inspect.type_info(spec.record_type)
     assert isinstance(info, msgspec.inspect.StructType)
     optional = {f.name for f in info.fields if not f.required}
@@ -78,10 +88,10 @@ def test_required_fields_have_no_default(name: str) -> None:
     assert set(spec.required) & optional <= {"nationality", "status"}
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_committed_schema_is_fresh(name: str) -> None:
-    spec = datasets.get(name)
-    path = ROOT / name / "v1" / "schema.json"
+@pytest.mark.parametrize(("name", "version"), VERSIONS)
+def test_committed_schema_is_fresh(name: str, version: int) -> None:
+    spec = datasets.get(name, version)
+    path = ROOT / name / f"v{version}" / "schema.json"
     assert path.read_text("utf-8") == datasets.schema_text(spec), (
         f"{path} is stale; regenerate with: exchange schema export schemas")
 
@@ -89,16 +99,16 @@ def test_committed_schema_is_fresh(name: str) -> None:
 def test_export_schemas_writes_every_version(tmp_path: Path) -> None:
     written = datasets.export_schemas(tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
-        f"{n}/v1/schema.json" for n in NAMES]
+        f"{n}/v{v}/schema.json" for n, v in VERSIONS]
     schema = json.loads((tmp_path / "tax" / "v1" / "schema.json").read_text("utf-8"))
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["x-exchange"]["disclosure_groups"]["personal"] == ["personal_id"]
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_valid_examples_pass(name: str) -> None:
-    spec = datasets.get(name)
-    lines = (ROOT / name / "v1" / "examples" / "valid.ndjson").read_bytes().splitlines()
+@pytest.mark.parametrize(("name", "version"), VERSIONS)
+def test_valid_examples_pass(name: str, version: int) -> None:
+    spec = datasets.get(name, version)
+    lines = (ROOT / name / f"v{version}" / "examples" / "valid.ndjson").read_bytes().splitlines()
     assert len(lines) >= 5
     keys = set()
     for line in lines:
@@ -110,12 +120,14 @@ def test_valid_examples_pass(name: str) -> None:
     assert len(keys) == len(lines)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_invalid_examples_fail_with_their_code(name: str) -> None:
-    spec = datasets.get(name)
-    lines = (ROOT / name / "v1" / "examples" / "invalid.ndjson").read_bytes().splitlines()
-    assert len(lines) == len(INVALID_CODES[name])
-    for i, (line, code) in enumerate(zip(lines, INVALID_CODES[name], strict=True)):
+@pytest.mark.parametrize(("name", "version"), VERSIONS)
+def test_invalid_examples_fail_with_their_code(name: str, version: int) -> None:
+    spec = datasets.get(name, version)
+    path = ROOT / name / f"v{version}" / "examples" / "invalid.ndjson"
+    lines = path.read_bytes().splitlines()
+    expected = INVALID_CODES[name if version == 1 else f"{name}/v{version}"]
+    assert len(lines) == len(expected)
+    for i, (line, code) in enumerate(zip(lines, expected, strict=True)):
         result = spec.validate_json(line, CTX)
         codes = {v.code for v in result.violations}
         assert codes == {code}, (i, line, result.violations)
@@ -176,7 +188,7 @@ def _near(name: str) -> st.SearchStrategy[Any]:
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_validate_never_raises(name: str, data: st.DataObject) -> None:
-    spec = datasets.get(name)
+    spec = datasets.get(name, 1)
     value = data.draw(st.one_of(_JSON, _near(name)))
     result = spec.validate(value, CTX)
     assert isinstance(result, datasets.Validated)

@@ -366,8 +366,10 @@ async def test_operator_views_are_refused_to_nodes_and_node_actions_to_operators
     actions = [json.loads(line) for line in
                (tmp_path / "data" / "operator-actions.log").read_text().splitlines()]
     assert {a["operator"] for a in actions} == {OPERATOR}
+    # (the refused publish first asked which schema versions the broker serves)
     assert ["/metrics", "/v1/quality", "/v1/subscriptions",
-            f"/v1/dead-letters?after=0&limit=100&node={POP}"] == [
+            f"/v1/dead-letters?after=0&limit=100&node={POP}",
+            "/v1/schemas/population/versions"] == [
         a["target"] for a in actions if a["method"] == "GET"]
     assert [a["status"] for a in actions if a["method"] == "POST"] == [403]
     assert (tmp_path / "data" / "operator-actions.log").stat().st_mode & 0o777 == 0o600

@@ -36,7 +36,7 @@ from exchange.core.errors import (
     NotFound,
 )
 from exchange.core.ledger import StoredBody
-from exchange.core.seal import seal
+from exchange.core.seal import LOCAL_BASE, seal
 from exchange.store.base import Store
 
 __all__ = ["AgreementBook", "NewRequest", "decode"]
@@ -70,8 +70,6 @@ class AgreementBook:
     clock: Clock
     #: the dataset's owner as the config says (None: not served here)
     owner: Callable[[str], str | None]
-    #: the disclosure groups of a dataset
-    groups: Callable[[str], tuple[str, ...]]
     #: (role, id, kid) -> the party's certified key
     keys: agreements.Keys
     #: (role, id) -> the key id its new signatures must use (None: no live signing key)
@@ -113,6 +111,7 @@ class AgreementBook:
             if r.state == "active":
                 yield Agreement(subscriber=r.request.subscriber, dataset=r.request.dataset,
                                 purpose=r.request.purpose, groups=list(r.request.groups),
+                                version=r.request.version,
                                 min_completeness=r.request.min_completeness,
                                 expires=agreements.expires_at(r), id=r.id,
                                 legal_basis=r.request.legal_basis)
@@ -135,16 +134,16 @@ class AgreementBook:
         if owner == node:
             raise InputError(f"{node} owns {req.dataset}: an owner needs no agreement",
                              code=Code.BAD_AGREEMENT)
-        known = self.groups(req.dataset)
+        spec = datasets.get(req.dataset, req.version)  # NotFound: no such version
+        known = tuple(spec.groups)
         unknown = [g for g in req.groups if g not in known]
         if unknown:
-            raise InputError(f"{req.dataset} has no disclosure groups {unknown}; known: "
-                             f"{list(known)}", code=Code.UNKNOWN_GROUP)
+            raise InputError(f"{req.dataset} v{req.version} has no disclosure groups "
+                             f"{unknown}; known: {list(known)}", code=Code.UNKNOWN_GROUP)
         now = self.clock.utcnow()
         if agreements.parse_time(req.expires) <= now:
             raise InputError("the agreement would expire before it starts",
                              code=Code.BAD_AGREEMENT)
-        spec = datasets.get(req.dataset)
         record = AgreementRecord(
             id=agreements.request_id(req), request=req, requested=signed,
             countersign=spec.catalogue is not None
@@ -193,7 +192,8 @@ class AgreementBook:
         spec = datasets.get(DATASET)
         data = msgspec.to_builtins(record)
         batch = seal(self.signing_key, self.broker_id, spec, [(record.id, version, data)],
-                     os.urandom(32), time=rfc3339(self.clock.time()))
+                     os.urandom(32), time=rfc3339(self.clock.time()),
+                     schema_base=self.publisher.schema_base() or LOCAL_BASE)
         outcome = await self.publisher.publish(self.broker_id, DATASET, _msgpack.encode(batch),
                                                "application/msgpack")
         if outcome.problem is not None:

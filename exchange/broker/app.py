@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import uuid
 import weakref
@@ -28,8 +29,10 @@ from exchange.broker.access import AccessLog
 from exchange.broker.agreements import AgreementBook, NewRequest
 from exchange.broker.agreements import decode as book_decode
 from exchange.broker.checkpoints import TlogService
+from exchange.broker.checks import registry_groups
 from exchange.broker.hub import Hub
 from exchange.broker.metrics import QualityTracker
+from exchange.broker.openapi import openapi
 from exchange.broker.publish import Publisher
 from exchange.broker.subscribe import Subscriptions
 from exchange.clock import SYSTEM, Clock
@@ -102,7 +105,8 @@ class Broker:
                                    signing_key=self.identity.signing_key,
                                    verifier=self.verifier, limits=lambda: self.limits,
                                    on_append=self.hub.appended, quality=self.quality,
-                                   clock=clock)
+                                   clock=clock,
+                                   schema_base=lambda: self.config.public_url or None)
         self.tlog = TlogService(
             store, tlog.NoteKey.from_private(self.log_origin, self.identity.signing_key),
             self.log_origin, config.checkpoint_interval_s, clock=clock)
@@ -115,7 +119,7 @@ class Broker:
             store=store, publisher=self.publisher, broker_id=self.identity.node_id,
             signing_key=self.identity.signing_key, clock=clock,
             owner=lambda d: self.policy.owners.get(d),
-            groups=lambda d: tuple(datasets.get(d).groups), keys=self.party_key,
+            keys=self.party_key,
             current=self.current_kid, changed=self.agreements_changed)
 
     def apply(self, config: BrokerConfig) -> None:
@@ -126,7 +130,7 @@ class Broker:
         over the nodes the signing-key registry enrols); every problem is named in one
         ``InputError`` (``access.problems_of`` lists them), and a failure of any step leaves the
         state in force untouched."""
-        groups = {name: tuple(datasets.get(name).groups) for name in datasets.names()}
+        groups = registry_groups()
         signing_keys = pki.load_signing_registry(self.pki_dir)
         revoked = pki.load_revoked(self.pki_dir)
         policy = Policy(config, groups, enrolled=signing_keys.keys(),
@@ -416,21 +420,50 @@ async def healthz(request: web.Request) -> web.Response:
                                                                       broker.started, 3)})
 
 
+@functools.cache
+def _openapi_body() -> bytes:
+    return _json.encode(openapi())
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 description of this API (``exchange.broker.openapi``; committed as
+    ``docs/openapi.json``). Behind a client certificate like every route: the TLS handshake
+    asks every connection for one, and the committed copy is the public one."""
+    return web.Response(body=_openapi_body(), content_type="application/json")
+
+
+def public_url(request: web.Request) -> str:
+    """The exchange's public base URL: the configured one, else the origin this request came
+    to (what the client can reach)."""
+    return request.app[BROKER].config.public_url or f"https://{request.host}"
+
+
 async def list_datasets(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     out = []
+    base = public_url(request)
     for d in broker.config.datasets:
         spec = datasets.get(d.name)
         out.append({"name": d.name, "owner": d.owner, "version": spec.version,
-                    "type": spec.type, "dataschema": spec.dataschema,
+                    "versions": [s.version for s in datasets.versions(d.name)],
+                    "type": spec.type, "dataschema": spec.dataschema_uri(base),
                     "groups": {g: list(f) for g, f in spec.groups.items()},
                     "head": await broker.store.head(d.name)})
     return _ok(out)
 
 
 async def list_schemas(request: web.Request) -> web.Response:
+    base = public_url(request)
     return _ok([{"dataset": n, "versions": sorted(datasets.REGISTRY[n]),
-                 "latest": datasets.get(n).dataschema} for n in datasets.names()])
+                 "compatibility": datasets.get(n).compatibility,
+                 "latest": datasets.get(n).dataschema_uri(base)} for n in datasets.names()])
+
+
+async def schema_versions(request: web.Request) -> web.Response:
+    """Every version of one dataset's schema: immutable once published, each with the digest
+    of its JSON Schema as served, the groups it added and the mode it was checked under."""
+    name = request.match_info["dataset"]
+    return _ok(datasets.version_history(name, public_url(request)))
 
 
 async def get_schema(request: web.Request) -> web.Response:
@@ -441,8 +474,12 @@ async def get_schema(request: web.Request) -> web.Response:
         raise NotFound(f"schema version {version!r} is not a number",
                        code=Code.UNKNOWN_SCHEMA_VERSION) from None
     spec = datasets.get(request.match_info["dataset"], v)
-    return web.Response(body=_json.encode(spec.json_schema()),
-                        content_type="application/schema+json")
+    # the committed form, byte for byte: its SHA-256 is the one /versions lists
+    body = datasets.schema_text(spec).encode()
+    headers = {"ETag": f'"{datasets.schema_digest(spec)}"'}
+    if version:  # a published version never changes
+        headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    return web.Response(body=body, content_type="application/schema+json", headers=headers)
 
 
 async def post_records(request: web.Request) -> web.Response:
@@ -607,6 +644,10 @@ async def dead_letters(request: web.Request) -> web.Response:
         node = request.query.get("node", "")
         if not node:
             raise InputError("an operator names the node: ?node=<node id>", code=Code.BAD_QUERY)
+        try:
+            pki.validate_node_id(node)
+        except ExchangeError:  # a typo would list nothing, as if the node had no dead letters
+            raise InputError(f"node {node!r} is not a node id", code=Code.BAD_QUERY) from None
     elif "node" in request.query and request.query["node"] != who.id:
         _operator(request, "another node's dead letters")
     try:
@@ -775,6 +816,10 @@ async def get_access(request: web.Request) -> web.Response:
     return _ok({"dataset": dataset, "key": key, "versions": out})
 
 
+#: what ``?state=`` may ask for: the stored states and ``expired`` (derived from the time)
+AGREEMENT_STATES = ("requested", "approved", "active", "rejected", "revoked", "expired")
+
+
 async def list_agreements(request: web.Request) -> web.Response:
     """The agreements the caller may see (a node: those it asked for or whose dataset it owns;
     an operator: all), newest first; ``?state=`` and ``?dataset=`` narrow the list."""
@@ -782,6 +827,10 @@ async def list_agreements(request: web.Request) -> web.Response:
     who = request[PRINCIPAL]
     now = broker.clock.utcnow()
     state, dataset = request.query.get("state"), request.query.get("dataset")
+    if state is not None and state not in AGREEMENT_STATES:
+        # a typo would otherwise list nothing, as if there were no such agreements
+        raise InputError(f"state must be one of {', '.join(AGREEMENT_STATES)}",
+                         code=Code.BAD_QUERY)
     out = [broker.book.view(e, now) for e in broker.book.visible(who.role, who.id)]
     out = [v for v in out if (state is None or v["state"] == state)
            and (dataset is None or v["request"]["dataset"] == dataset)]
@@ -851,7 +900,10 @@ async def get_catalog(request: web.Request) -> web.Response:
             "classification": cat.classification if cat else "other",
             "category": cat.category if cat else "",
             "accrualPeriodicity": f"PT{spec.update_interval_s}S",
-            "conformsTo": [f"/v1/schemas/{d.name}/{v}" for v in sorted(datasets.REGISTRY[d.name])],
+            "conformsTo": [s.dataschema_uri(public_url(request))
+                           for s in datasets.versions(d.name)],
+            # the latest schema version; an agreement names the one its subscriber reads
+            "version": spec.version,
             "type": spec.type,
             "record": spec.description,
             # the key is the envelope's subject: every subscriber sees it, whatever it is granted
@@ -971,9 +1023,11 @@ def create_app(broker: Broker) -> web.Application:
     app.cleanup_ctx.append(book_ctx)
     app.cleanup_ctx.append(log_ctx)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/openapi.json", openapi_document)
     app.router.add_get("/v1/datasets", list_datasets)
     app.router.add_get("/v1/schemas", list_schemas)
     app.router.add_get("/v1/schemas/{dataset}", get_schema)
+    app.router.add_get("/v1/schemas/{dataset}/versions", schema_versions)
     app.router.add_get("/v1/schemas/{dataset}/{version}", get_schema)
     app.router.add_post("/v1/datasets/{dataset}/records", post_records)
     app.router.add_get("/v1/datasets/{dataset}/publish", publish_ws)

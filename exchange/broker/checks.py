@@ -53,9 +53,10 @@ class Checked:
         return self.config is not None and not self.problems
 
 
-def registry_groups() -> dict[str, tuple[str, ...]]:
-    """Every dataset this exchange knows, with its disclosure groups (latest version)."""
-    return {name: tuple(datasets.get(name).groups) for name in datasets.names()}
+def registry_groups() -> dict[str, dict[int, tuple[str, ...]]]:
+    """Every dataset this exchange knows, with the disclosure groups of each version."""
+    return {name: {spec.version: tuple(spec.groups) for spec in datasets.versions(name)}
+            for name in datasets.names()}
 
 
 def decode(path: Path, *, listen: str | None = None, data_dir: str | None = None

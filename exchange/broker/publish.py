@@ -70,6 +70,8 @@ class Publisher:
     on_append: Callable[[str, int], None]
     quality: QualityTracker | None = None
     clock: Clock = SYSTEM
+    #: the exchange's public URL every ``dataschema`` must start with (None: any https origin)
+    schema_base: Callable[[], str | None] = lambda: None
     #: dead letters each publisher has stored (read from the store once, then counted)
     _dead_used: dict[str, int] = field(default_factory=dict)
     # one writer task: the version decision and the append must see the same state
@@ -96,14 +98,15 @@ class Publisher:
             self.quality.add(deltas)
 
     async def publish(self, node: str, dataset: str, body: bytes, content_type: str) -> Outcome:
-        spec = datasets.get(dataset)
         batch: Batch | None = None
         try:
             batch = decode_batch(body, content_type)
+            spec = gate.spec_of(batch, dataset)
             checked = gate.check(batch, node=node, spec=spec, verifier=self.verifier,
                                  limits=self.limits(),
                                  ctx=datasets.RuleContext(today=utc_date(self.clock.time())),
-                                 scorer=quality.completeness if self.quality else None)
+                                 scorer=quality.completeness if self.quality else None,
+                                 schema_base=self.schema_base())
         except ExchangeError as err:
             await self.refuse(node, dataset, err, batch, body)
             raise

@@ -103,7 +103,8 @@ class Subscriptions:
                     groups=granted, purpose=agreement.purpose)
         saved = {"seq": acked}  # what the store holds, moved by the ack reader
         try:
-            await self._send(ws, feed.binary, feed.hello(req.name, agreement.purpose))
+            await self._send(ws, feed.binary, feed.hello(req.name, agreement.purpose,
+                                                          agreement.version))
             await self._pump(ws, feed, node, req.name, agreement, granted, saved)
         finally:
             if not ws.closed:

@@ -34,13 +34,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     asub = p.add_subparsers(dest="agreement_command", required=True, metavar="ACTION")
 
     r = asub.add_parser("request", help="ask a dataset's owner (signed with your node's key)")
-    r.add_argument("dataset")
+    r.add_argument("dataset", help="the dataset to read, e.g. population")
     r.add_argument("--purpose", required=True)
     r.add_argument("--legal-basis", required=True, help="the law that allows the processing")
     r.add_argument("--groups", default="", help="disclosure groups, comma-separated "
                    "(default: all); see `exchange catalog`")
     r.add_argument("--days", type=float, default=365.0, help="how long (default 365)")
     r.add_argument("--min-completeness", type=float, default=0.0)
+    r.add_argument("--schema-version", type=int, default=None, metavar="N",
+                   help="the schema version this node reads (default: the latest); records of "
+                        "later versions arrive with the groups it lacks withheld")
     _common(r)
     r.set_defaults(func=lambda a: _run(a, _request))
 
@@ -52,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls.set_defaults(func=lambda a: _run(a, _list))
 
     sh = asub.add_parser("show", help="one agreement with every signature on it")
-    sh.add_argument("id")
+    sh.add_argument("id", help="the agreement's id (`exchange agreement list`)")
     _common(sh)
     sh.set_defaults(func=lambda a: _run(a, _show))
 
@@ -60,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          ("reject", "the owner rejects"),
                          ("revoke", "the owner or an operator revokes")):
         d = asub.add_parser(action, help=text)
-        d.add_argument("id")
+        d.add_argument("id", help="the agreement's id (`exchange agreement list`)")
         d.add_argument("--reason", default="")
         _common(d)
         d.set_defaults(func=lambda a, action=action: _run(a, _decide(action)))
@@ -69,8 +72,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         description="The current version of one record, projected to the "
                         "groups your agreement grants, verified (the publisher's signature) and "
                         "checked for inclusion in the transparency log. Recorded as an access.")
-    lk.add_argument("dataset")
-    lk.add_argument("key")
+    lk.add_argument("dataset", help="dataset name, e.g. population")
+    lk.add_argument("key", help="the record's key, e.g. a personal id for population")
     _common(lk)
     lk.set_defaults(func=lambda a: _run(a, _lookup))
 
@@ -78,14 +81,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         description="Which agencies received each version of one record, "
                         "when, under which agreement and purpose, and with which groups: "
                         "the answer a person is owed (Decree 13/2023/NĐ-CP Art. 9).")
-    ac.add_argument("dataset")
-    ac.add_argument("key")
+    ac.add_argument("dataset", help="dataset name, e.g. population")
+    ac.add_argument("key", help="the record's key, e.g. a personal id for population")
     _common(ac)
     ac.set_defaults(func=lambda a: _run(a, _access))
 
     c = sub.add_parser("catalog", help="what each dataset is, its groups, classification, "
                        "quality and agreements (DCAT terms)")
-    c.add_argument("dataset", nargs="?")
+    c.add_argument("dataset", nargs="?", help="one dataset (default: every one)")
     _common(c)
     c.set_defaults(func=lambda a: _run(a, _catalog))
 
@@ -128,7 +131,7 @@ async def _request(node: Any, args: argparse.Namespace) -> Any:
     groups = [g for g in args.groups.split(",") if g]
     return await node.request_agreement(args.dataset, purpose=args.purpose,
                                         legal_basis=args.legal_basis, groups=groups,
-                                        days=args.days,
+                                        days=args.days, version=args.schema_version,
                                         min_completeness=args.min_completeness)
 
 
@@ -183,7 +186,8 @@ def _line(a: dict[str, Any]) -> str:
         return _catalog_text(a)
     r = a["request"]
     groups = ",".join(r["groups"]) or "all"
-    return (f"{a['id']}  {a['state']:<9}  {r['subscriber']} ← {r['dataset']} [{groups}]  "
+    return (f"{a['id']}  {a['state']:<9}  {r['subscriber']} ← {r['dataset']} "
+            f"v{r.get('version', 1)} [{groups}]  "
             f"until {r['expires']}  “{r['purpose']}”")
 
 

@@ -1,4 +1,4 @@
-"""``exchange broker serve|reload|check-config``: run the central broker.
+"""``exchange broker serve|reload|check-config|openapi``: run the central broker.
 
 ``serve`` and ``check-config`` run the same checks (``exchange.broker.checks``) and report each
 problem as one line ``PATH: MESSAGE (code)`` on stderr, exit 1; ``reload`` asks the running
@@ -60,6 +60,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="print the problems as a JSON list (empty when all is well)")
     check.set_defaults(func=_check)
 
+    spec = bsub.add_parser(
+        "openapi", help="write the OpenAPI 3.1 description of the HTTP API (or, with "
+        "--asyncapi, the AsyncAPI 3.0 description of its WebSockets)")
+    spec.add_argument("--output", "-o", type=Path,
+                      help="file to write (docs/openapi.json, docs/asyncapi.json); "
+                      "default: stdout")
+    spec.add_argument("--asyncapi", action="store_true",
+                      help="the WebSocket protocols (AsyncAPI 3.0) instead")
+    spec.set_defaults(func=_openapi)
+
 
 def _serve(args: argparse.Namespace) -> int:
     from exchange import logger
@@ -94,6 +104,17 @@ def _check(args: argparse.Namespace) -> int:
         config = checked.config
         print(f"ok: {len(config.datasets)} datasets, {len(config.agreements)} agreements, "
               f"{len(checked.enrolled)} enrolled nodes")
+    return 0
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    from exchange.broker import openapi
+
+    text = openapi.document_text(openapi.asyncapi() if args.asyncapi else openapi.openapi())
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
     return 0
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "BrokerConfig",
     "ConfigProblem",
     "DatasetConfig",
+    "Groups",
     "Limits",
     "Policy",
     "check_config",
@@ -75,7 +76,10 @@ class Agreement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     subscriber: NodeId
     dataset: str
     purpose: Annotated[str, msgspec.Meta(min_length=3)]
-    #: disclosure groups granted; empty means every group of the dataset
+    #: the schema version the subscriber reads (records of later versions arrive with the
+    #: groups this version lacks withheld); 1 unless said, so a grant never widens by itself
+    version: Annotated[int, msgspec.Meta(ge=1, le=999)] = 1
+    #: disclosure groups granted; empty means every group of ``version``
     groups: list[str] = []
     #: deliver only records at least this complete (share of recommended fields, 0..1)
     min_completeness: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
@@ -96,6 +100,10 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
     node_id: NodeId = "vn.gov.ndc.broker"
     listen: str = "127.0.0.1:8443"
+    #: the exchange's public base URL (``https://exchange.example.gov.vn``): every record's
+    #: ``dataschema`` must be a schema under it. Empty: any https origin is accepted and the
+    #: broker advertises ``https://<listen>``
+    public_url: str = ""
     data_dir: str = "data"
     pki_dir: str = "certs/exchange"
     store: str = "sqlite"
@@ -197,18 +205,33 @@ def _limit_problems(limits: Limits) -> list[ConfigProblem]:
     return out
 
 
-def check_config(config: BrokerConfig, *, groups: Mapping[str, Sequence[str]] | None = None,
+#: the dataset registry as access decisions see it: name -> schema version -> disclosure groups
+#: (a plain list of groups stands for a dataset with one version)
+Groups = Mapping[str, Sequence[str] | Mapping[int, Sequence[str]]]
+
+
+def _versioned(groups: Groups | None) -> dict[str, dict[int, tuple[str, ...]]]:
+    out: dict[str, dict[int, tuple[str, ...]]] = {}
+    for name, g in (groups or {}).items():
+        out[name] = ({int(v): tuple(fs) for v, fs in g.items()} if isinstance(g, Mapping)
+                     else {1: tuple(g)})
+    return out
+
+
+def check_config(config: BrokerConfig, *, groups: Groups | None = None,
                  enrolled: Set[str] | None = None, broker_id: str | None = None
                  ) -> list[ConfigProblem]:
     """Every problem of a decoded config, in file order; empty when the broker can serve it.
 
-    ``groups`` is the dataset registry (name -> disclosure groups): datasets and groups outside
-    it are refused. ``enrolled`` holds the node ids the exchange CA has enrolled: owners and
-    subscribers outside it are refused (an agreement for a node that cannot connect is a typo
-    or a step forgotten). ``broker_id`` is the id in the broker's certificate. Whatever is not
-    given is not checked. Expired agreements are fine: they simply grant nothing.
+    ``groups`` is the dataset registry (name -> version -> disclosure groups): datasets,
+    versions and groups outside it are refused. ``enrolled`` holds the node ids the exchange
+    CA has enrolled: owners and subscribers outside it are refused (an agreement for a node
+    that cannot connect is a typo or a step forgotten). ``broker_id`` is the id in the
+    broker's certificate. Whatever is not given is not checked. Expired agreements are fine:
+    they simply grant nothing.
     """
     out: list[ConfigProblem] = []
+    registry = None if groups is None else _versioned(groups)
 
     def problem(path: str, code: Code, message: str) -> None:
         out.append(ConfigProblem(path, code, message))
@@ -225,6 +248,11 @@ def check_config(config: BrokerConfig, *, groups: Mapping[str, Sequence[str]] | 
         # the NATS store's own parser checks the rest (its parameters) where it is built
         problem("store", Code.BAD_CONFIG, f"{config.store!r} is neither sqlite nor "
                 "nats://HOST:PORT[,HOST:PORT...] (or tls://...)")
+    if config.public_url:
+        u = urlsplit(config.public_url)
+        if u.scheme != "https" or not u.netloc or u.query or u.fragment or u.path not in ("",):
+            problem("public_url", Code.BAD_CONFIG, f"{config.public_url!r} is not an https "
+                    "origin such as https://exchange.example.gov.vn (no path)")
     if "\n" in config.log_origin:
         problem("log_origin", Code.BAD_CONFIG, "must be one line (the checkpoint's origin line)")
     interval = config.checkpoint_interval_s
@@ -241,9 +269,9 @@ def check_config(config: BrokerConfig, *, groups: Mapping[str, Sequence[str]] | 
                     f"dataset {d.name!r} is listed twice; it has one owner")
             continue
         owners[d.name] = d.owner
-        if groups is not None and d.name not in groups:
+        if registry is not None and d.name not in registry:
             problem(f"{at}.name", Code.UNKNOWN_DATASET,
-                    f"unknown dataset {d.name!r}; known: {', '.join(sorted(groups))}")
+                    f"unknown dataset {d.name!r}; known: {', '.join(sorted(registry))}")
         if enrolled is not None and d.owner not in enrolled:
             problem(f"{at}.owner", Code.NOT_ENROLLED,
                     f"owner {d.owner} is not enrolled in the exchange PKI "
@@ -265,14 +293,21 @@ def check_config(config: BrokerConfig, *, groups: Mapping[str, Sequence[str]] | 
             problem(f"{at}.subscriber", Code.BAD_CONFIG,
                     f"{a.subscriber} owns {a.dataset} and reads it in full without an "
                     "agreement; a different subscriber was meant?")
-        known = None if groups is None else groups.get(a.dataset)
+        versions = None if registry is None else registry.get(a.dataset)
+        if versions is None:
+            continue
+        known = versions.get(a.version)
         if known is None:
+            problem(f"{at}.version", Code.UNKNOWN_SCHEMA_VERSION,
+                    f"{a.dataset} has no schema version {a.version}; known: "
+                    f"{', '.join(map(str, sorted(versions)))}")
             continue
         seen: set[str] = set()
         for j, g in enumerate(a.groups):
             if g not in known:
                 problem(f"{at}.groups[{j}]", Code.UNKNOWN_GROUP,
-                        f"{a.dataset} has no disclosure group {g!r}; known: {', '.join(known)}")
+                        f"{a.dataset} v{a.version} has no disclosure group {g!r}; known: "
+                        f"{', '.join(known)}")
             elif g in seen:
                 problem(f"{at}.groups[{j}]", Code.BAD_CONFIG, f"group {g!r} is listed twice")
             seen.add(g)
@@ -282,7 +317,7 @@ def check_config(config: BrokerConfig, *, groups: Mapping[str, Sequence[str]] | 
 class Policy:
     """Access decisions over one config. Rebuilt on reload; never mutated."""
 
-    def __init__(self, config: BrokerConfig, groups: Mapping[str, Sequence[str]] | None = None,
+    def __init__(self, config: BrokerConfig, groups: Groups | None = None,
                  *, enrolled: Set[str] | None = None, broker_id: str | None = None) -> None:
         """Raises one ``InputError`` (``bad_config``) naming every problem ``check_config``
         finds (what is checked depends on what is given: see there)."""
@@ -291,7 +326,7 @@ class Policy:
             raise config_error(problems)
         self.config = config
         self.owners = {d.name: d.owner for d in config.datasets}
-        self._groups: Mapping[str, Sequence[str]] = groups or {}
+        self._groups = _versioned(groups)
         self._agreements: dict[tuple[str, str], list[Agreement]] = {}
         for n, a in enumerate(config.agreements):
             marked = msgspec.structs.replace(a, id=a.id or f"config:{n}")
@@ -329,12 +364,20 @@ class Policy:
                            code=Code.UNKNOWN_DATASET)
         if self.owners[dataset] == node:
             # the owner reads its own dataset in full
-            return (Agreement(subscriber=node, dataset=dataset, purpose="owner"),
-                    list(self._groups.get(dataset, ())))
+            versions = self._groups.get(dataset, {})
+            latest = max(versions, default=1)
+            return (Agreement(subscriber=node, dataset=dataset, purpose="owner", version=latest),
+                    list(versions.get(latest, ())))
         live = [a for a in self._agreements.get((node, dataset), []) if a.live(now)]
         if not live:
             raise Forbidden(f"{node} has no live agreement to read {dataset}",
                             code=Code.NO_AGREEMENT)
         a = live[0]
-        groups = a.groups or list(self._groups.get(dataset, ()))
+        # a version's groups are what it grants at most: records of a later version arrive
+        # with the groups added since withheld
+        known = self._groups.get(dataset)
+        if known is None:  # no registry given (a test of the access rules alone)
+            return a, list(a.groups)
+        of_version = known.get(a.version, ())
+        groups = [g for g in a.groups if g in of_version] if a.groups else list(of_version)
         return a, groups

@@ -27,6 +27,7 @@ import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from exchange.core import canonical
 from exchange.core.envelope import NodeId
 from exchange.core.errors import (
     AuthError,
@@ -62,8 +63,6 @@ State = Literal["requested", "approved", "active", "rejected", "revoked"]
 Text = Annotated[str, msgspec.Meta(min_length=3, max_length=500)]
 Time = Annotated[str, msgspec.Meta(max_length=40)]
 
-_canon = msgspec.json.Encoder(order="sorted")
-
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the subscriber asks for, in its own words and under its own signature."""
@@ -72,7 +71,10 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     dataset: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
     #: the dataset's owner the subscriber asks (from the catalogue): it alone approves
     owner: NodeId
-    #: disclosure groups asked for; empty asks for every group
+    #: the schema version the subscriber reads: it receives records of later versions with
+    #: the groups its version does not have withheld, so the grant never widens by itself
+    version: Annotated[int, msgspec.Meta(ge=1, le=999)] = 1
+    #: disclosure groups asked for; empty asks for every group of ``version``
     groups: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]],
                       msgspec.Meta(max_length=16)] = []
     purpose: Text
@@ -115,11 +117,11 @@ class AgreementRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 def request_id(request: Request) -> str:
     """The agreement's id: derived from the signed request, so nobody picks another's."""
-    return "agr-" + hashlib.sha256(_canon.encode(request)).hexdigest()[:16]
+    return "agr-" + hashlib.sha256(canonical.encode(request)).hexdigest()[:16]
 
 
 def request_bytes(request: Request) -> bytes:
-    return REQUEST_CONTEXT + _canon.encode(request)
+    return REQUEST_CONTEXT + canonical.encode(request)
 
 
 def decision_bytes(agreement_id: str, request: Request, action: str, reason: str, by: str,
@@ -127,9 +129,9 @@ def decision_bytes(agreement_id: str, request: Request, action: str, reason: str
     """What a decision signs: the agreement (its id and the request's digest), the action and
     the reason, who and when; a signature never serves another agreement or action."""
     body = {"agreement": agreement_id,
-            "request": hashlib.sha256(_canon.encode(request)).hexdigest(),
+            "request": hashlib.sha256(canonical.encode(request)).hexdigest(),
             "action": action, "reason": reason, "by": by, "role": role, "at": at}
-    return DECISION_CONTEXT + _canon.encode(body)
+    return DECISION_CONTEXT + canonical.encode(body)
 
 
 def sign_request(key: Ed25519PrivateKey, request: Request, *, at: str) -> Signature:

@@ -18,8 +18,7 @@ import hashlib
 from collections.abc import Collection, Mapping
 from typing import Any
 
-import msgspec
-
+from exchange.core import canonical
 from exchange.core.errors import Code, IntegrityError
 
 __all__ = [
@@ -32,12 +31,11 @@ __all__ = [
 
 SALT_BYTES = 16
 COMMITMENT_BYTES = 32
-_canon = msgspec.json.Encoder(order="sorted")
 
 
 def commit(salt: bytes, group: str, data: Mapping[str, Any], fields: tuple[str, ...]) -> bytes:
     """The commitment to the fields of one group, as present in ``data``."""
-    body = _canon.encode({f: data[f] for f in fields if f in data})
+    body = canonical.encode({f: data[f] for f in fields if f in data})
     return hashlib.sha256(salt + group.encode() + b"\x00" + body).digest()
 
 
@@ -55,7 +53,7 @@ def commitments(data: Mapping[str, Any], groups: Mapping[str, tuple[str, ...]],
         if g is not None:
             parts[g][f] = v
     sha = hashlib.sha256
-    enc = _canon.encode
+    enc = canonical.encoder(data)  # checked once: its groups are parts of it
     return {g: sha(salts[g] + prefixes[g] + enc(part)).digest() for g, part in parts.items()}
 
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from exchange.core import canonical
 from exchange.core.errors import Code, InputError
 
 __all__ = [
@@ -98,16 +99,23 @@ def rfc3339(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-_canon = msgspec.json.Encoder(order="sorted")
-
-
 def canonical_bytes(attributes: dict[str, Any], commitments: dict[str, bytes]) -> bytes:
     """Deterministic bytes of a record: its attributes and its group commitments.
 
-    msgspec JSON with every object's keys sorted; bytes values (the commitments) encode as
-    base64. Any two encoders that agree on the same JSON values agree on these bytes.
+    RFC 8785 (JCS) of ``{"attributes": …, "commitments": {group: base64(c_g)}}``
+    (``exchange.core.canonical``; byte for byte in docs/canonical.md).
     """
-    return _canon.encode({"attributes": attributes, "commitments": commitments})
+    value = {"attributes": attributes, "commitments": commitments}
+    version = attributes.get("version")
+    if (type(version) is int and -canonical.MAX_INT <= version <= canonical.MAX_INT
+            and sum(type(a) is str for a in attributes.values()) == len(attributes) - 1
+            and "".join(attributes).isascii() and "".join(commitments).isascii()):
+        try:  # the common case, checked in C: string attributes and bytes commitments
+            b"".join(commitments.values())
+            return canonical.encode_checked(value)
+        except TypeError:
+            pass
+    return canonical.encode(value)
 
 
 def digest(attributes: dict[str, Any], commitments: dict[str, bytes]) -> bytes:

@@ -306,6 +306,10 @@ class Code(enum.StrEnum):
     DUPLICATE_DATASET = "duplicate_dataset", InputError
     UNKNOWN_GROUP = "unknown_group", InputError
     BAD_ENCODING = "bad_encoding", InputError
+    #: notes of ``exchange schema validate`` on its input as a whole: a UTF-8 byte order mark
+    #: skipped; a JSON array read whole rather than streamed
+    BYTE_ORDER_MARK = "byte_order_mark", InputError
+    NOT_STREAMED = "not_streamed", InputError
     BAD_PATHS = "bad_paths", InputError
     BAD_QUERY = "bad_query", InputError
     BAD_RANGE = "bad_range", InputError
@@ -424,6 +428,7 @@ class Code(enum.StrEnum):
     MISSING_FIELD = "missing_field", InvalidRecord
     UNKNOWN_FIELD = "unknown_field", InvalidRecord
     TYPE_MISMATCH = "type_mismatch", InvalidRecord
+    BAD_DATASCHEMA = "bad_dataschema", InvalidRecord
     NOT_NORMALISED = "not_normalised", InvalidRecord
     FUTURE_DATE = "future_date", InvalidRecord
     BAD_TIME = "bad_time", InvalidRecord
@@ -441,6 +446,9 @@ class Code(enum.StrEnum):
     DEATH_BEFORE_BIRTH = "death_before_birth", InvalidRecord
     DEATH_DATE_REQUIRED = "death_date_required", InvalidRecord
     DEATH_DATE_NOT_ALLOWED = "death_date_not_allowed", InvalidRecord
+    RELATIONSHIP_CODE = "relationship_code", InvalidRecord
+    HOUSEHOLD_INCOMPLETE = "household_incomplete", InvalidRecord
+    HOUSEHOLD_HEAD_MISMATCH = "household_head_mismatch", InvalidRecord
     # tax
     TAX_ID_FORMAT = "tax_id_format", InvalidRecord
     TAX_ID_KIND = "tax_id_kind", InvalidRecord

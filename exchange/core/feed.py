@@ -339,11 +339,12 @@ class Feed:
 
     # -- in: the client ----------------------------------------------------------------------
 
-    def hello(self, subscription: str, purpose: str) -> bytes:
+    def hello(self, subscription: str, purpose: str, version: int = 1) -> bytes:
         """The first frame: where the subscription starts and what the agreement grants."""
         return self._encode(Hello(subscription=subscription, dataset=self.dataset,
                                   acked=self.state.acked, start_after=self.state.acked,
-                                  granted=list(self._granted), purpose=purpose))
+                                  granted=list(self._granted), purpose=purpose,
+                                  version=version))
 
     def receive(self, data: bytes | str) -> int | None:
         """A client frame (``Credit`` or ``Ack``). Returns the new durable position when an ack

@@ -20,9 +20,9 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import msgspec
-
+from exchange.core import canonical, datasets
 from exchange.core.access import Limits
 from exchange.core.datasets import DatasetSpec, RuleContext
 from exchange.core.envelope import parse_type
@@ -38,9 +38,7 @@ from exchange.core.signing import Batch, PublishedRecord, Verifier
 from exchange.core.wire import Duplicate
 
 __all__ = ["IN_GROUP", "Candidate", "Checked", "Current", "Decided", "check", "decide",
-           "decide_group"]
-
-_canon = msgspec.json.Encoder(order="sorted")
+           "decide_group", "spec_of"]
 
 
 @dataclass(slots=True)
@@ -120,6 +118,37 @@ def _too_deep(data: dict[str, Any], limit: int) -> bool:
     return False
 
 
+def spec_of(batch: Batch, dataset: str) -> DatasetSpec:
+    """The schema version a batch is checked against: its first record's (a batch holds one
+    version; a record of another is refused alone). Raises NotFound for a version this
+    exchange does not know, so the whole batch is refused with ``unknown_schema_version``."""
+    for rec in batch.records[:1]:
+        try:
+            name, version = parse_type(rec.event.type)
+        except ExchangeError:
+            break  # refused per record, against the latest version
+        if name == dataset:
+            return datasets.get(dataset, version)
+    return datasets.get(dataset)
+
+
+def _schema_problem(uri: str, spec: DatasetSpec, base: str | None) -> Violation | None:
+    """``dataschema`` is an absolute URI (CloudEvents 1.0 §3.1.1) naming this version's
+    schema; at the exchange's public ``base`` URL when the broker has one configured."""
+    if base is not None:
+        want = spec.dataschema_uri(base)
+        if uri != want:
+            return Violation(Code.BAD_DATASCHEMA, f"dataschema {uri!r} is not {want!r}",
+                             "$.dataschema")
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme != "https" or not parts.netloc or parts.path != spec.dataschema:
+        return Violation(Code.BAD_DATASCHEMA, f"dataschema {uri!r} is not an absolute https URI "
+                         f"of this version's schema (https://<exchange>{spec.dataschema})",
+                         "$.dataschema")
+    return None
+
+
 def check(
     batch: Batch,
     *,
@@ -129,8 +158,12 @@ def check(
     limits: Limits,
     ctx: RuleContext,
     scorer: Callable[[DatasetSpec, Mapping[str, Any]], float] | None = None,
+    schema_base: str | None = None,
 ) -> Checked:
-    """Check a decoded batch from ``node`` for dataset ``spec``. Raises for batch-wide faults."""
+    """Check a decoded batch from ``node`` for dataset ``spec``. Raises for batch-wide faults.
+
+    ``schema_base`` is the exchange's public URL, which every ``dataschema`` must start with;
+    None accepts any https origin (a broker with no public URL configured)."""
     st = batch.statement
     if st.node != node:
         raise IntegrityError(f"batch is signed as {st.node}, but the connection is {node}",
@@ -142,7 +175,7 @@ def check(
         raise LimitExceeded(f"batch has {len(batch.records)} records; the limit is "
                             f"{limits.max_batch_records}", code=Code.BATCH_TOO_LARGE)
     try:
-        return _check(batch, node, spec, verifier, limits, ctx, scorer)
+        return _check(batch, node, spec, verifier, limits, ctx, scorer, schema_base)
     except (TypeError, ValueError, OverflowError) as err:
         # a value the canonical encoding cannot take: the publisher's fault, not ours
         raise InputError(f"a record holds a value with no canonical form: {err}",
@@ -150,13 +183,14 @@ def check(
 
 
 def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limits: Limits,
-           ctx: RuleContext, scorer: Callable[[DatasetSpec, Mapping[str, Any]], float] | None
-           ) -> Checked:
+           ctx: RuleContext, scorer: Callable[[DatasetSpec, Mapping[str, Any]], float] | None,
+           schema_base: str | None) -> Checked:
     commitments, digests, paths = verifier.verify_batch(batch, spec.groups)
 
     candidates: list[Candidate] = []
     rejected: list[Violation] = []
     instants: dict[str, bool] = {}
+    schemas: dict[str, Violation | None] = {}
     for i, rec in enumerate(batch.records):
         ev = rec.event
         problems: list[Violation] = []
@@ -172,6 +206,12 @@ def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limit
             if dataset != spec.name or version != spec.version:
                 problems.append(Violation(Code.UNKNOWN_SCHEMA_VERSION,
                                           f"type {ev.type} is not {spec.type}", "$.type"))
+        if ev.dataschema in schemas:  # a batch's records share one: checked once
+            wrong = schemas[ev.dataschema]
+        else:
+            wrong = schemas[ev.dataschema] = _schema_problem(ev.dataschema, spec, schema_base)
+        if wrong is not None:
+            problems.append(wrong)
         real = instants.get(ev.time)
         if real is None:  # a batch's records share one time: parsed once
             real = instants[ev.time] = _real_instant(ev.time)
@@ -181,7 +221,7 @@ def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limit
                                       "instant (RFC 3339 with an offset)", "$.time"))
         data = ev.data
         # the whole envelope counts against the record limit: attributes and data alike
-        data_bytes = _canon.encode(data)
+        data_bytes = canonical.encode(data)
         size = len(data_bytes) + _attributes_size(ev)
         if size > limits.max_record_bytes:
             problems.append(Violation(Code.TOO_LARGE, f"the record is {size} bytes encoded; "

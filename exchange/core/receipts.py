@@ -19,7 +19,7 @@ import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from exchange.core import merkle
+from exchange.core import canonical, merkle
 from exchange.core.errors import Code, IntegrityError
 from exchange.core.signing import Bytes32
 from exchange.core.wire import RECEIPT_CONTEXT, Receipt, SignedReceipt
@@ -27,7 +27,6 @@ from exchange.core.wire import RECEIPT_CONTEXT, Receipt, SignedReceipt
 __all__ = ["RECEIPT_GROUP_CONTEXT", "ReceiptChecker", "ReceiptGroup", "sign", "signed_message"]
 
 RECEIPT_GROUP_CONTEXT = b"vn-exchange/receipt-group/v1\n"
-_canon = msgspec.json.Encoder(order="sorted")
 
 
 class ReceiptGroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -38,7 +37,7 @@ class ReceiptGroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def receipt_bytes(receipt: Receipt) -> bytes:
-    return RECEIPT_CONTEXT + _canon.encode(receipt)
+    return RECEIPT_CONTEXT + canonical.encode(receipt)
 
 
 def sign(key: Ed25519PrivateKey, receipts: Sequence[Receipt]) -> list[SignedReceipt]:
@@ -46,7 +45,7 @@ def sign(key: Ed25519PrivateKey, receipts: Sequence[Receipt]) -> list[SignedRece
     if len(receipts) == 1:
         return [SignedReceipt(receipts[0], key.sign(receipt_bytes(receipts[0])))]
     root, paths = merkle.inclusion_paths([merkle.leaf_hash(receipt_bytes(r)) for r in receipts])
-    signature = key.sign(RECEIPT_GROUP_CONTEXT + _canon.encode(
+    signature = key.sign(RECEIPT_GROUP_CONTEXT + canonical.encode(
         ReceiptGroup(root=root, size=len(receipts))))
     return [SignedReceipt(r, signature, len(receipts), i, paths[i])
             for i, r in enumerate(receipts)]
@@ -65,7 +64,7 @@ def signed_message(signed: SignedReceipt) -> bytes:
     except IntegrityError:
         raise IntegrityError("the receipt's group path does not fit its group",
                              code=Code.RECEIPT_INVALID) from None
-    return RECEIPT_GROUP_CONTEXT + _canon.encode(ReceiptGroup(root=root,
+    return RECEIPT_GROUP_CONTEXT + canonical.encode(ReceiptGroup(root=root,
                                                               size=signed.group_size))
 
 

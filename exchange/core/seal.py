@@ -23,9 +23,12 @@ from exchange.core.datasets.normalise import normalise_record
 from exchange.core.envelope import Envelope, digest
 from exchange.core.signing import Batch, PublishedRecord, Statement, key_id, statement_bytes
 
-__all__ = ["Prepared", "guess_key", "prepare", "seal"]
+__all__ = ["LOCAL_BASE", "Prepared", "guess_key", "prepare", "seal"]
 
 SEAL_CONTEXT = b"vn-exchange/seal/v1\x00"
+#: the exchange's base URL when none is given: the exchange on this machine (RFC 6761
+#: ``localhost``), for tests and local tools; the node SDK passes the one its broker advertises
+LOCAL_BASE = "https://localhost"
 SALT_BYTES = disclosure.SALT_BYTES
 
 
@@ -75,18 +78,21 @@ def seal(
     seed: bytes,
     *,
     time: str,
+    schema_base: str = LOCAL_BASE,
 ) -> Batch:
     """Envelope, commit to and sign a batch of ``(key, version, data)`` records.
 
     ``seed`` is the batch's one random value (``os.urandom(32)``); record ids and salts derive
     from it, so sealing makes no system call per record. One SHAKE-256 call (FIPS 202, an
     extendable-output function) stretches the seed into every record's id and salts: per
-    record HMACs cost more than the rest of sealing together.
+    record HMACs cost more than the rest of sealing together. ``schema_base`` is the
+    exchange's public URL: ``dataschema`` is the absolute URI of the version's schema under it.
     """
     if not items:
         raise ValueError("a batch has at least one record")
     now = time
     names = tuple(spec.groups)
+    dataschema = spec.dataschema_uri(schema_base)
     width = SALT_BYTES * (len(names) + 1)
     stream = hashlib.shake_256(SEAL_CONTEXT + seed).digest(width * len(items))
     records: list[PublishedRecord] = []
@@ -96,7 +102,7 @@ def seal(
         salts = {g: stream[at + SALT_BYTES * (j + 1):at + SALT_BYTES * (j + 2)]
                  for j, g in enumerate(names)}
         event = Envelope(id=_uuid4(stream[at:at + SALT_BYTES]), source=node, type=spec.type,
-                         subject=subject, time=now, dataschema=spec.dataschema,
+                         subject=subject, time=now, dataschema=dataschema,
                          version=version, data=data)
         commitments = disclosure.commitments(data, spec.groups, salts)
         leaves.append(merkle.leaf_hash(digest(event.attributes(), commitments)))

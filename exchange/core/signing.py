@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from exchange.core import disclosure, merkle
+from exchange.core import canonical, disclosure, merkle
 from exchange.core.envelope import Envelope, EnvelopeIn, NodeId, digest
 from exchange.core.errors import AuthError, Code, IntegrityError
 
@@ -101,11 +101,8 @@ class BatchProof(msgspec.Struct, frozen=True):
     path: list[Bytes32]
 
 
-_canon = msgspec.json.Encoder(order="sorted")
-
-
 def statement_bytes(statement: Statement) -> bytes:
-    return STATEMENT_CONTEXT + _canon.encode(statement)
+    return STATEMENT_CONTEXT + canonical.encode(statement)
 
 
 def record_digest(event: Envelope, groups: Mapping[str, tuple[str, ...]],

@@ -15,6 +15,7 @@ Once every item is dealt with, the frame's last seq is the cumulative ack (``Inb
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,10 @@ class Delivery:
     #: disclosure groups the agreement withheld (their values never reached this node)
     withheld: frozenset[str]
     redelivered: bool
+    #: the schema version the record was published under (``data`` follows it, less the
+    #: withheld groups), and its schema's absolute URI (CloudEvents ``dataschema``)
+    schema_version: int = 1
+    dataschema: str = ""
 
 
 class Deliver(msgspec.Struct, frozen=True):
@@ -130,7 +135,8 @@ class Inbox:
             out.append(Deliver(Delivery(
                 seq=rec.seq, dataset=dataset, key=ev.subject, version=ev.version, data=ev.data,
                 source=ev.source, time=ev.time, accepted_at=rec.accepted_at,
-                withheld=frozenset(rec.withheld), redelivered=rec.redelivered),
+                withheld=frozenset(rec.withheld), redelivered=rec.redelivered,
+                schema_version=schema_version(ev.type), dataschema=ev.dataschema),
                 digest, batches[rec.batch].statement))
         self._ack = frame.records[-1].seq if frame.records else None
         return out
@@ -199,6 +205,12 @@ class Inbox:
             BatchProof(ref.statement, ref.signature, rec.index, rec.path), dataset=dataset,
             known=known.setdefault(rec.batch, {}))
         return dataset, digest
+
+
+@functools.lru_cache(maxsize=256)
+def schema_version(type_: str) -> int:
+    """The schema version a CloudEvents ``type`` names (cached: a few types per exchange)."""
+    return parse_type(type_)[1]
 
 
 def _parsed_type(type_: str, types: dict[str, tuple[str, datasets.DatasetSpec]]

@@ -228,4 +228,7 @@ class Hello(msgspec.Struct, frozen=True, tag="hello"):
     start_after: int
     granted: list[str]
     purpose: str
+    #: the schema version the agreement reads: records of later versions arrive with the
+    #: groups it lacks withheld
+    version: int = 1
 

@@ -152,13 +152,17 @@ class Node:
 
     async def request_agreement(self, dataset: str, *, purpose: str, legal_basis: str,
                                 groups: Iterable[str] = (), days: float = 365.0,
-                                min_completeness: float = 0.0) -> dict[str, Any]:
+                                min_completeness: float = 0.0, version: int | None = None
+                                ) -> dict[str, Any]:
         """Ask ``dataset``'s owner for an agreement, signed with this node's key; the broker
-        stores it as ``requested``. Returns the stored agreement (its ``id`` among others)."""
+        stores it as ``requested``. ``version`` is the schema version this node reads (default:
+        the latest the catalogue lists); records of later versions reach it with the groups
+        its version lacks withheld. Returns the stored agreement (its ``id`` among others)."""
         now = self.client.clock.utcnow()
         catalog = await self.get_json(f"/v1/catalog/{dataset}")
         req = floor.Request(
             subscriber=self.config.node_id, dataset=dataset, owner=catalog["publisher"],
+            version=version if version is not None else int(catalog.get("version", 1)),
             groups=list(groups),
             purpose=purpose, legal_basis=legal_basis, requested_at=rfc3339(now.timestamp()),
             expires=rfc3339((now + dt.timedelta(days=days)).timestamp()),

@@ -44,6 +44,9 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     normalise: bool = True
     timeout_s: float = 30.0
     retries: int = 5
+    #: the schema version this node publishes of a dataset (``{"population": 1}``); a dataset
+    #: not named is published at its latest version
+    schema_versions: dict[str, int] = {}
     #: share of delivered records whose inclusion in the transparency log is checked (0..1)
     verify_inclusion: float = 0.0
     #: where the last trusted checkpoint is kept across restarts (and split-view evidence)

@@ -20,7 +20,14 @@ import structlog
 
 from exchange.core import datasets
 from exchange.core.envelope import rfc3339
-from exchange.core.errors import Code, ExchangeError, IntegrityError, UnavailableError, Violation
+from exchange.core.errors import (
+    Code,
+    ExchangeError,
+    IntegrityError,
+    NotFound,
+    UnavailableError,
+    Violation,
+)
 from exchange.core.receipts import ReceiptChecker
 from exchange.core.seal import prepare, seal
 from exchange.core.signing import Batch
@@ -82,6 +89,8 @@ class Publisher:
         self._flushers: dict[str, asyncio.Task[None]] = {}
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._stream_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: the exchange's public URL, per dataset, as the broker advertised it
+        self._bases: dict[str, str] = {}
 
     @property
     def streams(self) -> int:
@@ -104,7 +113,7 @@ class Publisher:
     async def publish(self, dataset: str, records: Iterable[Record | Mapping[str, Any]]
                       ) -> PublishResult:
         """Queue records for ``dataset`` and wait for their receipts (see ``Node.publish``)."""
-        datasets.get(dataset)
+        datasets.get(dataset, self.config.schema_versions.get(dataset))
         q = self._queues.get(dataset)
         if q is None:
             q = self._queues[dataset] = asyncio.Queue()
@@ -159,7 +168,7 @@ class Publisher:
         return None
 
     async def _flusher(self, dataset: str, q: asyncio.Queue[_Pending]) -> None:
-        spec = datasets.get(dataset)
+        spec = datasets.get(dataset, self.config.schema_versions.get(dataset))
         in_flight = asyncio.Semaphore(self.config.max_in_flight)
         tasks: set[asyncio.Task[None]] = set()
         while True:
@@ -182,8 +191,9 @@ class Publisher:
             prepared = prepare(spec, [(p.record.data, p.record.version) for p in pending],
                                normalise=self.config.normalise)
             self.normalised += prepared.normalised
+            base = await self._schema_base(spec)
             batch = seal(client.identity.signing_key, self.config.node_id, spec, prepared.items,
-                         os.urandom(32), time=rfc3339(client.clock.time()))
+                         os.urandom(32), time=rfc3339(client.clock.time()), schema_base=base)
             reply = await self._post(spec.name, batch)
             self._resolve(pending, reply)
         except ExchangeError as err:
@@ -199,6 +209,41 @@ class Publisher:
             for _ in pending:
                 q.task_done()
             in_flight.release()
+
+    async def _schema_base(self, spec: datasets.DatasetSpec) -> str:
+        """The exchange's public URL, as the broker advertises it with the dataset's schema
+        versions (asked once per dataset); refuses a version the broker does not serve."""
+        base = self._bases.get(spec.name)
+        if base is None:
+            listed = await self._get_retrying(f"/v1/schemas/{spec.name}/versions")
+            uri = next((v["dataschema"] for v in listed.get("versions", [])
+                        if v.get("version") == spec.version), None)
+            if not isinstance(uri, str) or not uri.endswith(spec.dataschema):
+                raise NotFound(f"the broker does not serve {spec.name} v{spec.version} "
+                               f"(it serves {[v.get('version') for v in listed['versions']]}); "
+                               "pin an older version in the node config's schema_versions",
+                               code=Code.UNKNOWN_SCHEMA_VERSION)
+            base = self._bases[spec.name] = uri.removesuffix(spec.dataschema)
+        return base
+
+    async def _get_retrying(self, path: str) -> Any:
+        """GET with the publisher's retries and backoff, failing over between brokers."""
+        client = self.client
+        delay = 0.05
+        for attempt in range(self.config.retries + 1):
+            try:
+                return await client.get_json(path)
+            except ExchangeError as err:
+                if err.status < 500:
+                    raise
+                if attempt == self.config.retries:
+                    raise UnavailableError(f"no broker reachable: {err.message}",
+                                           code=Code.BROKER_UNREACHABLE) from None
+                logger.warning("publish_retry", error=err.message, attempt=attempt)
+                await client.clock.sleep_until(client.clock.monotonic()
+                                               + delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
 
     async def _post(self, dataset: str, batch: Batch) -> PublishReply:
         binary = self.config.encoding == "msgpack"

@@ -36,9 +36,11 @@ OWNERS: dict[str, str] = {
 #: the data-sharing agreements of the reference exchange (Law 91/2025/QH15: each agency
 #: receives only the disclosure groups its purpose needs)
 AGREEMENTS: list[Agreement] = [
-    Agreement(subscriber=OWNERS["tax"], dataset="population",
-              purpose="keep taxpayers' addresses and status current",
-              groups=["identity", "residence", "civil_status"]),
+    # population v2: the household lets the tax authority check dependants for family
+    # deductions (giảm trừ gia cảnh, Law 04/2007/QH12 Art. 19)
+    Agreement(subscriber=OWNERS["tax"], dataset="population", version=2,
+              purpose="keep taxpayers' addresses and status current; check dependants",
+              groups=["identity", "residence", "civil_status", "household"]),
     Agreement(subscriber=OWNERS["land"], dataset="population",
               purpose="identify land users", groups=["residence"]),
     Agreement(subscriber=OWNERS["vehicle"], dataset="population",
@@ -71,7 +73,7 @@ def broker_toml(pki_dir: str, data_dir: str, listen: str = "127.0.0.1:8443") -> 
         lines += ["[[datasets]]", f'name = "{name}"', f'owner = "{owner}"', ""]
     for a in AGREEMENTS:
         lines += ["[[agreements]]", f'subscriber = "{a.subscriber}"', f'dataset = "{a.dataset}"',
-                  f"purpose = {_toml_str(a.purpose)}",
+                  f"purpose = {_toml_str(a.purpose)}", f"version = {a.version}",
                   "groups = [" + ", ".join(f'"{g}"' for g in a.groups) + "]", ""]
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from exchange.core.datasets import explain
 from exchange.core.datasets.normalise import normalisation_notes
 from exchange.core.errors import Violation
 
@@ -138,6 +139,9 @@ class DatasetSpec:
     catalogue: Catalogue | None = None
     #: kept by the exchange itself (agreements): not listed with the national datasets
     system: bool = False
+    #: how this version must relate to the earlier ones (``compat.MODES``); checked when the
+    #: version is registered
+    compatibility: str = "FULL_TRANSITIVE"
 
     @property
     def type(self) -> str:
@@ -146,8 +150,14 @@ class DatasetSpec:
 
     @property
     def dataschema(self) -> str:
-        """CloudEvents ``dataschema`` attribute: where the broker serves the JSON Schema."""
+        """Where the broker serves this version's JSON Schema, relative to its base URL (the
+        schema's ``$id``: a reference that resolves against wherever it was fetched from)."""
         return f"/v1/schemas/{self.name}/{self.version}"
+
+    def dataschema_uri(self, base: str) -> str:
+        """CloudEvents ``dataschema``, an absolute URI (spec §3.1.1): the schema at the
+        exchange's public ``base`` URL (``https://exchange.example.gov.vn``)."""
+        return base.rstrip("/") + self.dataschema
 
     def json_schema(self) -> dict[str, Any]:
         """JSON Schema 2020-12 of the record ``data``, with the disclosure groups annotated."""
@@ -173,23 +183,74 @@ class DatasetSpec:
         return msgspec.json.Decoder(self.record_type)
 
     def validate(self, data: Any, ctx: RuleContext) -> Validated:
-        """Schema then domain rules. Never raises for bad input; returns the violations."""
+        """Schema then domain rules. Never raises for bad input; returns the violations.
+
+        Stops at the first schema error (msgspec's), in ``explain``'s words."""
         try:
             record = msgspec.convert(data, self.record_type)
         except msgspec.ValidationError as err:
-            return Validated(None, [schema_violation(err, self.codes)])
+            return Validated(None, [self._first(err, data)])
         return self.check(record, ctx)
 
     def validate_json(self, buf: bytes | str, ctx: RuleContext) -> Validated:
         """Decode one JSON ``data`` object and validate it; the fast path for bytes on the wire.
 
-        Raises ``msgspec.DecodeError`` (not a ValidationError) only when ``buf`` is not JSON.
+        Stops at the first schema error, like ``validate``. Raises ``msgspec.DecodeError`` (not
+        a ValidationError) only when ``buf`` is not JSON.
         """
         try:
             record = self.decoder.decode(buf)
         except msgspec.ValidationError as err:
-            return Validated(None, [schema_violation(err, self.codes)])
+            # the refusal path only: decode again, untyped, to word the error
+            try:
+                data = msgspec.json.decode(buf)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                return Validated(None, [schema_violation(err, self.codes)])
+            return Validated(None, [self._first(err, data)])
         return self.check(record, ctx)
+
+    def _first(self, err: msgspec.ValidationError, data: Any) -> Violation:
+        """msgspec's first error as ``schema_violation`` reports it, in ``explain``'s words."""
+        first = schema_violation(err, self.codes)
+        try:
+            return explain.reword(self.record_type, data, first)
+        except RecursionError:
+            return first
+
+    def validate_json_all(self, buf: bytes | str, ctx: RuleContext) -> Validated:
+        """Every problem of one JSON ``data`` object: the fast path (``validate_json``'s typed
+        decode) for a record whose schema holds, ``validate_all`` for one it refuses.
+
+        Raises ``msgspec.DecodeError`` when ``buf`` is not JSON, ``UnicodeDecodeError`` when a
+        string in it is not UTF-8.
+        """
+        try:
+            record = self.decoder.decode(buf)
+        except msgspec.ValidationError:
+            return self.validate_all(msgspec.json.decode(buf), ctx)
+        return self.check(record, ctx)
+
+    def validate_all(self, data: Any, ctx: RuleContext) -> Validated:
+        """Every problem of one record: each schema problem (``explain``), then the findings of
+        every domain rule that reads only fields that decoded. A rule that reads a broken field
+        is skipped: what it would say rests on a value the record must fix first.
+
+        The slow path, for a record ``validate`` refused (about ten times its cost); for a valid
+        record it returns what ``validate`` does.
+        """
+        found = explain.explain(self.record_type, data, self.codes)
+        if not found.violations:
+            return self.check(found.record, ctx)
+        if found.record is None:
+            return Validated(None, found.violations)
+        violations = list(found.violations)
+        for rule in self.rules:
+            try:
+                violations.extend(rule(found.record, ctx))
+            except explain.Undecoded:
+                continue
+        notes = normalisation_notes(data, self.text_fields) if self.text_fields else []
+        return Validated(None, violations, notes)
 
     def check(self, record: Any, ctx: RuleContext) -> Validated:
         """Domain rules and normalisation notes for an already decoded ``record_type`` value."""

@@ -33,28 +33,38 @@ PersonalId = Annotated[str, Meta(
     pattern=r"^[0-9]{12}$",
     description="Personal identification number (số định danh cá nhân / CCCD), 12 digits "
                 "PPP G YY RRRRRR (Circular 07/2016/TT-BCA Art. 7).",
+    extra={"expected": "a 12-digit personal id, e.g. 001085012345"},
 )]
 #: a 12-digit personal id, a 10-digit MST or a 13-digit branch MST written NNNNNNNNNN-NNN
 PersonalOrTaxId = Annotated[str, Meta(
     pattern=r"^([0-9]{12}|[0-9]{10}(-[0-9]{3})?)$",
     description="Personal identification number (12 digits) or tax code (MST, 10 digits, "
                 "branches NNNNNNNNNN-NNN).",
+    extra={"expected": "a 12-digit personal id, a 10-digit tax code (MST) or a branch tax "
+                       "code NNNNNNNNNN-NNN"},
 )]
 ProvinceCode = Annotated[str, Meta(
     pattern=r"^[0-9]{2}$",
     description="Province code, Decision 19/2025/QĐ-TTg (34 units from 1 Jul 2025).",
+    extra={"expected": "a 2-digit province code, e.g. 01"},
 )]
 WardCode = Annotated[str, Meta(
     pattern=r"^[0-9]{5}$",
     description="Commune (xã/phường/đặc khu) code, Decision 19/2025/QĐ-TTg.",
+    extra={"expected": "a 5-digit commune/ward code, e.g. 00004"},
 )]
 CountryCode = Annotated[str, Meta(
     pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 country code.",
+    extra={"expected": "a 2-letter ISO 3166-1 country code in capitals, e.g. VN"},
 )]
 #: printable (``envelope.PRINTABLE``): no control, bidirectional-override or zero-width
 #: characters, and not blank
-Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=PRINTABLE)]
-Text = Annotated[str, Meta(min_length=1, max_length=500, pattern=PRINTABLE)]
+_PRINTABLE_WORDS = ("printable text: not blank, and no control, bidirectional-override or "
+                   "zero-width characters")
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=PRINTABLE,
+                           extra={"expected": _PRINTABLE_WORDS})]
+Text = Annotated[str, Meta(min_length=1, max_length=500, pattern=PRINTABLE,
+                           extra={"expected": _PRINTABLE_WORDS})]
 
 
 class Address(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):

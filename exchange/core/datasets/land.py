@@ -58,6 +58,8 @@ class Parcel(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_
         pattern=r"^[0-9b-hjkmnp-z]{12}$",
         description="12-character GeoHash of the parcel's characteristic point (WGS84), "
                     "Circular 09/2024/TT-BTNMT.",
+        extra={"expected": "a 12-character GeoHash (digits and lower-case letters but a, i, "
+                           "l, o), e.g. w7epxv7s9t6j"},
     )] | None = None
     area_m2: Annotated[float, Meta(gt=0, le=1e9, description="Area in m², one decimal.")]
     purposes: Annotated[list[Purpose], Meta(
@@ -67,6 +69,8 @@ class Parcel(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_
         pattern=r"^[A-Z]{2} ?([0-9]{8}|[0-9]{6})$",
         description="Certificate serial: 2 letters + 8 digits (Circular 10/2024/TT-BTNMT, "
                     "from 1 Aug 2024) or older 2 letters + 6 digits, optional space.",
+        extra={"expected": "2 capital letters, an optional space and 8 digits (6 on older "
+                           "certificates), e.g. AA 01234567"},
     )] | None = None
     owners: Annotated[list[PersonalOrTaxId], Meta(min_length=1, max_length=50)]
     address: Address

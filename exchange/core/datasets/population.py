@@ -7,12 +7,14 @@ registration (Decree 137/2015/NĐ-CP Art. 14).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
+from exchange.core.datasets import admin_units
 from exchange.core.datasets.admin_units import BIRTH_PROVINCES
 from exchange.core.datasets.base import Catalogue, DatasetSpec, RuleContext
 from exchange.core.datasets.common import (
@@ -21,12 +23,14 @@ from exchange.core.datasets.common import (
     CountryCode,
     Name,
     PersonalId,
+    ProvinceCode,
+    WardCode,
     address_rules,
     future,
 )
 from exchange.core.errors import Code, Violation
 
-__all__ = ["SPEC", "Person"]
+__all__ = ["SPEC", "SPEC_V2", "Hometown", "Person", "PersonV2"]
 
 
 class Person(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -40,6 +44,8 @@ class Person(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_
         pattern=r"^[0-9]{3}$",
         description="Where the birth was registered: 3-digit code, Circular 07/2016/TT-BCA "
                     "Annex 1; equals the first three digits of id.",
+        extra={"expected": "a 3-digit birth-registration province code (the first 3 digits "
+                           "of id), e.g. 001"},
     )]
     permanent_address: Address
     nationality: CountryCode = "VN"
@@ -165,4 +171,90 @@ SPEC = DatasetSpec(
                  "13/2023/NĐ-CP Art. 2(4))",
         key_fields=("id",),
     ),
+)
+
+
+# -- v2: hometown and household ------------------------------------------------------------------
+#
+# Two items of Law 26/2023/QH15 Art. 9 that v1 leaves out and that other registries keep asking
+# the population database for: the hometown (quê quán, item 9, in the minimum set at birth
+# registration of Decree 137/2015 Art. 14) and the household (items 19-20: the household head's
+# personal id and the relationship with the head), which social insurance, land and tax use to
+# find a family. Each sits in a disclosure group of its own, so an agreement made for v1 keeps
+# its meaning: a v1 reader receives a v2 record with these groups withheld (as the commitments
+# the publisher signed) and verifies it unchanged. Every v1 record is a valid v2 record.
+
+
+class Hometown(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """Quê quán: the province, and the commune when known, by the 2025 codes."""
+
+    province_code: ProvinceCode
+    ward_code: WardCode | None = None
+
+
+Relationship = Literal["head", "spouse", "child", "parent", "grandchild", "sibling", "other"]
+
+
+class PersonV2(Person, kw_only=True):
+    """One citizen (population v2): v1 with hometown and household."""
+
+    hometown: Hometown | None = None
+    household_head_id: Annotated[PersonalId | None, Meta(
+        description="Personal id of the household head (chủ hộ); the person's own id when the "
+                    "person is the head.")] = None
+    relationship_to_head: Relationship | None = None
+
+
+def household(p: PersonV2, ctx: RuleContext) -> list[Violation]:
+    """A household is named by its head and the relationship together; the head heads it."""
+    head, rel = p.household_head_id, p.relationship_to_head
+    if (head is None) != (rel is None):
+        missing = "relationship_to_head" if rel is None else "household_head_id"
+        return [Violation(Code.HOUSEHOLD_INCOMPLETE, "household_head_id and "
+                          "relationship_to_head come together; add " + missing,
+                          f"$.{missing}")]
+    if rel == "head" and head != p.id:
+        return [Violation(Code.HOUSEHOLD_HEAD_MISMATCH, f"the head of the household is "
+                          f"{head}, but the relationship says this person ({p.id}) is",
+                          "$.household_head_id")]
+    if rel not in (None, "head") and head == p.id:
+        return [Violation(Code.HOUSEHOLD_HEAD_MISMATCH, f"the person is their own household "
+                          f"head, but the relationship is {rel!r}; use 'head'",
+                          "$.relationship_to_head")]
+    return []
+
+
+def hometown(p: PersonV2, ctx: RuleContext) -> list[Violation]:
+    h = p.hometown
+    if h is None:
+        return []
+    if h.ward_code is None:
+        if not admin_units.province_exists(h.province_code):
+            return [Violation(Code.UNKNOWN_PROVINCE, f"no province {h.province_code!r} in the "
+                              "2025 list", "$.hometown.province_code")]
+        return []
+    return address_rules(Address(province_code=h.province_code, ward_code=h.ward_code),
+                         "$.hometown")
+
+
+SPEC_V2 = dataclasses.replace(
+    SPEC,
+    version=2,
+    record_type=PersonV2,
+    groups={**SPEC.groups,
+            "hometown": ("hometown",),
+            "household": ("household_head_id", "relationship_to_head")},
+    # the new fields are not scored for "sufficient" (yet): the reference agencies do not fill
+    # them, and a score that falls when an owner moves to v2 would measure the move, not the data
+    recommended=SPEC.recommended,
+    rules=(*SPEC.rules, hometown, household),
+    codes={**SPEC.codes,
+           "$.hometown.province_code": Code.UNKNOWN_PROVINCE,
+           "$.hometown.ward_code": Code.UNKNOWN_WARD,
+           "$.household_head_id": Code.ID_FORMAT,
+           "$.relationship_to_head": Code.RELATIONSHIP_CODE},
+    references=(*SPEC.references, "household_head_id"),
+    description="A citizen in the National Population Database (Law on Identification "
+                "26/2023/QH15 Art. 9), v2: v1 with the hometown and the household (head and "
+                "relationship). Key: the 12-digit personal identification number.",
 )

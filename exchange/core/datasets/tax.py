@@ -31,6 +31,8 @@ TaxId = Annotated[str, Meta(
     pattern=r"^([0-9]{10}(-[0-9]{3})?|[0-9]{12})$",
     description="MST: 10 digits with check digit, branches NNNNNNNNNN-NNN; or the 12-digit "
                 "personal id of an individual or household (Circular 86/2024/TT-BTC Art. 5).",
+    extra={"expected": "a 10-digit tax code (MST), a branch code NNNNNNNNNN-NNN, or the "
+                       "12-digit personal id of an individual or household"},
 )]
 
 
@@ -44,7 +46,9 @@ class Taxpayer(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, k
     personal_id: PersonalId | None = None
     address: Address
     tax_office: Annotated[str, Meta(
-        pattern=r"^[0-9A-Z]{2,12}$", description="Code of the managing tax office.")]
+        pattern=r"^[0-9A-Z]{2,12}$", description="Code of the managing tax office.",
+        extra={"expected": "a tax office code of 2 to 12 capital letters or digits, e.g. "
+                           "01101"})]
     # the statuses the Tax Department's public lookup shows: đang hoạt động, tạm ngừng hoạt động,
     # ngừng hoạt động chưa hoàn thành thủ tục, đã chấm dứt hiệu lực MST, đã chuyển cơ quan thuế,
     # không hoạt động tại địa chỉ đã đăng ký

@@ -46,11 +46,15 @@ class Vehicle(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw
         pattern=f"^({_CAR}|{_MOTO})$",
         description="Plate as written: car 30A-123.45 (older 30A-1234), motorbike 29-B1 123.45 "
                     "(Circular 79/2024/TT-BCA).",
+        extra={"expected": "a plate as written: car 30A-123.45 (older 30A-1234), motorbike "
+                           "29-B1 123.45"},
     )]
     vin: Annotated[str, Meta(
         pattern=r"^[A-HJ-NPR-Z0-9]{17}$",
         description="Vehicle identification (chassis) number, 17 characters without I, O, Q "
                     "(ISO 3779).",
+        extra={"expected": "a 17-character VIN of capital letters and digits, without I, O "
+                           "or Q"},
     )]
     kind: Kind
     make: Name
