@@ -464,3 +464,30 @@ def test_a_subscribe_request_with_defaults() -> None:
     req = parse_request({"start": "seq:5", "encoding": "msgpack", "paths": "always"})
     assert (req.name, req.binary, req.always_paths, req.start) == ("default", True, True,
                                                                    ("seq", 5))
+
+
+def test_acks_that_keep_moving_hold_off_redelivery() -> None:
+    """The timeout runs from the later of the oldest send and the last ack that moved the
+    position: a slow subscriber working through a wide window is not sent it again."""
+    s = fresh()
+    s.grant(100)
+    s.sent(list(range(100)), now=0.0)
+    now = 0.0
+    for upto in range(9, 100, 10):  # 10 acked per half timeout: 5 timeouts in all
+        now += TIMEOUT / 2
+        assert not s.overdue(now)
+        assert s.ack(upto, now)
+        assert s.next_deadline() == (now + TIMEOUT if s.inflight else None)
+    assert not s.inflight and s.redeliveries == 0
+    # without ``now`` (the position alone) an ack does not count as progress in time
+    t = fresh()
+    t.grant(3)
+    t.sent([0, 1, 2], now=0.0)
+    assert t.ack(0) and t.overdue(TIMEOUT)
+    # a stop is still a stop: nothing acked for a timeout after the last ack
+    u = fresh()
+    u.grant(3)
+    u.sent([0, 1, 2], now=0.0)
+    assert u.ack(0, now=TIMEOUT / 2)
+    assert not u.overdue(TIMEOUT * 1.5 - 0.001) and u.overdue(TIMEOUT * 1.5)
+    assert u.rewind() == 2

@@ -464,3 +464,34 @@ async def test_subscribers_never_read_uncommitted_records(env: Env) -> None:
         await asyncio.wait_for(done.wait(), 30)
     assert seqs == list(range(3000))
     assert early == []
+
+
+async def test_a_subscriber_that_keeps_acking_is_not_sent_its_window_again(
+        env: Env, timed: Timed) -> None:
+    """A wide window worked through more slowly than the ack timeout, acked all along: nothing
+    is redelivered while the acks move (before, the oldest record's age alone decided, and a
+    slow subscriber got its whole window again, and again: the redelivery storm of issue 16).
+    Once the acks stop, the timeout counts from the last one."""
+    await publish(env, people(40), url=timed.url)
+    timeout = timed.broker.limits.ack_timeout_s
+    async with session(env, TAX, timed.url) as s:
+        sub = await subscribe(s, "wide")
+        await sub.hello()
+        await sub.credit(40)
+        assert [r.seq for r in await sub.records(40)] == list(range(40))
+        feed = timed.broker.subscriptions.live[(TAX, "population", "wide")]
+        for upto in range(4, 35, 5):  # 5 records acked per 0.6 timeouts: 4.2 timeouts in all
+            await sub.ack(upto)
+            await until(lambda upto=upto: feed.state.acked == upto,
+                        timed.broker.subscriptions.next_change, what=f"ack {upto}")
+            await timed.clock.advance(0.6 * timeout)
+            assert feed.state.redeliveries == 0, f"redelivered after ack {upto}"
+        # the acks stop at 34: the timeout runs from the last one
+        await timed.clock.advance(0.4 * timeout - 0.001)
+        assert feed.state.redeliveries == 0
+        await timed.clock.advance(0.001)
+        assert feed.state.redeliveries == 5  # 35..39 go again once credit allows
+        await sub.credit(5)
+        again = await sub.records(5)
+        assert [(r.seq, r.redelivered) for r in again] == [(s, True) for s in range(35, 40)]
+        await sub.ws.close()

@@ -234,7 +234,7 @@ class Subscriptions:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
             try:
-                moved = feed.receive(msg.data)
+                moved = feed.receive(msg.data, self.clock.monotonic())
             except InputError as err:
                 logger.info("refused", code=err.code, status=CLOSE_BAD_FRAME,
                             detail=err.message, dataset=feed.dataset, subscription=name)

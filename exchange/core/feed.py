@@ -131,6 +131,9 @@ class ConsumerState:
     redeliveries: int = 0
     max_sent: int = -1
     """Highest seq ever sent on this connection (acks up to it are legitimate after a rewind)."""
+    progress_at: float | None = None
+    """When an ack last moved the position (monotonic seconds): a subscriber that keeps acking
+    is working through its window, however long the window takes it."""
 
     def __post_init__(self) -> None:
         self.sent_upto = max(self.sent_upto, self.acked)
@@ -164,14 +167,17 @@ class ConsumerState:
         after them without spending credit."""
         self.sent_upto = max(self.sent_upto, seq)
 
-    def ack(self, seq: int) -> bool:
-        """Apply a cumulative ack. Returns True when the durable position moved."""
+    def ack(self, seq: int, now: float | None = None) -> bool:
+        """Apply a cumulative ack received at ``now``. Returns True when the durable position
+        moved (and then the ack timeout counts again from ``now``)."""
         if seq > self.max_sent:
             raise InputError(f"ack {seq} is beyond the last record sent ({self.max_sent})",
                              code=Code.BAD_ACK)
         if seq <= self.acked:
             return False
         self.acked = seq
+        if now is not None:
+            self.progress_at = now
         # an ack for records sent before a rewind: do not send them a second time
         self.sent_upto = max(self.sent_upto, seq)
         while self.inflight and self.inflight[0][0] <= seq:
@@ -179,7 +185,16 @@ class ConsumerState:
         return True
 
     def overdue(self, now: float) -> bool:
-        return bool(self.inflight) and now - self.inflight[0][1] >= self.ack_timeout
+        """Whether the subscriber has stopped: records are in flight and neither the oldest
+        was sent nor an ack moved the position within the ack timeout.
+
+        Not "the oldest record is older than the timeout": a subscriber granted a wide window
+        (5,000 credits) that verifies more slowly than the broker sends holds records for
+        longer than the timeout while acking all along; sending them again would only add
+        duplicates to its backlog, and the next timeout more (a redelivery storm: latencies of
+        one or two ack timeouts, issue 16)."""
+        deadline = self.next_deadline()
+        return deadline is not None and now >= deadline
 
     def rewind(self) -> int:
         """Go back to the last ack so the unacked records are sent again; returns how many.
@@ -194,8 +209,14 @@ class ConsumerState:
         return n
 
     def next_deadline(self) -> float | None:
-        """When the oldest unacked record becomes overdue, if any."""
-        return self.inflight[0][1] + self.ack_timeout if self.inflight else None
+        """When the records in flight become overdue, if any: the ack timeout after the later
+        of the oldest one's sending and the last ack that moved the position."""
+        if not self.inflight:
+            return None
+        since = self.inflight[0][1]
+        if self.progress_at is not None and self.progress_at > since:
+            since = self.progress_at
+        return since + self.ack_timeout
 
 
 # -- the one projection and its encodings ------------------------------------------------------
@@ -346,10 +367,10 @@ class Feed:
                                   granted=list(self._granted), purpose=purpose,
                                   version=version))
 
-    def receive(self, data: bytes | str) -> int | None:
-        """A client frame (``Credit`` or ``Ack``). Returns the new durable position when an ack
-        moved it (the caller stores it), else None; ``InputError`` for a frame that is not one
-        (the caller closes the connection)."""
+    def receive(self, data: bytes | str, now: float | None = None) -> int | None:
+        """A client frame (``Credit`` or ``Ack``), received at ``now`` (monotonic seconds).
+        Returns the new durable position when an ack moved it (the caller stores it), else
+        None; ``InputError`` for a frame that is not one (the caller closes the connection)."""
         try:
             # binary WebSocket frames are MessagePack, text frames JSON, whatever the records'
             # encoding
@@ -361,7 +382,7 @@ class Feed:
             case Credit(n=n):
                 self.state.grant(n)
             case AckFrame(seq=seq):
-                if self.state.ack(seq):
+                if self.state.ack(seq, now):
                     return self.state.acked
         return None
 
