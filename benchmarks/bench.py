@@ -47,6 +47,8 @@ class Options:
     scale: int = 0
     work_dir: Path | None = None
     progress: bool = True
+    #: where each broker serves, ``HOST:PORT`` (port 0: any free one)
+    listen: str = "127.0.0.1:0"
 
     @property
     def phase_s(self) -> float:
@@ -74,14 +76,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"broker store ({', '.join(avail)})")
     p.add_argument("--work-dir", type=Path, help="keep PKI and broker data here (default: a "
                    "temporary directory, removed afterwards)")
+    p.add_argument("--listen", default="127.0.0.1:0", type=_listen, metavar="HOST:PORT",
+                   help="where each broker serves, one after another (default %(default)s: a "
+                        "free port on loopback)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _listen(text: str) -> str:
+    from exchange.core.access import parse_listen
+    from exchange.core.errors import ExchangeError
+
+    try:
+        parse_listen(text)
+    except ExchangeError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+    return text
 
 
 def options_from(args: argparse.Namespace) -> Options:
     return Options(quick=args.quick, duration=args.duration,
                    subscribers=[int(x) for x in str(args.subscribers).split(",") if x.strip()],
                    store=args.store, scale=args.scale, work_dir=args.work_dir,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, listen=args.listen)
 
 
 async def run(opts: Options) -> dict[str, Any]:
@@ -101,7 +117,10 @@ async def run(opts: Options) -> dict[str, Any]:
     progress = Progress(opts.progress)
     quick = opts.quick
     phase = opts.phase_s
-    ctx = Context(root=root, pki_dir=make_pki(root), store=opts.store, progress=progress)
+    from exchange.sim.process import connect_host
+
+    ctx = Context(root=root, pki_dir=make_pki(root, connect_host(opts.listen)),
+                  store=opts.store, progress=progress, listen=opts.listen)
     # the nodes' process, like the broker's, keeps what it loaded (modules, the record pool)
     # out of the cycle collector's full passes, as a long-running node would
     gc.collect()

@@ -30,11 +30,12 @@ SUBSCRIBER = "vn.gov.mof.tax"
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def make_pki(root: Path) -> Path:
-    """A fresh exchange CA with the broker, the population owner and one subscriber."""
+def make_pki(root: Path, broker_host: str = "127.0.0.1") -> Path:
+    """A fresh exchange CA with the broker (its certificate naming ``broker_host`` too), the
+    population owner and one subscriber."""
     pki_dir = root / "pki"
     if not (pki_dir / "ca.crt").exists():
-        pki.init(pki_dir)
+        pki.init(pki_dir, broker_hosts=[broker_host.strip("[]")])
         for node in (PUBLISHER, SUBSCRIBER):
             pki.enroll(pki_dir, node)
     return pki_dir
@@ -90,10 +91,14 @@ class BrokerProcess:
     port: int = 0
     #: ``store="nats"``: a single JetStream server of its own (R1), fresh with the broker
     nats: NatsCluster | None = None
+    #: ``HOST:PORT`` to serve on (port 0: any free one); brokers run one after another
+    listen: str = "127.0.0.1:0"
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        from exchange.sim.process import connect_host
+
+        return f"https://{connect_host(self.listen)}:{self.port}"
 
     @property
     def stats(self) -> ProcStats:
@@ -102,7 +107,7 @@ class BrokerProcess:
 
     def config(self) -> dict[str, Any]:
         return {
-            "listen": "127.0.0.1:0",
+            "listen": self.listen,
             "data_dir": str(self.root / "data"),
             "pki_dir": str(self.pki_dir),
             "store": self.nats.url if self.nats is not None else self.store,
@@ -126,7 +131,7 @@ class BrokerProcess:
         path.write_text(json.dumps(self.config()), encoding="utf-8")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exchange", "broker", "serve", "--config", str(path),
-             "--listen", "127.0.0.1:0", "--log-level", "warning"],
+             "--listen", self.listen, "--log-level", "warning"],
             stdout=subprocess.PIPE, stderr=open(self.root / "broker.log", "ab"),  # noqa: SIM115
             cwd=self.root)
         assert self.proc.stdout is not None

@@ -112,9 +112,11 @@ class Context:
     progress: Progress = field(default_factory=lambda: Progress(False))
     #: wire bytes of one published record (MessagePack batch body / records), for MB/s
     record_bytes: float = 650.0
+    #: where each broker serves, ``HOST:PORT`` (port 0: any free one)
+    listen: str = "127.0.0.1:0"
 
     def broker(self, name: str) -> BrokerProcess:
-        return BrokerProcess(self.root / name, self.pki_dir, self.store)
+        return BrokerProcess(self.root / name, self.pki_dir, self.store, listen=self.listen)
 
     def ssl(self, node: str) -> Any:
         return pki.client_ssl_context(self.pki_dir, node)

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``python -m exchange``: the same as the ``exchange`` command."""
 
 import sys

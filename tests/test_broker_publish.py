@@ -295,11 +295,17 @@ async def test_subscriptions_list_their_lag(env: Env) -> None:
             assert hello["type"] == "hello" and hello["acked"] == -1
             status, _, subs = await get(s, "/v1/subscriptions")
             assert status == 200
+            lag_s = subs[0].pop("lag_s")
+            assert 0 <= lag_s < 60  # the oldest unacked record's age, on the broker's clock
             assert subs == [{"node": TAX, "dataset": "population", "name": "lagging",
-                             "acked": -1, "head": 3, "lag": 4, "connected": True}]
+                             "acked": -1, "head": 3, "lag": 4, "connected": True,
+                             "credits": 0, "in_flight": 0, "redeliveries": 0}]
             await ws.send_str('{"type": "credit", "n": 10}')
             frame = msgspec.json.decode(await ws.receive_str(timeout=10))
             assert [r["seq"] for r in frame["records"]] == [0, 1, 2, 3]
+            # while connected: the credit left and the records in flight, unacked
+            _, _, subs = await get(s, "/v1/subscriptions")
+            assert (subs[0]["credits"], subs[0]["in_flight"]) == (6, 4)
             await ws.send_str('{"type": "ack", "seq": 3}')
 
             async def caught_up() -> bool:
@@ -308,6 +314,7 @@ async def test_subscriptions_list_their_lag(env: Env) -> None:
             await until(caught_up, env.broker.subscriptions.next_change, what="lag 0")
         status, _, subs = await get(s, "/v1/subscriptions")
     assert subs[0]["acked"] == 3 and subs[0]["lag"] == 0 and not subs[0]["connected"]
+    assert subs[0]["lag_s"] == 0.0 and subs[0]["credits"] is None  # not connected: no state
     async with session(env, POP) as s:
         _, _, own = await get(s, "/v1/subscriptions")
     assert own == []  # another node's subscriptions are not listed

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from exchange import audit, pki
 from exchange.core.access import Agreement, BrokerConfig
-from exchange.core.errors import AuthError, ExchangeError, Forbidden, UnavailableError
+from exchange.core.errors import AuthError, ExchangeError, Forbidden
 from exchange.node import Delivery, Node, NodeConfig, Record, enrol
 from exchange.pki import party
 from exchange.pki.service import EnrolService, create_app, service_ssl_context
@@ -481,10 +481,11 @@ async def test_a_revoked_operator_loses_its_open_connection(
             pki.revoke(exchange_pki, OPERATOR, role="operator")
             broker.reload()
             # the kept-alive connection was verified before the revocation: the reload closes
-            # it, and a new one is refused at the handshake
+            # it, and a new one is refused at the handshake, which the SDK names as such
             for _ in range(2):
-                with pytest.raises(UnavailableError):
+                with pytest.raises(AuthError) as refused:
                     await o.get_json("/v1/subscriptions")
+                assert refused.value.code == "certificate_refused"
     finally:
         await runner.cleanup()
 

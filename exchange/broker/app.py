@@ -31,7 +31,7 @@ from exchange.broker.agreements import decode as book_decode
 from exchange.broker.checkpoints import TlogService
 from exchange.broker.checks import registry_groups
 from exchange.broker.hub import Hub
-from exchange.broker.metrics import QualityTracker
+from exchange.broker.metrics import QualityTracker, ops_registry
 from exchange.broker.openapi import openapi
 from exchange.broker.publish import Publisher
 from exchange.broker.subscribe import Subscriptions
@@ -94,6 +94,10 @@ class Broker:
         #: every connection that made a request, by its client certificate's serial: a
         #: revocation closes them all (streams included), not only new handshakes
         self.peers: dict[int, weakref.WeakSet[asyncio.BaseTransport]] = {}
+        #: the node each of those serials names (``/metrics``: connected nodes), and when each
+        #: node was last served (a request's start and end, on the broker's clock)
+        self.peer_nodes: dict[int, str] = {}
+        self.last_seen: dict[str, float] = {}
         self.apply(config)
         # a new batch is signed with its node's current key; a rotated-out key is named
         self._registry_stamp: tuple[int, int, int] | None = None
@@ -121,6 +125,8 @@ class Broker:
             owner=lambda d: self.policy.owners.get(d),
             keys=self.party_key,
             current=self.current_kid, changed=self.agreements_changed)
+        #: what ``/metrics`` serves besides the quality tracker's: log, connections, PKI, process
+        self.metrics = ops_registry(self)
 
     def apply(self, config: BrokerConfig) -> None:
         """Take ``config`` as the one in force: access policy, limits, signing keys, CRL, TLS
@@ -376,7 +382,12 @@ async def _serve_principal(request: web.Request,
     if who.role == "node":
         request[NODE] = who.id
         structlog.contextvars.bind_contextvars(node=who.id)
-        return await handler(request)
+        broker.peer_nodes[serial] = who.id
+        broker.last_seen[who.id] = broker.clock.time()
+        try:
+            return await handler(request)
+        finally:  # a subscription's stream ends here: the node was there until then
+            broker.last_seen[who.id] = broker.clock.time()
     structlog.contextvars.bind_contextvars(operator=who.id)
     status = 500
     try:
@@ -415,9 +426,15 @@ def _ok(body: Any, status: int = 200) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    return _ok({"status": "ok", "broker": broker.identity.node_id,
-                "head": await broker.store.head(), "uptime_s": round(broker.clock.time() -
-                                                                      broker.started, 3)})
+    out = {"status": "ok", "broker": broker.identity.node_id,
+           "head": await broker.store.head(), "uptime_s": round(broker.clock.time() -
+                                                                broker.started, 3),
+           # which store, and what a NATS client knows of its cluster without asking it
+           "store": getattr(broker.store, "kind", "unknown")}
+    health = getattr(broker.store, "health", None)
+    if health is not None:
+        out["cluster"] = health()
+    return _ok(out)
 
 
 @functools.cache
@@ -622,15 +639,23 @@ async def list_subscriptions(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     who = request[PRINCIPAL]
     out = []
+    now = broker.clock.time()
     for row in await broker.store.subscriptions():
         if who.role != "operator" and row.node != who.id:
             continue
         head = await broker.store.head(row.dataset)
+        behind = await broker.store.read(row.dataset, row.acked, 1)
+        # a connected subscription's own state on this broker: credit it holds, records sent
+        # and not yet acked, records sent again after an ack timeout (null: not connected here)
+        feed = broker.subscriptions.live.get((row.node, row.dataset, row.name))
         out.append({"node": row.node, "dataset": row.dataset, "name": row.name,
                     "acked": row.acked, "head": head,
                     "lag": await broker.store.count_after(row.dataset, row.acked),
-                    "connected": (row.node, row.dataset, row.name) in
-                    broker.subscriptions.live})
+                    "lag_s": round(max(0.0, now - behind[0].accepted_at), 3) if behind else 0.0,
+                    "connected": feed is not None,
+                    "credits": feed.state.credits if feed else None,
+                    "in_flight": len(feed.state.inflight) if feed else None,
+                    "redeliveries": feed.state.redeliveries if feed else None})
     return _ok(out)
 
 
@@ -966,14 +991,15 @@ async def _lags(broker: Broker) -> list[dict[str, Any]]:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format (prometheus-client's own encoder): operators only (a scraper gets
-    an operator certificate of its own), as it names every subscription and its lag."""
+    an operator certificate of its own), as it names every subscription and its lag. The
+    quality tracker's families, then the operational ones (``ops_registry``), all read now."""
     _operator(request, "/metrics")
     broker = request.app[BROKER]
     tracker = _tracker(broker)
     tracker.lag = {(lag["dataset"], lag["node"], lag["name"]): (lag["lag"], lag["lag_s"])
                    for lag in await _lags(broker)}
     tracker.scraped = await tracker.totals()
-    body = generate_latest(tracker.registry)
+    body = generate_latest(tracker.registry) + generate_latest(broker.metrics)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -47,11 +47,17 @@ class TlogService:
         self.interval = interval
         self.clock = clock
         self.latest: tlog.Checkpoint | None = None
+        #: when ``latest`` was signed, on ``clock`` (``/metrics``: checkpoint age). A checkpoint
+        #: read back from the store at start counts from then: the store keeps its signing time
+        #: but does not hand it back, and the age is then a lower bound
+        self.latest_at: float | None = None
         # one signer at a time: the timer and GET /v1/log/checkpoint may both call checkpoint()
         self._signing = asyncio.Lock()
 
     async def start(self) -> None:
         self.latest = await self.store.latest_checkpoint()
+        if self.latest is not None:
+            self.latest_at = self.clock.time()
         try:
             await self.checkpoint()
         except Exception:
@@ -106,8 +112,9 @@ class TlogService:
         if last is not None and last.size > 0:
             proof = await self.consistency(last.size, size)
             tlog.check_consistent(last, cp, proof)  # never sign a split view
-        await self.store.add_checkpoint(cp, self.clock.time())
-        self.latest = cp
+        now = self.clock.time()
+        await self.store.add_checkpoint(cp, now)
+        self.latest, self.latest_at = cp, now
         logger.debug("checkpoint", size=size)
         return cp
 

@@ -1,15 +1,26 @@
 """The broker's quality bookkeeping: counters per (dataset, publisher), persisted with each
-append; scores on demand; Prometheus metrics. The scoring itself is ``exchange.quality``."""
+append; scores on demand; Prometheus metrics. The scoring itself is ``exchange.quality``.
+
+Also the operational metrics operators alert on (``ops_registry``): log size and checkpoint
+age, connected nodes, certificate and CRL expiry, the process's CPU, memory and descriptors.
+Every gauge is read from the broker's state at scrape time (a ``Collector``), so there is no
+second bookkeeping to drift; ``deploy/`` holds the dashboard and alert rules that use them."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from prometheus_client import CollectorRegistry, Histogram
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exchange.core import datasets, quality
@@ -17,7 +28,10 @@ from exchange.core.gate import Decided
 from exchange.core.ledger import QualityRow, Reference
 from exchange.store.base import Store
 
-__all__ = ["QualityTracker"]
+if TYPE_CHECKING:
+    from exchange.broker.app import Broker
+
+__all__ = ["CertExpiry", "CertificateScan", "QualityTracker", "ops_registry"]
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(quality.Counters)
@@ -203,6 +217,10 @@ class _Collector(Collector):
         lag_s = GaugeMetricFamily("exchange_subscription_lag_seconds",
                                   "Age of the oldest record a subscription has not acked",
                                   labels=["dataset", "subscriber", "subscription"])
+        last = GaugeMetricFamily("exchange_dataset_last_record_timestamp_seconds",
+                                 "When the dataset last accepted a record (Unix time)",
+                                 labels=["dataset"])
+        latest: dict[str, float] = {}
         for (d, p), c in sorted((t.scraped or t.counters).items()):
             records.add_metric([d, p, "accepted", ""], c.accepted)
             records.add_metric([d, p, "duplicate", ""], c.duplicates)
@@ -221,7 +239,153 @@ class _Collector(Collector):
                     score.add_metric([d, p, principle], value)
             stale.add_metric([d, p], 1.0 if s.stale else 0.0)
             delivered.add_metric([d], c.delivered)
+            if c.last_accepted_at:
+                latest[d] = max(latest.get(d, 0.0), c.last_accepted_at)
         for (d, node, name), (n, seconds) in sorted(t.lag.items()):
             lag.add_metric([d, node, name], n)
             lag_s.add_metric([d, node, name], seconds)
-        yield from (records, score, stale, delivered, lag, lag_s)
+        for d, at in sorted(latest.items()):
+            last.add_metric([d], at)
+        yield from (records, score, stale, delivered, lag, lag_s, last)
+
+
+# -- operational metrics -------------------------------------------------------------------------
+
+
+def ops_registry(broker: Broker) -> CollectorRegistry:
+    """The broker's own registry for ``/metrics``: its operational gauges and the process
+    collector (``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
+    ``process_open_fds``, …). A registry per broker, not the global one: two brokers in one
+    process (the tests) each report their own state."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    registry.register(_OpsCollector(broker))
+    return registry
+
+
+@dataclass(frozen=True, slots=True)
+class CertExpiry:
+    """One certificate the broker's PKI directory holds, and when it expires."""
+
+    subject: str
+    role: str  # ca | broker | node | operator
+    usage: str  # ca | tls | signing
+    not_after: float  # Unix time
+    serial: int
+
+
+#: the certificates under the PKI directory (certs/README.md, "Layout"), per party directory
+_PARTY_CERTS = (("tls", "tls.crt"), ("signing", "signing.crt"))
+
+
+class CertificateScan:
+    """Every certificate in the PKI directory the broker reads: the CA's, the broker's own,
+    each enrolled node's and operator's. A scrape costs a ``stat`` per file; a file is parsed
+    again only when it changed (a renewal, a rotation rewrites it)."""
+
+    def __init__(self, pki_dir: Path, broker_id: str) -> None:
+        self.root = pki_dir
+        self.broker_id = broker_id
+        self._parsed: dict[Path, tuple[tuple[int, int, int], float, int, str]] = {}
+
+    def __call__(self) -> list[CertExpiry]:
+        wanted: list[tuple[Path, str | None, str, str]] = [(self.root / "ca.crt", None, "ca",
+                                                            "ca")]
+        wanted += [(self.root / "broker" / f, self.broker_id, "broker", usage)
+                   for usage, f in _PARTY_CERTS]
+        for role, folder in (("node", "nodes"), ("operator", "operators")):
+            base = self.root / folder
+            for party in sorted(base.iterdir()) if base.is_dir() else []:
+                wanted += [(party / f, party.name, role, usage) for usage, f in _PARTY_CERTS]
+        out = []
+        seen = set()
+        for path, subject, role, usage in wanted:
+            got = self._read(path)
+            if got is None:
+                continue
+            seen.add(path)
+            not_after, serial, common_name = got
+            out.append(CertExpiry(subject or common_name, role, usage, not_after, serial))
+        for gone in self._parsed.keys() - seen:  # a party's directory removed
+            del self._parsed[gone]
+        return out
+
+    def _read(self, path: Path) -> tuple[float, int, str] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # a party enrolled with one certificate so far, or none
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._parsed.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1:]
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            # half-copied or foreign: the broker's own loading reports it; a scrape goes on
+            return None
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        common_name = str(names[0].value) if names else cert.subject.rfc4514_string()
+        entry = (stamp, cert.not_valid_after_utc.timestamp(), cert.serial_number, common_name)
+        self._parsed[path] = entry
+        return entry[1:]
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+class _OpsCollector(Collector):
+    """What operators alert on, read from the broker at scrape time (its clock included)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.b = broker
+        self.certs = CertificateScan(broker.pki_dir, broker.identity.node_id)
+
+    def collect(self) -> Iterator[Metric]:
+        b = self.b
+        now = b.clock.time()
+        size, _ = b.store.log_state()
+        checkpoint = b.tlog.latest
+        yield _gauge("exchange_log_size", "Entries in the transparency log", size)
+        yield _gauge("exchange_checkpoint_size", "Entries the last signed checkpoint covers",
+                     checkpoint.size if checkpoint is not None else 0)
+        if b.tlog.latest_at is not None:
+            # a checkpoint is signed only when the log grew: an idle log's checkpoint ages
+            # without anything being wrong (the alert also asks log size > checkpoint size)
+            yield _gauge("exchange_checkpoint_age_seconds",
+                         "Seconds since the last checkpoint was signed",
+                         max(0.0, now - b.tlog.latest_at))
+        yield _gauge("exchange_checkpoint_interval_seconds",
+                     "How often a growing log is checkpointed", b.tlog.interval)
+
+        # a node is connected while any connection its certificate made is open (an idle
+        # keep-alive one included); the operators' own connections are not counted
+        connected = {node for serial, node in b.peer_nodes.items()
+                     if any(not t.is_closing() for t in b.peers.get(serial, ()))}
+        yield _gauge("exchange_connected_nodes",
+                     "Distinct nodes with a connection open now", len(connected))
+        seen = GaugeMetricFamily("exchange_node_last_seen_timestamp_seconds",
+                                 "When the node was last served (now while connected)",
+                                 labels=["node"])
+        for node, at in sorted({**b.last_seen, **dict.fromkeys(connected, now)}.items()):
+            seen.add_metric([node], at)
+        yield seen
+
+        expiry = GaugeMetricFamily("exchange_certificate_expiry_timestamp_seconds",
+                                   "When the certificate expires (notAfter, Unix time)",
+                                   labels=["subject", "role", "usage"])
+        revoked = GaugeMetricFamily("exchange_certificate_revoked",
+                                    "1 when the CRL in force lists the certificate",
+                                    labels=["subject", "role", "usage"])
+        for c in self.certs():
+            expiry.add_metric([c.subject, c.role, c.usage], c.not_after)
+            revoked.add_metric([c.subject, c.role, c.usage],
+                               1.0 if c.serial in b.revoked.serials else 0.0)
+        yield expiry
+        yield revoked
+        # the CRL the broker holds (read at start and at each reload), not the file: past its
+        # nextUpdate the TLS stack refuses every handshake until a fresh one is loaded
+        yield _gauge("exchange_crl_next_update_timestamp_seconds",
+                     "nextUpdate of the CRL in force (Unix time)",
+                     b.revoked.next_update.timestamp())

@@ -433,7 +433,16 @@ def _handwritten() -> dict[str, dict[str, Any]]:
             "required": ["type", "title", "status", "detail", "code"],
             "additionalProperties": True,
         },
-        "Health": _obj(status={"const": "ok"}, broker=_STR, head=_INT, uptime_s=_NUM),
+        "Health": {
+            **_obj(status={"const": "ok"}, broker=_STR, head=_INT, uptime_s=_NUM,
+                   store={"enum": ["sqlite", "nats", "unknown"]}),
+            "properties": {
+                "status": {"const": "ok"}, "broker": _STR, "head": _INT, "uptime_s": _NUM,
+                "store": {"enum": ["sqlite", "nats", "unknown"]},
+                "cluster": {**_obj(connected=_BOOL, server={"type": ["string", "null"]},
+                                   servers=_INT, replicas={"type": ["integer", "null"]}),
+                            "description": "the NATS store only: what its client knows of "
+                                           "the cluster, without asking it"}}},
         "DatasetSummary": _obj(name=_STR, owner=_STR, version=_INT, versions=_array(_INT),
                                type=_STR, dataschema=_STR, groups=_GROUPS,
                                head={"type": "integer", "description": "last seq; -1: none"}),
@@ -457,7 +466,10 @@ def _handwritten() -> dict[str, dict[str, Any]]:
                                       required=_array(_STR), recommended=_array(_STR)),
                                "additionalProperties": True}}},
         "Subscription": _obj(node=_STR, dataset=_STR, name=_STR, acked=_INT, head=_INT,
-                             lag=_INT, connected=_BOOL),
+                             lag=_INT, lag_s=_NUM, connected=_BOOL,
+                             credits={"type": ["integer", "null"]},
+                             in_flight={"type": ["integer", "null"]},
+                             redeliveries={"type": ["integer", "null"]}),
         "DeadLetterView": {
             **_obj(id=_INT, publisher=_STR, dataset=_STR, received_at=_NUM,
                    index={"type": ["integer", "null"]}, code=_STR, path=_STR, message=_STR,

@@ -1,5 +1,7 @@
 """Run the broker: checks first, TLS 1.3 with client certificates, reloads on SIGHUP and on
-the control socket (``exchange broker reload``), SIGTERM stops cleanly."""
+the control socket (``exchange broker reload``), SIGTERM stops cleanly. Under systemd
+(``Type=notify``, deploy/systemd/exchange-broker.service) it says when it is ready, reloading
+and stopping."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import asyncio
 import gc
 import os
 import signal
+import socket
 import sys
+import time
 from pathlib import Path
 
 import structlog
@@ -36,6 +40,33 @@ def make_store(config: BrokerConfig) -> Store:
         return NatsStore(config.store)
     raise InputError(f"store {config.store!r} is not available; use sqlite or "
                      "nats://HOST:PORT[,HOST:PORT...]", code=Code.BAD_CONFIG)
+
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` (``READY=1``, ``STATUS=…``) to the service manager, as sd_notify(3) does:
+    one datagram to the AF_UNIX socket named in ``$NOTIFY_SOCKET`` (``@`` for the abstract
+    namespace). Not under systemd, or the socket gone: nothing, False."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path.startswith(("/", "@")):
+        return False
+    address = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError:
+        return False
+    return True
+
+
+def _on_sighup(broker: Broker) -> None:
+    """SIGHUP does what ``exchange broker reload`` does; the answer goes to the log (as for
+    the control socket) and to systemd's status line, around a reloading state."""
+    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    answer = control.reload(broker)
+    status = (f"reloaded: {answer.datasets} datasets, {answer.agreements} agreements"
+              if answer.ok else "reload refused, previous config kept: see the log")
+    sd_notify(f"READY=1\nSTATUS={status}")
 
 
 def wire_store(broker: Broker) -> None:
@@ -101,12 +132,14 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
                         data_dir=config.data_dir)
             loop.add_signal_handler(signal.SIGTERM, stop.set)
             loop.add_signal_handler(signal.SIGINT, stop.set)
-            loop.add_signal_handler(signal.SIGHUP, control.reload, broker)
+            loop.add_signal_handler(signal.SIGHUP, _on_sighup, broker)
             if ready is not None:
                 ready.set()
+            sd_notify(f"READY=1\nSTATUS=serving on {host}:{bound}\nMAINPID={os.getpid()}")
             await stop.wait()
         finally:
             logger.info("stopping")
+            sd_notify("STOPPING=1")
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await runner.cleanup()

@@ -17,13 +17,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="audit the transparency log (offline or against a broker)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--data", type=Path, help="a broker's data directory (offline audit)")
-    where.add_argument("--url", help="a running broker's base URL (online audit)")
+    where.add_argument("--broker", metavar="URL",
+                       help="a running broker's base URL, e.g. https://127.0.0.1:8443 (online "
+                            "audit)")
+    # the old name, as `quality` and `dead-letters` never had it: still accepted, not shown
+    where.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--pki", type=Path,
                    help="exchange PKI directory to take keys from (default for --data: the "
                         "trust.json the broker left in the data directory)")
     p.add_argument("--as", dest="party_dir", metavar="DIR", type=Path,
-                   help="connect as this node or operator (its own directory; --url)")
-    p.add_argument("--node", help="node id to connect as, with central keys in --pki (--url)")
+                   help="connect as this node or operator (its own directory; --broker)")
+    p.add_argument("--node", help="node id to connect as, with central keys in --pki "
+                   "(--broker)")
     p.add_argument("--from-checkpoint", type=Path,
                    help="a checkpoint trusted earlier: the log must be consistent with it")
     p.add_argument("--save-checkpoint", type=Path,
@@ -47,6 +52,9 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
 def _run(args: argparse.Namespace) -> int:
     from exchange import audit
 
+    if args.url is not None:
+        print("exchange audit: --url is deprecated, say --broker", file=sys.stderr)
+        args.broker = args.url
     try:
         if args.data is not None:
             trust = None
@@ -59,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
             result = audit.audit_data(args.data, trust).as_dict()
         else:
             if args.party_dir is None and not (args.pki and args.node):
-                print("exchange audit --url needs --as DIR (or --node with --pki)",
+                print("exchange audit --broker needs --as DIR (or --node with --pki)",
                       file=sys.stderr)
                 return 2
             result = asyncio.run(_online(args))
@@ -76,7 +84,7 @@ async def _online(args: argparse.Namespace) -> dict[str, Any]:
     from exchange.core import tlog
     from exchange.node import Node
 
-    config = identity.node_config(args, args.url)
+    config = identity.node_config(args, args.broker)
     async with Node(config) as node:
         if args.from_checkpoint:
             note = args.from_checkpoint.read_text(encoding="utf-8")

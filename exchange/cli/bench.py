@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bench", help="benchmark the exchange against JetStream and the machine",
                        description="Run the exchange's benchmarks: publish only, end to end "
                        "with 1/4/16 subscribers, per-record vs batch signatures, replay, open "
-                       "loop at 50%%/90%% of max, with the baselines measured in the same run.")
+                       "loop at 50%/90% of max, with the baselines measured in the same run.")
     try:
         from benchmarks.bench import add_arguments
     except ImportError:

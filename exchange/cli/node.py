@@ -41,7 +41,8 @@ def register_party(nsub: Any, role: str) -> None:
         description="Online enrolment: fetch the CA certificate, check it against the pin in "
                     "the token, then send the requests over TLS verified against it and "
                     "install the certificates that come back.")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help=f"the {role}'s own directory (from `exchange {role} "
+                   "init`)")
     p.add_argument("--url", required=True,
                    help="the CA's enrolment service, e.g. https://pki.exchange.gov.vn:8444")
     p.add_argument("--token", required=True, help="from `exchange pki invite`")
@@ -52,7 +53,7 @@ def register_party(nsub: Any, role: str) -> None:
         description="Check certificates from `exchange pki sign` (issued by the CA, naming "
                     "this party, certifying one of its keys) and file them; a certificate for "
                     "a rotation's new key completes the rotation.")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help=f"the {role}'s own directory")
     p.add_argument("certificates", nargs="*", type=Path, metavar="CERT",
                    help="default: the .crt files in DIR")
     p.add_argument("--ca", type=Path, help="the CA certificate to pin (default: DIR/ca.crt)")
@@ -65,7 +66,7 @@ def register_party(nsub: Any, role: str) -> None:
                     "certificate); without, signing.next.csr is left for `exchange pki sign`, "
                     f"then `exchange {role} install`. Records signed with the old key still "
                     "verify: the broker serves every certificate a node was issued.")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help=f"the {role}'s own directory")
     p.add_argument("--url", help="the CA's enrolment service")
     p.set_defaults(func=lambda args: _party_action(args, _rotate, role))
 
@@ -195,7 +196,18 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, ensure_ascii=False))
     else:
         _print_summary(summary)
+    if failed_entirely(summary["published"], summary["failed"]):
+        codes = ", ".join(f"{code} ×{n}" for code, n in summary["errors"].items())
+        print(f"exchange node run: publishing failed: none of the {summary['published']} "
+              f"records published reached the broker ({codes}); last error: "
+              f"{summary['last_error']}", file=sys.stderr)
+        return 1
     return 0
+
+
+def failed_entirely(published: int, failed: int) -> bool:
+    """Every record published got no receipt (not even a refusal): the node did not publish."""
+    return published > 0 and failed >= published
 
 
 async def _main(node_config: NodeConfig, config: AgencyConfig, records: int | None,
@@ -215,7 +227,8 @@ async def _main(node_config: NodeConfig, config: AgencyConfig, records: int | No
         stop_waiter = asyncio.create_task(stopped.wait())
         waits: set[asyncio.Future[Any]] = {runner, stop_waiter}
         done, _ = await asyncio.wait(waits, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
-        if runner in done and not stopped.is_set():
+        if runner in done and not stopped.is_set() and not failed_entirely(
+                agency.stats.published, agency.stats.failed):
             # publishing is done: let the subscriptions drain what the broker holds for them
             remaining = None if duration is None else max(0.0, duration - (time.monotonic() - t0))
             with contextlib.suppress(TimeoutError):

@@ -109,7 +109,7 @@ def register(subparsers: Any) -> None:
                        "directory and certify them. The CA's operator then holds the node's "
                        "private signing key, so its signatures prove nothing about the "
                        "agency: for demos and tests only. Real nodes run `exchange node init`.")
-    p.add_argument("dir")
+    p.add_argument("dir", help="PKI directory")
     p.add_argument("node_id", help="e.g. vn.gov.mps.population")
     _ca_dir(p)
     p.add_argument("--insecure-central-keys", action="store_true", required=True,
@@ -121,21 +121,22 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_run, action=_enroll)
 
     p = sub.add_parser("revoke", help="put a node's (or operator's) certificates on the CRL")
-    p.add_argument("dir")
-    p.add_argument("node_id", metavar="ID")
+    p.add_argument("dir", help="PKI directory")
+    p.add_argument("node_id", metavar="ID", help="the node (or, with --operator, operator) "
+                   "whose certificates to revoke")
     _ca_dir(p)
     p.add_argument("--operator", action="store_true", help="ID is an operator")
     p.add_argument("--reason", choices=sorted(REASONS), default="unspecified")
     p.set_defaults(func=_run, action=_revoke)
 
     p = sub.add_parser("crl", help="re-sign the CRL with a fresh nextUpdate")
-    p.add_argument("dir")
+    p.add_argument("dir", help="PKI directory")
     _ca_dir(p)
     p.add_argument("--days", type=int, default=pki.CRL_VALIDITY_DAYS, help="CRL validity in days")
     p.set_defaults(func=_run, action=_crl)
 
     p = sub.add_parser("list", help="enrolled nodes and operators, revocation state and expiry")
-    p.add_argument("dir")
+    p.add_argument("dir", help="PKI directory")
     p.set_defaults(func=_run, action=_list)
 
 

@@ -338,6 +338,9 @@ class Code(enum.StrEnum):
     BAD_CERTIFICATE = "bad_certificate", AuthError
     CERTIFICATE_EXPIRED = "certificate_expired", AuthError
     REVOKED = "revoked", AuthError
+    #: the broker refused the connecting party's TLS certificate in the handshake (revoked,
+    #: expired, issued by another CA): the client's own finding, never a problem reply
+    CERTIFICATE_REFUSED = "certificate_refused", AuthError
     UNKNOWN_SIGNER = "unknown_signer", AuthError
     KEY_RETIRED = "key_retired", AuthError
     TOKEN_INVALID = "token_invalid", AuthError

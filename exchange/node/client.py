@@ -3,7 +3,12 @@ keys trusted through the exchange CA, and the broker's refusals as the errors it
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
+import errno
 import ssl
+import urllib.parse
 from typing import Any, Literal
 
 import aiohttp
@@ -18,7 +23,8 @@ from exchange.core.signing import Verifier
 from exchange.core.wire import PROBLEM_CODE_HEADER
 from exchange.pki import party
 
-__all__ = ["Client", "NodeConfig", "handshake_refused", "load_identity", "problem"]
+__all__ = ["Client", "NodeConfig", "certificate_alert", "handshake_refused", "load_identity",
+           "problem"]
 
 
 class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -135,8 +141,7 @@ class Client:
                 body = await resp.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as err:
             self.fail_over(url)  # the next request goes to the next broker
-            raise UnavailableError(f"broker {url} unreachable: {err!r}",
-                                   code=Code.BROKER_UNREACHABLE) from None
+            raise await self.connection_failed(url, err) from None
         if resp.status >= 400:
             raise problem(resp.status, body)
         return body
@@ -153,11 +158,83 @@ class Client:
                 raw = await resp.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as err:
             self.fail_over(url)
-            raise UnavailableError(f"broker {url} unreachable: {err!r}",
-                                   code=Code.BROKER_UNREACHABLE) from None
+            raise await self.connection_failed(url, err) from None
         if resp.status >= 400:
             raise problem(resp.status, raw)
         return msgspec.json.decode(raw)
+
+    async def connection_failed(self, url: str, err: BaseException) -> ExchangeError:
+        """What a failed connection to ``url`` means: ``certificate_refused`` when the broker
+        refused this party's TLS certificate, else ``broker_unreachable``.
+
+        A broker on asyncio refuses a certificate by closing the connection without sending
+        its TLS alert, and in TLS 1.3 the client's side of the handshake is already complete
+        by then (RFC 8446 §4.4.2: the server checks the client's certificate after the
+        client's Finished), so the client only sees a reset or an empty read where the
+        answer should be, which is what a broker that died mid-request looks like too. So
+        on such an error one fresh connection asks ``/healthz``: closed without a word right
+        after a TLS 1.3 handshake, the certificate was refused. A server that does send its
+        alert (``certificate revoked``, ``unknown ca``, …) is taken at its word."""
+        alert = certificate_alert(err)
+        if alert is not None or (_cut_off(err) and await self._closes_after_handshake(url)):
+            return AuthError(self._refused_message(url, alert), code=Code.CERTIFICATE_REFUSED)
+        return UnavailableError(f"broker {url} unreachable: {err!r}",
+                                code=Code.BROKER_UNREACHABLE)
+
+    async def _closes_after_handshake(self, url: str) -> bool:
+        """Whether ``url`` completes a TLS 1.3 handshake with this party's certificate, then
+        hangs up (or sends a certificate alert) instead of answering a request."""
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname or "", parts.port or 443
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(min(5.0, self.config.timeout_s)):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=self._ssl, server_hostname=host)
+                tls = writer.get_extra_info("ssl_object")
+                if tls is None or tls.version() != "TLSv1.3":
+                    return False
+                writer.write(f"GET /healthz HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                             "Connection: close\r\n\r\n".encode())
+                await writer.drain()
+                return await reader.read(16) == b""
+        except ssl.SSLError as err:
+            # before the handshake completed (the broker's own certificate is not the CA's),
+            # or the broker's alert after it
+            return writer is not None or certificate_alert(err) is not None
+        except (ConnectionResetError, BrokenPipeError):
+            return writer is not None
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await writer.wait_closed()
+
+    def _refused_message(self, url: str, alert: str | None) -> str:
+        me = self.identity
+        why = "it is revoked, expired or issued by another CA"
+        try:
+            cert = x509.load_pem_x509_certificate(me.tls_cert.read_bytes())
+        except (OSError, ValueError):
+            cert = None
+        if cert is not None:
+            now = dt.datetime.fromtimestamp(self.clock.time(), dt.UTC)
+            if cert.not_valid_after_utc < now:
+                why = f"it expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+            elif cert.not_valid_before_utc > now:
+                why = f"it is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+            elif cert.issuer != self._ca.subject:
+                why = (f"it was issued by {cert.issuer.rfc4514_string()}, not by the exchange "
+                       f"CA in {me.ca_cert}")
+        heard = f" (TLS alert: {alert})" if alert else ""
+        return (f"broker {url} refused the TLS certificate of {me.role} {me.node_id}{heard}: "
+                f"{why}. Check its dates and issuer: `openssl x509 -in {me.tls_cert} -noout "
+                "-subject -issuer -dates`; the CA's operator sees whether it is revoked with "
+                "`exchange pki list PKI_DIR` (the CRL: `openssl crl -in PKI_DIR/crl.pem -noout "
+                f"-text`); a revoked or expired {me.role} enrols again (`exchange {me.role} "
+                "enroll`)")
 
 
 def load_identity(config: NodeConfig) -> pki.Identity:
@@ -174,6 +251,41 @@ def load_identity(config: NodeConfig) -> pki.Identity:
         raise PkiError(f"{config.node_dir} holds the keys of {identity.role} "
                        f"{identity.node_id}, not of {config.node_id}", code=Code.NOT_ENROLLED)
     return identity
+
+
+#: the TLS alerts (RFC 8446 §6.2) a server sends about the client's certificate, as OpenSSL
+#: names them in an ``SSLError``'s reason (``SSLV3_ALERT_CERTIFICATE_REVOKED``, …)
+_CERTIFICATE_ALERTS = ("BAD_CERTIFICATE", "UNSUPPORTED_CERTIFICATE", "CERTIFICATE_REVOKED",
+                       "CERTIFICATE_EXPIRED", "CERTIFICATE_UNKNOWN", "UNKNOWN_CA",
+                       "CERTIFICATE_REQUIRED")
+
+
+def certificate_alert(err: BaseException | None) -> str | None:
+    """The TLS alert about our certificate in ``err`` (or what it wraps: aiohttp keeps the
+    ``ssl.SSLError`` as ``os_error`` or the cause), as words: ``certificate revoked``."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLError):
+            reason = (getattr(err, "reason", None) or str(err)).upper().replace(" ", "_")
+            for alert in _CERTIFICATE_ALERTS:
+                if f"ALERT_{alert}" in reason:
+                    return alert.lower().replace("_", " ")
+        err = getattr(err, "os_error", None) or err.__cause__ or err.__context__
+    return None
+
+
+def _cut_off(err: BaseException) -> bool:
+    """The connection was cut where an answer should have come: reset, or closed by the
+    server (aiohttp: ``ServerDisconnectedError``; a reset as ``ClientOSError``)."""
+    if isinstance(err, aiohttp.ServerDisconnectedError | ConnectionResetError | BrokenPipeError
+                  | ssl.SSLEOFError):
+        return True
+    os_error = getattr(err, "os_error", None)
+    cause = err.__cause__ or err.__context__
+    return any(isinstance(e, ConnectionResetError | BrokenPipeError | ssl.SSLEOFError)
+               for e in (os_error, cause)) or (
+        isinstance(err, aiohttp.ClientOSError) and err.errno in (errno.ECONNRESET, errno.EPIPE))
 
 
 def problem(status: int, body: bytes) -> ExchangeError:

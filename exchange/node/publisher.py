@@ -286,6 +286,10 @@ class Publisher:
                     raise problem(resp.status, raw)
             except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, TimeoutError,
                     ssl.SSLError, _StreamLost) as err:
+                failed = await client.connection_failed(url, err)
+                if failed.code == Code.CERTIFICATE_REFUSED:
+                    # every broker checks against the same CA and CRL: no retry will do
+                    raise failed from None
                 # Retrying is safe: a batch stored before the connection broke comes back as
                 # duplicates with the seqs it was given.
                 if attempt == self.config.retries:

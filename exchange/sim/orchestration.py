@@ -23,7 +23,7 @@ import structlog
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from exchange.core.errors import ExchangeError
-from exchange.sim.process import DemoError, running_broker
+from exchange.sim.process import DemoError, connect_host, running_broker
 from exchange.sim.report import Progress, _say, _summary, lag
 
 if TYPE_CHECKING:
@@ -60,8 +60,9 @@ def split_records(records: int) -> dict[str, int]:
 
 async def demo(data: Path, *, records: int, duration: float, faults: float | None = None,
                rate: float | None = None, seed: int | None = None, catch_up_s: float = 60.0,
-               live: bool = False, store: str = "sqlite") -> dict[str, Any]:
-    """Run the demo in ``data`` and return its summary."""
+               live: bool = False, store: str = "sqlite", listen: str = "127.0.0.1:0"
+               ) -> dict[str, Any]:
+    """Run the demo in ``data`` and return its summary; the broker serves on ``listen``."""
     if store == "nats":
         from exchange.store.nats.server import NatsCluster
 
@@ -76,11 +77,12 @@ async def demo(data: Path, *, records: int, duration: float, faults: float | Non
         try:
             return await _demo(data, records=records, duration=duration, faults=faults,
                                rate=rate, seed=seed, catch_up_s=catch_up_s, live=live,
-                               store=nats_server.url + "?sync=always")
+                               store=nats_server.url + "?sync=always", listen=listen)
         finally:
             nats_server.stop()
     return await _demo(data, records=records, duration=duration, faults=faults, rate=rate,
-                       seed=seed, catch_up_s=catch_up_s, live=live, store=store)
+                       seed=seed, catch_up_s=catch_up_s, live=live, store=store,
+                       listen=listen)
 
 
 DEMO_OPERATOR = "vn.gov.ndc.ops.demo"
@@ -102,7 +104,7 @@ def join_offline(pki_dir: Path, party_dir: Path, party_id: str, *, role: str = "
 
 async def _demo(data: Path, *, records: int, duration: float, faults: float | None,
                 rate: float | None, seed: int | None, catch_up_s: float, live: bool,
-                store: str) -> dict[str, Any]:
+                store: str, listen: str = "127.0.0.1:0") -> dict[str, Any]:
     from exchange import pki
     from exchange.node import Node, NodeConfig
     from exchange.sim import agencies
@@ -112,7 +114,8 @@ async def _demo(data: Path, *, records: int, duration: float, faults: float | No
     pki_dir = data / "pki"
     node_dirs = {role: data / "nodes" / role for role in agencies.ROLES}
     try:
-        pki.init(pki_dir)
+        # the broker's certificate names the host its nodes connect to
+        pki.init(pki_dir, broker_hosts=[connect_host(listen).strip("[]")])
         for role, node_dir in node_dirs.items():
             join_offline(pki_dir, node_dir, agencies.OWNERS[role])
         # the exchange-wide quality report is an operator's view, not a node's
@@ -122,12 +125,12 @@ async def _demo(data: Path, *, records: int, duration: float, faults: float | No
     _say(f"each agency made its own keys in {data / 'nodes'}/<role>; the CA signed their "
          "requests")
     config_path = data / "exchange.toml"
-    toml = agencies.broker_toml("pki", "data", "127.0.0.1:0")
+    toml = agencies.broker_toml("pki", "data", listen)
     if store != "sqlite":
         toml = toml.replace('store = "sqlite"', f"store = {json.dumps(store)}", 1)
     config_path.write_text(toml, encoding="utf-8")
 
-    async with running_broker(config_path, data / "broker.log") as broker:
+    async with running_broker(config_path, data / "broker.log", listen) as broker:
         pid = broker.proc.pid if broker.proc else "?"
         _say(f"broker listening on {broker.url} (pid {pid}, log {broker.log})")
         shares = split_records(records)

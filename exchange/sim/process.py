@@ -26,9 +26,11 @@ class DemoError(Exception):
 class BrokerProcess:
     """``python -m exchange broker serve`` as a child process, its log in the data dir."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, listen: str = "127.0.0.1:0") -> None:
         self.config = config
         self.log = log
+        #: ``HOST:PORT`` to serve on (port 0: any free one)
+        self.listen = listen
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self._drain: asyncio.Task[None] | None = None
@@ -37,7 +39,7 @@ class BrokerProcess:
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "exchange", "broker", "serve", "--config",
-                str(self.config), "--listen", "127.0.0.1:0",
+                str(self.config), "--listen", self.listen,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log)
         assert self.proc.stdout is not None
         try:
@@ -56,7 +58,7 @@ class BrokerProcess:
             raise DemoError(f"the broker did not listen within {within_s:.0f}s; "
                             f"see {self.log}") from None
         self._drain = asyncio.create_task(self._copy_stdout())
-        self.url = f"https://127.0.0.1:{port}"
+        self.url = f"https://{connect_host(self.listen)}:{port}"
         return self.url
 
     async def _copy_stdout(self) -> None:
@@ -84,6 +86,15 @@ class BrokerProcess:
         return proc.returncode
 
 
+def connect_host(listen: str) -> str:
+    """Where a client on this machine reaches a broker serving on ``listen``: the host named,
+    or loopback for a wildcard (``0.0.0.0``, ``[::]``) or no host."""
+    host = listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def _listening_port(line: bytes) -> int | None:
     try:
         event = json.loads(line)
@@ -95,8 +106,9 @@ def _listening_port(line: bytes) -> int | None:
 
 
 @contextlib.asynccontextmanager
-async def running_broker(config: Path, log: Path) -> AsyncIterator[BrokerProcess]:
-    broker = BrokerProcess(config, log)
+async def running_broker(config: Path, log: Path, listen: str = "127.0.0.1:0"
+                         ) -> AsyncIterator[BrokerProcess]:
+    broker = BrokerProcess(config, log, listen)
     try:
         await broker.start()
         yield broker

@@ -56,6 +56,8 @@ class Stats:
     #: records whose batch never got a receipt (broker unreachable, batch refused whole)
     failed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    #: the message of the last error that failed a publish (what an operator reads first)
+    last_error: str | None = None
     planned: Counter[str] = field(default_factory=Counter)
     #: records whose outcome was not the planned one, with a few examples
     unexpected: int = 0
@@ -136,6 +138,7 @@ class Agency(Planner):
         except ExchangeError as err:
             st.failed += len(planned)
             st.errors[err.code] += 1
+            st.last_error = f"{err.message} ({err.code})"
             await self._notify()
             return None
         rejected: dict[int | None, str] = {}
@@ -223,7 +226,8 @@ class Agency(Planner):
             "node": self.node_id, "role": self.role, "dataset": self.dataset, "seed": self.seed,
             "published": st.published, "accepted": st.accepted, "duplicates": st.duplicates,
             "rejected": dict(sorted(st.rejected.items())), "failed": st.failed,
-            "errors": dict(st.errors), "planned": dict(sorted(st.planned.items())),
+            "errors": dict(st.errors), "last_error": st.last_error,
+            "planned": dict(sorted(st.planned.items())),
             "unexpected": st.unexpected,
             "unexpected_examples": [{"kind": k, "key": key, "expected": e, "got": o}
                                     for k, key, e, o in st.examples],

@@ -210,6 +210,8 @@ class SqliteStore:
 
     #: a group commit is one sqlite transaction: no bound but memory
     atomic_batch_bounded = False
+    #: what ``/healthz`` names the store (the operator console shows it)
+    kind = "sqlite"
 
     def __init__(self, path: str | Path, *, durability: str = "full",
                  tail_records: int = 10_000) -> None:

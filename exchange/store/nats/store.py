@@ -124,6 +124,8 @@ class NatsStore:
 
     #: a group commit is one atomic NATS batch: at most the server's batch limit of messages
     atomic_batch_bounded = True
+    #: what ``/healthz`` names the store (the operator console shows it)
+    kind = "nats"
 
     def __init__(self, url: str, *, request_timeout: float = 5.0, idle_poll: float = 1.0
                  ) -> None:
@@ -161,6 +163,17 @@ class NatsStore:
         if self._nc is None or self._nc.is_closed:
             raise UnavailableError("store is not open", code=Code.STORE_CLOSED)
         return self._nc
+
+    def health(self) -> dict[str, Any]:
+        """What the client already knows of the cluster, without a request: whether it is
+        connected, to which server, how many servers it knows (the pool includes those learnt
+        from INFO) and the replicas the streams were made with."""
+        nc = self._nc
+        url = nc.connected_url if nc is not None and nc.is_connected else None
+        return {"connected": bool(nc is not None and nc.is_connected),
+                "server": url.netloc if url is not None else None,
+                "servers": len(nc.servers) if nc is not None else 0,
+                "replicas": self.replicas}
 
     def watch(self, on_append: Callable[[str, int], None]) -> None:
         """Call ``on_append(dataset, last_seq)`` whenever any broker's records are read back."""
