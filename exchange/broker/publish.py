@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -176,11 +177,14 @@ class Publisher:
         """Decide the group against the store and store it in one step. A store shared with
         other brokers may refuse a decision made on a stale read (``StaleRead``): then read and
         decide again."""
-        for _ in range(STALE_READ_RETRIES + 1):
+        for attempt in range(STALE_READ_RETRIES + 1):
             try:
                 return await self._try_commit(jobs)
             except StaleRead:
-                continue
+                # the other broker's write may still be committing (an atomic batch is not in
+                # the stream's state until its commit): back off a little, or twenty retries
+                # go by in the time it takes (I/O timing, not the exchange's clock)
+                await asyncio.sleep(min(0.002 * 2**attempt, 0.1) * (0.5 + random.random()))
         raise UnavailableError("the keys kept changing under this batch; retry",
                                code=Code.CONTENDED)
 
