@@ -16,7 +16,6 @@ import asyncio
 import gc
 import importlib.util
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -49,6 +48,12 @@ class Options:
     progress: bool = True
     #: where each broker serves, ``HOST:PORT`` (port 0: any free one)
     listen: str = "127.0.0.1:0"
+    #: publisher processes, each subscriber a process of its own (0: the load in this process)
+    load_procs: int = 1
+    #: broker processes per scenario (``store="nats"``: over one JetStream)
+    brokers: int = 1
+    #: ``exchange broker serve --workers N`` (None: the broker's default)
+    workers: int | None = None
 
     @property
     def phase_s(self) -> float:
@@ -79,6 +84,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default="127.0.0.1:0", type=_listen, metavar="HOST:PORT",
                    help="where each broker serves, one after another (default %(default)s: a "
                         "free port on loopback)")
+    p.add_argument("--load-procs", type=int, default=1, metavar="N",
+                   help="run the load in processes of its own: N publisher processes (each "
+                        "its own node and keys) and one process per subscriber, each party's "
+                        "CPU per record reported (default 1; 0: publishers and subscribers in "
+                        "the bench's own process, as before)")
+    p.add_argument("--brokers", type=int, default=1, metavar="N",
+                   help="broker processes per scenario over one JetStream (--store nats, "
+                        "--load-procs >= 1)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="pass --workers N to `exchange broker serve` (the parallel gate)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -97,13 +112,36 @@ def options_from(args: argparse.Namespace) -> Options:
     return Options(quick=args.quick, duration=args.duration,
                    subscribers=[int(x) for x in str(args.subscribers).split(",") if x.strip()],
                    store=args.store, scale=args.scale, work_dir=args.work_dir,
-                   progress=not args.no_progress, listen=args.listen)
+                   progress=not args.no_progress, listen=args.listen,
+                   load_procs=args.load_procs, brokers=args.brokers, workers=args.workers)
+
+
+def refusal(opts: Options) -> str | None:
+    """Why these options cannot run here (None: they can)."""
+    from benchmarks.harness import broker_has_option
+    from exchange.core.access import parse_listen
+
+    if opts.load_procs < 0 or opts.brokers < 1:
+        return "--load-procs is 0 or more and --brokers 1 or more"
+    if opts.brokers > 1:
+        if opts.store != "nats":
+            return "--brokers N needs --store nats (brokers share one store only on NATS)"
+        if opts.load_procs < 1:
+            return "--brokers N needs --load-procs 1 or more (each party picks its broker)"
+        if parse_listen(opts.listen)[1] != 0:
+            return "--brokers N needs --listen on port 0 (each broker takes a free port)"
+    if opts.workers is not None:
+        if opts.workers < 1:
+            return "--workers is 1 or more"
+        if not broker_has_option("--workers"):
+            return "this broker has no --workers"
+    return None
 
 
 async def run(opts: Options) -> dict[str, Any]:
     """Run every scenario and baseline; return the JSON-ready report."""
     from benchmarks import baselines, scenarios
-    from benchmarks.harness import make_pki
+    from benchmarks.harness import machine, make_pki
     from benchmarks.scenarios import Context, Progress, Result
 
     started = time.perf_counter()
@@ -120,12 +158,14 @@ async def run(opts: Options) -> dict[str, Any]:
     from exchange.sim.process import connect_host
 
     ctx = Context(root=root, pki_dir=make_pki(root, connect_host(opts.listen)),
-                  store=opts.store, progress=progress, listen=opts.listen)
+                  store=opts.store, progress=progress, listen=opts.listen,
+                  load_procs=opts.load_procs, brokers=opts.brokers,
+                  broker_args=[] if opts.workers is None else ["--workers", str(opts.workers)])
     # the nodes' process, like the broker's, keeps what it loaded (modules, the record pool)
     # out of the cycle collector's full passes, as a long-running node would
     gc.collect()
     gc.freeze()
-    steps = 8 + len(opts.subscribers) + (1 if opts.scale else 0) + (2 if quick else 4)
+    steps = 9 + len(opts.subscribers) + (1 if opts.scale else 0) + (2 if quick else 4)
     step = 0
     results: list[Result] = []
 
@@ -144,9 +184,25 @@ async def run(opts: Options) -> dict[str, Any]:
                       f"sqlite {sqlite_rate:,.0f}/s")
         begin("NATS JetStream (nats-py)")
         js_total = 20_000 if quick else 150_000
-        js = await baselines.jetstream(
-            js_total, progress=lambda n: progress.update(n / js_total, f"{n:,}"))
-        progress.done(f"{js['records_per_s']:,.0f} rec/s")
+        eq_total = 10_000 if quick else 60_000
+        if opts.load_procs:
+            from benchmarks import procs
+
+            js = await procs.jetstream(js_total, work="bare", procs=opts.load_procs,
+                                       pki_dir=ctx.pki_dir, log_dir=root / "jetstream")
+            progress.done(f"{js['records_per_s']:,.0f} rec/s")
+            begin("JetStream, equal work")
+            js_eq = await procs.jetstream(eq_total, work="equal", procs=opts.load_procs,
+                                          pki_dir=ctx.pki_dir, log_dir=root / "jetstream")
+        else:
+            js = await baselines.jetstream(
+                js_total, progress=lambda n: progress.update(n / js_total, f"{n:,}"))
+            progress.done(f"{js['records_per_s']:,.0f} rec/s")
+            begin("JetStream, equal work")
+            js_eq = await baselines.jetstream(
+                eq_total, work="equal", pki_dir=ctx.pki_dir,
+                progress=lambda n: progress.update(n / eq_total, f"{n:,}"))
+        progress.done(f"{js_eq['records_per_s']:,.0f} rec/s")
 
         # -- publish only, then replay of that backlog ---------------------------------------
         begin("publish only")
@@ -226,6 +282,7 @@ async def run(opts: Options) -> dict[str, Any]:
     replay_r = next(r for r in results if r.scenario == "replay from seq 0")
     publish_r = results[0]
     jsr = js["records_per_s"]
+    jse = js_eq["records_per_s"]
     peak = max(r.broker_peak_rss_mb for r in results)
 
     def p99(r: Result | None) -> float | None:
@@ -238,6 +295,12 @@ async def run(opts: Options) -> dict[str, Any]:
         "p99_ms_at_90pct_load": p99(ninety),
         "jetstream_baseline_records_per_s": round(jsr, 1),
         "ratio_vs_jetstream": round(e2e.records_per_s / jsr, 3),
+        "jetstream_equal_work_records_per_s": round(jse, 1),
+        "ratio_vs_jetstream_equal_work": round(e2e.records_per_s / jse, 3),
+        "load_procs": opts.load_procs,
+        "brokers": opts.brokers,
+        "workers": opts.workers,
+        "e2e_parties": e2e.parties,
         "verify_limit_per_s": round(verify, 1),
         "per_record_sig_records_per_s": round(per_record.records_per_s, 1),
         "ratio_per_record_vs_verify_limit": round(per_record.records_per_s / verify, 3),
@@ -254,8 +317,10 @@ async def run(opts: Options) -> dict[str, Any]:
         "broker_peak_rss_mb": round(peak, 1),
         **scale,
         "jetstream": {k: round(v, 3) if isinstance(v, float) else v for k, v in js.items()},
+        "jetstream_equal_work": {k: round(v, 3) if isinstance(v, float) else v
+                                 for k, v in js_eq.items()},
         "scenarios": [r.to_json() for r in results],
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+        "machine": {**machine(), "python": platform.python_version(),
                     "platform": platform.platform(), "store": opts.store, "quick": quick,
                     "phase_s": phase},
         "elapsed_s": round(time.perf_counter() - started, 1),
@@ -284,6 +349,10 @@ def table(report: dict[str, Any]) -> str:
     rows.append(f"| *baseline*: NATS JetStream, nats-py | {_fmt(js['records_per_s'])} | "
                 f"{js['mb_per_s']:.1f} | - | - | - | - | {js['server_cpu_s']:.1f} (nats-server) "
                 "| - | - |")
+    eq = report["jetstream_equal_work"]
+    rows.append(f"| *baseline*: JetStream + equal work (seal, validate, verify) | "
+                f"{_fmt(eq['records_per_s'])} | {eq['mb_per_s']:.1f} | - | - | - | - | "
+                f"{eq['server_cpu_s']:.1f} (nats-server) | - | - |")
     r = report
     lines = [
         "",
@@ -291,6 +360,9 @@ def table(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
         f"| e2e, batch signatures, 1 subscriber | {_fmt(r['e2e_records_per_s'])}/s | JetStream "
         f"{_fmt(r['jetstream_baseline_records_per_s'])}/s | {r['ratio_vs_jetstream']:.2f}× |",
+        f"| e2e, batch signatures, 1 subscriber | {_fmt(r['e2e_records_per_s'])}/s | JetStream + "
+        f"equal work {_fmt(r['jetstream_equal_work_records_per_s'])}/s | "
+        f"{r['ratio_vs_jetstream_equal_work']:.2f}× |",
         f"| e2e vs decode + validate limit | {_fmt(r['e2e_records_per_s'])}/s | "
         f"{_fmt(r['validate_limit_per_s'])}/s | {r['ratio_e2e_vs_validate_limit']:.2f}× |",
         f"| per-record signatures | {_fmt(r['per_record_sig_records_per_s'])}/s | Ed25519 "
@@ -313,7 +385,31 @@ def table(report: dict[str, Any]) -> str:
     if "scale_records" in r:
         lines.append(f"| broker peak RSS, {r['scale_records']:,} stored | "
                      f"{r['scale_broker_peak_rss_mb']:.0f} MB | target 300 MB | - |")
-    return "\n".join(rows + lines)
+    return "\n".join(rows + lines + parties_table(report))
+
+
+def parties_table(report: dict[str, Any]) -> list[str]:
+    """CPU µs per record of each party, where the load ran in processes of its own."""
+    runs = [(s["scenario"], s["records_per_s"], s["parties"], s["note"])
+            for s in report["scenarios"] if s.get("parties")]
+    for name, key in (("*baseline*: NATS JetStream, nats-py", "jetstream"),
+                      ("*baseline*: JetStream + equal work", "jetstream_equal_work")):
+        if report[key].get("parties"):
+            runs.append((name, report[key]["records_per_s"], report[key]["parties"], ""))
+    if not runs:
+        return []
+    out = ["", "| scenario | records/s | broker µs/rec | nats-server µs/rec | publishers µs/rec "
+               "(procs) | subscribers µs/rec, sum (each) | note |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    for name, rate, p, note in runs:
+        broker = p.get("broker", {}).get("us_per_record")
+        nats = (p.get("nats") or {}).get("us_per_record")
+        pubs, subs = p["publishers"], p["subscribers"]
+        each = ", ".join(_fmt(x, ".0f") for x in subs["each_us_per_record"])
+        out.append(f"| {name} | {_fmt(rate)} | {_fmt(broker, '.1f')} | {_fmt(nats, '.1f')} | "
+                   f"{_fmt(pubs['us_per_record'], '.1f')} ({pubs['procs']}) | "
+                   f"{_fmt(subs['us_per_record'], '.1f')} ({each or '-'}) | {note} |")
+    return out
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -357,6 +453,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     opts = options_from(args)
+    why = refusal(opts)
+    if why is not None:
+        print(f"exchange bench: {why}", file=sys.stderr)
+        return 2
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -371,7 +471,10 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(table(report))
-        print(f"\n{report['machine']['cores']} cores, Python {report['machine']['python']}, "
+        m = report["machine"]
+        print(f"\n{m['cores']} cores ({m['affinity']} usable, {m['cpu_model'] or '?'}), "
+              f"Python {m['python']}, load: "
+              f"{opts.load_procs or 'in the bench'} process{'es' if opts.load_procs else ''}, "
               f"{report['elapsed_s']} s")
     return 0
 

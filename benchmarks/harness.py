@@ -23,7 +23,8 @@ from typing import Any
 from exchange import pki
 from exchange.store.nats.server import NatsCluster
 
-__all__ = ["PUBLISHER", "SUBSCRIBER", "BrokerProcess", "ProcStats", "make_pki"]
+__all__ = ["PUBLISHER", "SUBSCRIBER", "BrokerGroup", "BrokerProcess", "GroupStats", "ProcStats",
+           "broker_has_option", "machine", "make_pki"]
 
 PUBLISHER = "vn.gov.mps.population"
 SUBSCRIBER = "vn.gov.mof.tax"
@@ -93,6 +94,8 @@ class BrokerProcess:
     nats: NatsCluster | None = None
     #: ``HOST:PORT`` to serve on (port 0: any free one); brokers run one after another
     listen: str = "127.0.0.1:0"
+    #: more ``exchange broker serve`` options (``--workers N``)
+    args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -131,7 +134,7 @@ class BrokerProcess:
         path.write_text(json.dumps(self.config()), encoding="utf-8")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exchange", "broker", "serve", "--config", str(path),
-             "--listen", self.listen, "--log-level", "warning"],
+             "--listen", self.listen, "--log-level", "warning", *self.args],
             stdout=subprocess.PIPE, stderr=open(self.root / "broker.log", "ab"),  # noqa: SIM115
             cwd=self.root)
         assert self.proc.stdout is not None
@@ -177,3 +180,118 @@ class BrokerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class GroupStats:
+    """CPU seconds summed and peak memory (the highest) over a group of broker processes."""
+
+    procs: list[ProcStats]
+    #: the group's nats-servers (store ``nats``), a party of their own
+    nats: list[ProcStats] = field(default_factory=list)
+
+    def cpu_s(self) -> float:
+        return sum(p.cpu_s() for p in self.procs)
+
+    def nats_cpu_s(self) -> float:
+        return sum(p.cpu_s() for p in self.nats)
+
+    def peak_rss_mb(self) -> float:
+        return max((p.peak_rss_mb() for p in self.procs), default=0.0)
+
+    def reset_peak(self) -> None:
+        for p in self.procs:
+            p.reset_peak()
+
+
+@dataclass
+class BrokerGroup:
+    """``n`` brokers serving one exchange: on ``store="nats"`` several broker processes over
+    one JetStream server (R1, as ``BrokerProcess`` starts for one broker); ``n`` = 1 is one
+    ``BrokerProcess`` as before. Publisher and subscriber ``i`` use broker ``i mod n``."""
+
+    root: Path
+    pki_dir: Path
+    store: str = "sqlite"
+    n: int = 1
+    listen: str = "127.0.0.1:0"
+    args: list[str] = field(default_factory=list)
+    brokers: list[BrokerProcess] = field(default_factory=list)
+    nats: NatsCluster | None = None
+    #: per publisher process, records it has taken from its people (versions keep rising)
+    cursors: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.brokers[0].url
+
+    @property
+    def urls(self) -> list[str]:
+        return [b.url for b in self.brokers]
+
+    @property
+    def stats(self) -> GroupStats:
+        nats = self.nats or (self.brokers[0].nats if self.brokers else None)
+        servers = [] if nats is None else [ProcStats(s.proc.pid) for s in nats.servers
+                                           if s.proc is not None]
+        return GroupStats([b.stats for b in self.brokers], servers)
+
+    def start(self) -> BrokerGroup:
+        if self.n > 1 and self.store != "nats":
+            raise ValueError("several brokers share one store only on --store nats")
+        try:
+            if self.n == 1:
+                self.brokers = [BrokerProcess(self.root, self.pki_dir, self.store,
+                                              listen=self.listen, args=self.args).start()]
+                return self
+            if (self.root / "nats").exists():
+                shutil.rmtree(self.root / "nats")
+            self.nats = NatsCluster(self.root / "nats")
+            self.nats.start()
+            self.nats.wait_healthy_sync(30.0)
+            for i in range(self.n):
+                b = BrokerProcess(self.root / f"broker{i}", self.pki_dir, self.nats.url,
+                                  listen=self.listen, args=self.args)
+                self.brokers.append(b)
+                b.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for b in self.brokers:
+            b.stop()
+        self.brokers = []
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+
+    def __enter__(self) -> BrokerGroup:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def broker_has_option(option: str) -> bool:
+    """Whether ``exchange broker serve`` takes ``option`` (read from its ``--help``)."""
+    out = subprocess.run([sys.executable, "-m", "exchange", "broker", "serve", "--help"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    # the options section lists each as "  --workers N  …" (or "-w N, --workers N")
+    return option in out.stdout.replace(",", " ").split()
+
+
+def machine() -> dict[str, Any]:
+    """The machine a run measured: cores, the cores this process may use, the CPU model."""
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count() or 0
+    return {"cores": os.cpu_count(), "affinity": affinity, "cpu_model": model}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import PUBLISHER, SUBSCRIBER, BrokerProcess
+from benchmarks.harness import PUBLISHER, SUBSCRIBER, BrokerGroup
 from benchmarks.load import Pool, Sink, WsPublisher, node_config, seal_batches, wait_connected
 from exchange import pki
 from exchange.node import Node
@@ -40,6 +40,10 @@ class Result:
     subscribers: int = 0
     signatures: str = "batch"
     note: str = ""
+    #: where the load ran: this process, or processes of its own (``--load-procs``)
+    load: str = "in-process"
+    #: CPU seconds and µs per record of each party (``procs.parties``), when measured
+    parties: dict[str, Any] | None = None
 
     @property
     def records_per_s(self) -> float:
@@ -60,7 +64,8 @@ class Result:
                 "latency": self.latency, "broker_cpu_s": round(self.broker_cpu_s, 2),
                 "broker_cpu_per_record_us": round(
                     self.broker_cpu_s / self.records * 1e6, 1) if self.records else None,
-                "broker_peak_rss_mb": round(self.broker_peak_rss_mb, 1), "note": self.note}
+                "broker_peak_rss_mb": round(self.broker_peak_rss_mb, 1), "note": self.note,
+                "load": self.load, "parties": self.parties}
 
 
 class Progress:
@@ -114,17 +119,28 @@ class Context:
     record_bytes: float = 650.0
     #: where each broker serves, ``HOST:PORT`` (port 0: any free one)
     listen: str = "127.0.0.1:0"
+    #: publisher processes of the load (0: publishers and subscribers in this process)
+    load_procs: int = 0
+    #: broker processes per scenario (over one JetStream: ``store="nats"``)
+    brokers: int = 1
+    #: more ``exchange broker serve`` options (``--workers N``)
+    broker_args: list[str] = field(default_factory=list)
 
-    def broker(self, name: str) -> BrokerProcess:
-        return BrokerProcess(self.root / name, self.pki_dir, self.store, listen=self.listen)
+    def broker(self, name: str) -> BrokerGroup:
+        return BrokerGroup(self.root / name, self.pki_dir, self.store, self.brokers,
+                           listen=self.listen, args=self.broker_args)
 
     def ssl(self, node: str) -> Any:
         return pki.client_ssl_context(self.pki_dir, node)
 
 
-async def publish_only(ctx: Context, broker: BrokerProcess, total: int, batch: int = 1000,
+async def publish_only(ctx: Context, broker: BrokerGroup, total: int, batch: int = 1000,
                        window: int = 8, label: str = "publish only") -> Result:
     """Broker ingest: pre-sealed batches, ``window`` in flight on one publish WebSocket."""
+    if ctx.load_procs:
+        from benchmarks import procs
+
+        return await procs.publish_only(ctx, broker, total, batch, window, label)
     ctx.progress.update(0, "sealing batches")
     batches = list(seal_batches(ctx.pki_dir, PUBLISHER, ctx.pool, total, batch))
     nbytes = sum(len(b) for _, b in batches)
@@ -147,9 +163,13 @@ async def publish_only(ctx: Context, broker: BrokerProcess, total: int, batch: i
                   note=f"batches of {batch}, pre-sealed, {window} in flight")
 
 
-async def replay(ctx: Context, broker: BrokerProcess, total: int, label: str = "replay from seq 0"
+async def replay(ctx: Context, broker: BrokerGroup, total: int, label: str = "replay from seq 0"
                  ) -> Result:
     """A new subscription reads ``total`` stored records from seq 0, verifying each."""
+    if ctx.load_procs:
+        from benchmarks import procs
+
+        return await procs.replay(ctx, broker, total, label)
     stats = broker.stats
     cpu0 = stats.cpu_s()
     stats.reset_peak()
@@ -181,12 +201,16 @@ async def e2e(ctx: Context, *, subscribers: int = 1, duration: float = 5.0,
     """
     broker = ctx.broker("e2e").start()
     try:
+        if ctx.load_procs:
+            from benchmarks import procs
+
+            return await procs.e2e(ctx, broker, subscribers, duration, rate, per_record, label)
         return await _e2e(ctx, broker, subscribers, duration, rate, per_record, label)
     finally:
         broker.stop()
 
 
-async def _e2e(ctx: Context, broker: BrokerProcess, subscribers: int, duration: float,
+async def _e2e(ctx: Context, broker: BrokerGroup, subscribers: int, duration: float,
                rate: float | None, per_record: bool, label: str) -> Result:
     # one signature per record: batches of one, streamed on the publish WebSocket
     pub_kw: dict[str, Any] = {"batch_size": 1, "linger_s": 0.0, "max_in_flight": 64,

@@ -62,3 +62,59 @@ def test_bench_quick_json(tmp_path: Path) -> None:
         lat = s["latency"]
         if lat is not None:
             assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["max_ms"], s
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_bench_load_in_processes(tmp_path: Path) -> None:
+    """``--load-procs 2``: publishers and each subscriber in processes of their own; every
+    party's CPU per record, the machine's cores and both JetStream ratios are reported."""
+    out = subprocess.run(
+        [sys.executable, "-m", "exchange", "bench", "--quick", "--json", "--duration", "0.5",
+         "--load-procs", "2", "--subscribers", "1,2", "--no-progress", "--work-dir",
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and 1 <= machine["affinity"] <= machine["cores"]
+    assert "cpu_model" in machine
+    assert report["load_procs"] == 2
+    for key in ("jetstream_baseline_records_per_s", "jetstream_equal_work_records_per_s"):
+        assert report[key] > 0, key
+    assert report["ratio_vs_jetstream"] == pytest.approx(
+        report["e2e_records_per_s"] / report["jetstream_baseline_records_per_s"],
+        rel=0.01, abs=1e-3)
+    assert report["ratio_vs_jetstream_equal_work"] == pytest.approx(
+        report["e2e_records_per_s"] / report["jetstream_equal_work_records_per_s"],
+        rel=0.01, abs=1e-3)
+    for key in ("jetstream", "jetstream_equal_work"):
+        p = report[key]["parties"]
+        assert p["publishers"]["procs"] == 2 and p["publishers"]["us_per_record"] > 0, key
+        assert p["subscribers"]["us_per_record"] > 0 and p["nats"]["us_per_record"] > 0, key
+    e2e = [s for s in report["scenarios"] if s["scenario"].startswith("e2e batch sigs")]
+    assert {s["subscribers"] for s in e2e} == {1, 2}
+    for s in e2e:
+        p = s["parties"]
+        assert s["records_per_s"] > 0 and "procs" in s["load"], s
+        assert p["broker"]["us_per_record"] > 0 and p["publishers"]["us_per_record"] > 0, s
+        assert p["publishers"]["procs"] == 2 and p["subscribers"]["procs"] == s["subscribers"]
+        assert len(p["subscribers"]["each_us_per_record"]) == s["subscribers"]
+        assert all(us > 0 for us in p["subscribers"]["each_us_per_record"]), s
+        # every subscriber verified every record the publishers had receipts for
+        assert all(n >= p["publishers"]["accepted"] > 0
+                   for n in p["subscribers"]["delivered_each"]), s
+    assert report["e2e_parties"]["subscribers"]["procs"] == 1
+
+
+def test_bench_refuses_workers_the_broker_lacks() -> None:
+    from benchmarks.bench import Options, refusal
+    from benchmarks.harness import broker_has_option
+
+    why = refusal(Options(workers=2))
+    if broker_has_option("--workers"):
+        assert why is None
+    else:
+        assert why == "this broker has no --workers"
+    assert refusal(Options(brokers=2)) is not None  # needs --store nats
+    assert refusal(Options(store="nats", brokers=2, load_procs=0)) is not None
+    assert refusal(Options()) is None
