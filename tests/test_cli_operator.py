@@ -256,10 +256,14 @@ def test_bench_takes_listen_and_work_dir(tmp_path: Path) -> None:
                                       "--work-dir", str(tmp_path)])
     opts = options_from(args)
     assert (opts.listen, opts.work_dir) == ("127.0.0.1:18443", tmp_path)
+    from benchmarks.harness import BrokerProcess
     from benchmarks.scenarios import Context
 
-    broker = Context(root=tmp_path, pki_dir=tmp_path / "pki", listen=opts.listen).broker("x")
-    assert broker.config()["listen"] == "127.0.0.1:18443"
+    group = Context(root=tmp_path, pki_dir=tmp_path / "pki", listen=opts.listen).broker("x")
+    assert group.listen == "127.0.0.1:18443"
+    # each broker process of the group serves there (they run one after another)
+    process = BrokerProcess(group.root, group.pki_dir, group.store, listen=group.listen)
+    assert process.config()["listen"] == "127.0.0.1:18443"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--listen", "nope"])
 

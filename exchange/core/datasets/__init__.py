@@ -48,7 +48,7 @@ def register(spec: DatasetSpec, registry: dict[str, dict[int, DatasetSpec]] | No
     """Add a version to the registry (default ``REGISTRY``), after checking it against every
     earlier version as its mode requires. A version, once registered, is never replaced."""
     reg = REGISTRY if registry is None else registry
-    versions = reg.setdefault(spec.name, {})
+    versions = reg.get(spec.name, {})  # the entry is made only once the version passes
     if spec.version in versions:
         raise ValueError(f"{spec.name} v{spec.version} is registered already; a version is "
                          "immutable: publish a new one")
@@ -58,7 +58,7 @@ def register(spec: DatasetSpec, registry: dict[str, dict[int, DatasetSpec]] | No
                                  {v: s.json_schema() for v, s in versions.items()})
     if found:
         raise IncompatibleSchema(spec, found)
-    versions[spec.version] = spec
+    reg.setdefault(spec.name, {})[spec.version] = spec
 
 
 def versions(name: str) -> list[DatasetSpec]:
@@ -147,6 +147,10 @@ def export_schemas(directory: str | Path) -> list[Path]:
     changed = [f"{spec.name} v{spec.version}" for name in names() for spec in versions(name)
                if pins.get(name, {}).get(str(spec.version), schema_digest(spec))
                != schema_digest(spec)]
+    # a published version the code no longer has: later versions would no longer be
+    # checked against it, and its records would have no schema
+    changed += [f"{name} v{v}" for name, pinned in pins.items() for v in pinned
+                if name not in REGISTRY or int(v) not in REGISTRY[name]]
     if changed:
         raise PublishedVersionChanged(
             f"{', '.join(changed)} {'is' if len(changed) == 1 else 'are'} published and "
