@@ -214,3 +214,18 @@ async def test_a_store_url_without_the_fsync_word_is_warned_about(
         await store.open()
         await store.close()
         assert ("nats_fsync_unverified" in capfd.readouterr().err) is warned, url
+
+
+async def test_health_names_the_store_and_what_the_client_knows_of_the_cluster(
+        nats_env: Env) -> None:
+    """``/healthz`` on NATS: the store kind and the client's own view of the cluster (no
+    request to it), which the operator console shows."""
+    async with aiohttp.ClientSession(nats_env.url, connector=aiohttp.TCPConnector(
+            ssl=nats_env.ssl(POP))) as s, s.get("/healthz") as resp:
+        health = msgspec.json.decode(await resp.read())
+    assert resp.status == 200 and health["store"] == "nats"
+    cluster = health["cluster"]
+    store = nats_env.broker.store
+    assert isinstance(store, NatsStore)
+    assert cluster["connected"] is True and cluster["server"]
+    assert cluster["servers"] >= 1 and cluster["replicas"] == store.replicas
