@@ -27,13 +27,16 @@ reference package.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import msgspec.inspect as mi
 import rfc8785
 
-__all__ = ["MAX_INT", "encode", "encode_checked", "encoder", "number"]
+__all__ = ["MAX_INT", "Shape", "encode", "encode_checked", "encoder", "number", "number_is_plain",
+           "shape"]
 
 #: the largest integer every JSON implementation holds exactly (IEEE 754 doubles)
 MAX_INT = 2**53 - 1
@@ -52,10 +55,10 @@ def encode(value: Any) -> bytes:
     return _careful(value)
 
 
-def encode_checked(value: Any) -> bytes:
-    """``encode`` for a value the caller has checked is in the fast domain (strings, bytes,
-    booleans, null, safe integers, BMP keys): msgspec's bytes, unchecked."""
-    return _enc.encode(value)
+#: ``encode`` for a value the caller has checked is in the fast domain (strings, bytes,
+#: booleans, null, safe integers, fractional floats in [1e-5, 1e16), BMP keys): msgspec's
+#: bytes, unchecked (its bound method itself: no Python frame per call on the gate's path)
+encode_checked: Callable[[Any], bytes] = _enc.encode
 
 
 def number(x: float) -> str:
@@ -198,3 +201,126 @@ def _fix(v: Any, astral: list[bool]) -> Any:
     if t in _SCALARS:
         return v
     raise TypeError(f"{t.__name__} has no JSON form")
+
+
+# -- what a schema guarantees -------------------------------------------------------------------
+
+
+def number_is_plain(x: Any) -> bool:
+    """Whether msgspec writes the number ``x`` as RFC 8785 does (what ``_plain`` lets through)."""
+    t = type(x)
+    if t is int:
+        return bool(-MAX_INT <= x <= MAX_INT)
+    if t is float:
+        return not x.is_integer() and _FLOAT_LO <= abs(x) < _FLOAT_HI
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What every value that converts to a record type (``msgspec.convert``, strict) holds,
+    as far as canonical bytes and the gate's limits care.
+
+    Such a value is in msgspec's canonical domain (strings, booleans, null, safe integers,
+    containers of them with the type's own ASCII keys), but for the top-level fields in
+    ``numbers``, whose integers or floats must each pass ``number_is_plain``: the one check
+    left per record, where ``_plain`` walks every value. ``depth``: the deepest container
+    (``data`` is 1), ``fields``: the most top-level fields."""
+
+    numbers: tuple[str, ...]
+    depth: int
+    fields: int
+
+    def plain(self, data: Mapping[str, Any]) -> bool:
+        """Whether the numbers of ``data`` (a value the record type may accept) are plain."""
+        for f in self.numbers:
+            x = data.get(f)
+            if x is not None and not number_is_plain(x):
+                return False
+        return True
+
+
+_shapes: dict[type, Shape | None] = {}
+
+
+def shape(record_type: type) -> Shape | None:
+    """The ``Shape`` of a Struct type, or None when a value it accepts may lie outside
+    msgspec's canonical domain in ways a per-field check cannot tell (free-form ``Any`` or
+    dict values, floats below the top level, recursive types, unknown fields ignored)."""
+    if record_type not in _shapes:
+        _shapes[record_type] = _shape_of(record_type)
+    return _shapes[record_type]
+
+
+class _Unsafe(Exception):
+    pass
+
+
+def _shape_of(record_type: type) -> Shape | None:
+    info = mi.type_info(record_type)
+    if not isinstance(info, mi.StructType) or info.array_like:
+        return None
+    try:
+        depths = {f.encode_name: _depth(f.type, top=True, seen={record_type})
+                  for f in _struct_fields(info)}
+    except _Unsafe:
+        return None
+    return Shape(tuple(f for f, d in depths.items() if d < 0),
+                 1 + max((max(d, 0) for d in depths.values()), default=0), len(depths))
+
+
+def _struct_fields(info: mi.StructType) -> tuple[mi.Field, ...]:
+    if not info.forbid_unknown_fields:
+        raise _Unsafe  # an ignored unknown field may hold anything
+    if any(not f.encode_name.isascii() for f in info.fields) or (
+            info.tag_field is not None and not info.tag_field.isascii()):
+        raise _Unsafe
+    return info.fields
+
+
+def _depth(t: mi.Type, *, top: bool, seen: set[type]) -> int:
+    """The container depth a value of ``t`` adds (0 for a scalar), negated when it is a
+    number that needs ``number_is_plain`` (allowed only at the top level)."""
+    while isinstance(t, mi.Metadata):
+        t = t.type
+    if isinstance(t, (mi.StrType, mi.BoolType, mi.NoneType, mi.DateType, mi.DateTimeType,
+                      mi.TimeType)):
+        return 0
+    if isinstance(t, mi.LiteralType):
+        if all(type(v) is str or (type(v) is int and -MAX_INT <= v <= MAX_INT)
+               for v in t.values):
+            return 0
+        raise _Unsafe
+    if isinstance(t, mi.IntType):
+        lo = t.ge if t.ge is not None else (t.gt + 1 if t.gt is not None else None)
+        hi = t.le if t.le is not None else (t.lt - 1 if t.lt is not None else None)
+        if lo is not None and hi is not None and lo >= -MAX_INT and hi <= MAX_INT:
+            return 0
+        if top:
+            return -1
+        raise _Unsafe
+    if isinstance(t, mi.FloatType):
+        if top:
+            return -1
+        raise _Unsafe
+    if isinstance(t, mi.UnionType):
+        depths = [_depth(u, top=top, seen=seen) for u in t.types]
+        if any(d < 0 for d in depths):
+            if any(d > 0 for d in depths):
+                raise _Unsafe
+            return -1
+        return max(depths)
+    if isinstance(t, (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType)):
+        return 1 + _nested(t.item_type, seen)
+    if isinstance(t, mi.TupleType):
+        return 1 + max((_nested(u, seen) for u in t.item_types), default=0)
+    if isinstance(t, mi.StructType):
+        if t.cls in seen or t.array_like:
+            raise _Unsafe  # recursive: no bound on depth
+        inner = seen | {t.cls}
+        return 1 + max((_nested(f.type, inner) for f in _struct_fields(t)), default=0)
+    raise _Unsafe  # Any, dict (free keys), bytes, decimals, enums, ...
+
+
+def _nested(t: mi.Type, seen: set[type]) -> int:
+    return _depth(t, top=False, seen=seen)

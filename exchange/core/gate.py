@@ -185,27 +185,79 @@ def check(
 def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limits: Limits,
            ctx: RuleContext, scorer: Callable[[DatasetSpec, Mapping[str, Any]], float] | None,
            schema_base: str | None) -> Checked:
-    commitments, digests, paths = verifier.verify_batch(batch, spec.groups)
+    """The records of a batch checked once, by the schema's word where it can be taken.
+
+    RFC 8785 bytes are msgspec's own for values in its canonical domain (``canonical``), and
+    a value the dataset's record type accepts is in that domain but for the numbers of a few
+    known fields (``canonical.shape``). So the first pass encodes every record's data
+    unchecked, and afterwards holds each record to it: one the schema accepted is in the
+    domain; one it refused is scanned (``canonical._plain``), as every record used to be.
+    Should any fall outside, or anything be refused batch-wide, the careful pass runs from
+    the start, and its answer (or error) is the gate's: exactly what it was before."""
+    shape = canonical.shape(spec.record_type)
+    if shape is not None:
+        try:
+            checked = _check_records(batch, node, spec, verifier, limits, ctx, scorer,
+                                     schema_base, shape)
+        except (ExchangeError, TypeError, ValueError, OverflowError):
+            checked = None
+        if checked is not None:
+            return checked
+    careful = _check_records(batch, node, spec, verifier, limits, ctx, scorer, schema_base,
+                             None)
+    assert careful is not None
+    return careful
+
+
+def _limit_problem(data: dict[str, Any], limits: Limits) -> Violation | None:
+    """Too many fields or too deep, in that order (the record's size is checked first)."""
+    if len(data) > limits.max_fields:
+        return Violation(Code.TOO_MANY_FIELDS, f"{len(data)} fields; the limit is "
+                         f"{limits.max_fields}")
+    if _too_deep(data, limits.max_depth):
+        return Violation(Code.TOO_DEEP, f"nesting deeper than {limits.max_depth} levels")
+    return None
+
+
+def _check_records(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier,
+                   limits: Limits, ctx: RuleContext,
+                   scorer: Callable[[DatasetSpec, Mapping[str, Any]], float] | None,
+                   schema_base: str | None, shape: canonical.Shape | None) -> Checked | None:
+    """Check every record; with a ``shape``, encode unchecked what it vouches for and return
+    None when a record turns out to be outside msgspec's canonical domain."""
+    records = batch.records
+    fast = canonical.encode_checked
+    encoders: list[Callable[[Any], bytes]] | None = None
+    if shape is not None:
+        if shape.numbers:  # a land parcel's area: the one value to look at (100.0 is "100")
+            encoders = [fast if shape.plain(r.event.data) else canonical.encode
+                        for r in records]
+        else:
+            encoders = [fast] * len(records)
+    commitments, digests, paths = verifier.verify_batch(batch, spec.groups, encoders)
+    # a record the schema accepts has at most ``shape.fields`` fields and ``shape.depth``
+    # levels: within the limits, they are checked only for records it refuses
+    bounded = (shape is not None and shape.depth < limits.max_depth
+               and shape.fields <= limits.max_fields)
 
     candidates: list[Candidate] = []
     rejected: list[Violation] = []
     instants: dict[str, bool] = {}
     schemas: dict[str, Violation | None] = {}
-    for i, rec in enumerate(batch.records):
+    types: dict[str, Violation | None] = {}
+    for i, rec in enumerate(records):
         ev = rec.event
         problems: list[Violation] = []
         if ev.source != node:
             problems.append(Violation(Code.SOURCE_MISMATCH,
                                       f"source {ev.source} is not the publisher {node}",
                                       "$.source"))
-        try:
-            dataset, version = parse_type(ev.type)
-        except ExchangeError as err:
-            problems.append(Violation(err.code, err.message, "$.type"))
+        if ev.type in types:  # a batch's records share one: parsed once
+            wrong = types[ev.type]
         else:
-            if dataset != spec.name or version != spec.version:
-                problems.append(Violation(Code.UNKNOWN_SCHEMA_VERSION,
-                                          f"type {ev.type} is not {spec.type}", "$.type"))
+            wrong = types[ev.type] = _type_problem(ev.type, spec)
+        if wrong is not None:
+            problems.append(wrong)
         if ev.dataschema in schemas:  # a batch's records share one: checked once
             wrong = schemas[ev.dataschema]
         else:
@@ -220,24 +272,33 @@ def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limit
             problems.append(Violation(Code.BAD_TIME, f"time {ev.time!r} is not a real "
                                       "instant (RFC 3339 with an offset)", "$.time"))
         data = ev.data
+        encode = encoders[i] if encoders is not None else canonical.encode
+        # unchecked: held to the schema's word below
+        unchecked = encode is fast
         # the whole envelope counts against the record limit: attributes and data alike
-        data_bytes = canonical.encode(data)
+        data_bytes = encode(data)
         size = len(data_bytes) + _attributes_size(ev)
         if size > limits.max_record_bytes:
             problems.append(Violation(Code.TOO_LARGE, f"the record is {size} bytes encoded; "
                                       f"the limit is {limits.max_record_bytes}", "$"))
-        elif len(data) > limits.max_fields:
-            problems.append(Violation(Code.TOO_MANY_FIELDS,
-                                      f"{len(data)} fields; the limit is {limits.max_fields}"))
-        elif _too_deep(data, limits.max_depth):
-            problems.append(Violation(Code.TOO_DEEP,
-                                      f"nesting deeper than {limits.max_depth} levels"))
+        elif problems or not bounded:
+            limit = _limit_problem(data, limits)
+            if limit is not None:
+                problems.append(limit)
         if problems:
             rejected.extend(p.at(i) for p in problems)
+            if unchecked and not canonical._plain(data):
+                return None
             continue
         result = spec.validate(data, ctx)
         if not result.ok:
-            rejected.extend(v.at(i) for v in result.violations)
+            limit = _limit_problem(data, limits) if bounded else None
+            if limit is not None:
+                rejected.append(limit.at(i))
+            else:
+                rejected.extend(v.at(i) for v in result.violations)
+            if unchecked and not canonical._plain(data):
+                return None
             continue
         key = spec.key(result.record)
         if key != ev.subject:
@@ -251,6 +312,17 @@ def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limit
             completeness=scorer(spec, data) if scorer else 1.0,
             normalised=not result.notes))
     return Checked(candidates, rejected)
+
+
+def _type_problem(type_: str, spec: DatasetSpec) -> Violation | None:
+    try:
+        dataset, version = parse_type(type_)
+    except ExchangeError as err:
+        return Violation(err.code, err.message, "$.type")
+    if dataset != spec.name or version != spec.version:
+        return Violation(Code.UNKNOWN_SCHEMA_VERSION, f"type {type_} is not {spec.type}",
+                         "$.type")
+    return None
 
 
 def _real_instant(text: str) -> bool:

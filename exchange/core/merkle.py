@@ -13,7 +13,7 @@ No I/O: the transparency log keeps nodes in a store and calls the functions here
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from exchange.core.errors import Code, IntegrityError
 
@@ -303,6 +303,33 @@ class CompactRange:
                 self._on_node(level, index, h)
         self._stack.append(h)
         self.size += 1
+
+    def extend(self, leaves: Iterable[bytes]) -> list[tuple[int, int, bytes]]:
+        """Append every leaf in order; return each perfect subtree completed, as
+        ``(level, index, hash)`` in the order ``append`` reports them (a group commit's log
+        nodes, in one tight loop instead of a call per node)."""
+        out: list[tuple[int, int, bytes]] = []
+        add = out.append
+        stack = self._stack
+        pop, push = stack.pop, stack.append
+        size = self.size
+        for leaf in leaves:
+            index = size
+            h = leaf
+            level = 0
+            add((0, index, h))
+            while index & 1:
+                h = _sha256(b"\x01" + pop() + h).digest()
+                index >>= 1
+                level += 1
+                add((level, index, h))
+            push(h)
+            size += 1
+        self.size = size
+        if self._on_node:
+            for node in out:
+                self._on_node(*node)
+        return out
 
     def root(self) -> bytes:
         if not self._stack:

@@ -134,8 +134,12 @@ def completeness(spec: DatasetSpec, data: Mapping[str, Any]) -> float:
     """Share of the recommended fields present and non-empty (1.0 when none are recommended)."""
     if not spec.recommended:
         return 1.0
-    have = sum(1 for f in spec.recommended if data.get(f) not in (None, "", [], {}))
+    have = sum(1 for f in spec.recommended if data.get(f) not in _EMPTY)
     return have / len(spec.recommended)
+
+
+#: what counts as absent (built once: a tuple holding a list and a dict is not a constant)
+_EMPTY: tuple[Any, ...] = (None, "", [], {})
 
 
 def references(spec: DatasetSpec, data: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from exchange.core import canonical, disclosure, merkle
-from exchange.core.envelope import Envelope, EnvelopeIn, NodeId, digest
+from exchange.core.envelope import Envelope, EnvelopeIn, NodeId, digest, event_digest
 from exchange.core.errors import AuthError, Code, IntegrityError
 
 __all__ = [
@@ -249,12 +249,15 @@ class Verifier:
                                  "altered)", code=Code.SIGNATURE_INVALID)
         self.verify_statement(statement, signature)
 
-    def verify_batch(self, batch: Batch, groups: Mapping[str, tuple[str, ...]]
+    def verify_batch(self, batch: Batch, groups: Mapping[str, tuple[str, ...]],
+                     encoders: Sequence[Callable[[Any], bytes]] | None = None
                      ) -> tuple[list[dict[str, bytes]], list[bytes], list[list[bytes]]]:
         """Verify a whole published batch; return each record's commitments, digest, audit path.
 
         One altered record changes the root, so the whole batch is refused: the publisher's one
-        signature vouches for all of its records or for none.
+        signature vouches for all of its records or for none. ``encoders``: per record, the
+        canonical encoder of its groups (``disclosure.commitments``); by default each record's
+        data is checked as it is encoded.
         """
         st = batch.statement
         if st.size != len(batch.records):
@@ -269,9 +272,10 @@ class Verifier:
                 raise IntegrityError(
                     f"record {i} has salts for {sorted(r.salts)}; the schema's groups are "
                     f"{sorted(groups)}", code=Code.DISCLOSURE_INVALID, index=i)
-            commitments = disclosure.commitments(r.event.data, groups, r.salts)
+            commitments = disclosure.commitments(r.event.data, groups, r.salts,
+                                                 encoders[i] if encoders else None)
             all_commitments.append(commitments)
-            digests.append(digest(r.event.attributes(), commitments))
+            digests.append(event_digest(r.event, commitments))
         root, paths = merkle.inclusion_paths([merkle.leaf_hash(d) for d in digests])
         if root != st.root:
             raise IntegrityError("batch root does not match the records (a record was altered)",

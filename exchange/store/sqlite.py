@@ -320,11 +320,8 @@ class SqliteStore:
         the plan, the log's new nodes with them."""
         async with self._writing:
             first = self._head + 1
-            nodes: list[tuple[int, int, bytes]] = []
-            tree = merkle.CompactRange(self._tree.size, self._tree.frontier,
-                                       on_node=lambda lvl, idx, h: nodes.append((lvl, idx, h)))
-            for leaf in plan.leaves(first):
-                tree.append(leaf)  # stored iff logged: the same transaction
+            tree = merkle.CompactRange(self._tree.size, self._tree.frontier)
+            nodes = tree.extend(plan.leaves(first))  # stored iff logged: the same transaction
             ids: list[int] = []
             batch_id = self._last_batch
             batch_rows: list[tuple[object, ...]] = []
