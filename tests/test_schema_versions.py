@@ -349,6 +349,10 @@ async def test_without_a_public_url_any_https_origin_but_only_the_right_path(env
                 ("/v1/schemas/population/2", False),           # relative: not a URI
                 ("http://exchange.example/v1/schemas/population/2", False),
                 ("https://exchange.example/v1/schemas/population/1", False),  # other version
+                ("https://u:p@exchange.example/v1/schemas/population/2", False),
+                ("https://exchange.example:notaport/v1/schemas/population/2", False),
+                ("https://exchange.example/v1/schemas/population/2?v=1", False),
+                ("https://exchange.example/v1/schemas/population/2#x", False),
                 ("https://exchange.example/v1/schemas/population/2", True)]):
             batch = seal(key, POP, spec, items, bytes([n + 10]) * 32, time=SEALED_AT)
             records = [msgspec.structs.replace(
@@ -476,3 +480,18 @@ def test_the_review_counterexamples_are_breaks() -> None:
     assert compat.is_subschema(recursive, recursive)  # no RecursionError
     assert compat.is_subschema(field(True), field(True))
     assert not compat.is_subschema(field(True), field({"type": "string"}))
+
+
+def test_a_public_url_is_one_https_origin_in_lower_case() -> None:
+    from exchange.core.access import BrokerConfig, check_config
+
+    for url, ok in (("https://exchange.example.gov.vn", True),
+                    ("https://exchange.example.gov.vn:8443", True),
+                    ("https://Exchange.Example.gov.vn", False),
+                    ("http://exchange.example.gov.vn", False),
+                    ("https://exchange.example.gov.vn/base", False),
+                    ("https://u@exchange.example.gov.vn", False)):
+        found = [p.path for p in check_config(BrokerConfig(public_url=url))]
+        assert (found == []) is ok, (url, found)
+        assert found in ([], ["public_url"])
+

@@ -250,9 +250,14 @@ def check_config(config: BrokerConfig, *, groups: Groups | None = None,
                 "nats://HOST:PORT[,HOST:PORT...] (or tls://...)")
     if config.public_url:
         u = urlsplit(config.public_url)
-        if u.scheme != "https" or not u.netloc or u.query or u.fragment or u.path not in ("",):
+        if (u.scheme != "https" or not u.netloc or u.query or u.fragment or u.path
+                or u.username is not None):
             problem("public_url", Code.BAD_CONFIG, f"{config.public_url!r} is not an https "
                     "origin such as https://exchange.example.gov.vn (no path)")
+        elif u.netloc != u.netloc.lower():
+            # dataschema is compared as text: one spelling of the origin, the usual one
+            problem("public_url", Code.BAD_CONFIG, f"{config.public_url!r}: write the host in "
+                    f"lower case ({u.scheme}://{u.netloc.lower()})")
     if "\n" in config.log_origin:
         problem("log_origin", Code.BAD_CONFIG, "must be one line (the checkpoint's origin line)")
     interval = config.checkpoint_interval_s

@@ -142,10 +142,16 @@ def _schema_problem(uri: str, spec: DatasetSpec, base: str | None) -> Violation 
                              "$.dataschema")
         return None
     parts = urlsplit(uri)
-    if parts.scheme != "https" or not parts.netloc or parts.path != spec.dataschema:
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:  # a port that is not a number
+        port_ok = False
+    if (parts.scheme != "https" or not parts.hostname or " " in parts.netloc or not port_ok
+            or parts.username is not None or parts.query or parts.fragment
+            or parts.path != spec.dataschema):
         return Violation(Code.BAD_DATASCHEMA, f"dataschema {uri!r} is not an absolute https URI "
-                         f"of this version's schema (https://<exchange>{spec.dataschema})",
-                         "$.dataschema")
+                         f"of this version's schema (https://<exchange>{spec.dataschema}, no "
+                         "credentials, query or fragment)", "$.dataschema")
     return None
 
 
