@@ -1,8 +1,9 @@
 """The operator console in a real browser: Debian's chromium driven by Playwright, against a
 real broker over TLS with records flowing. Every panel renders, numbers move, warnings show in
-their style, an approval from the page lets the subscriber's records flow, and requests without
-the session are refused. Screenshots of each panel at 1280×800 and 390×844 are kept in
-``tests/artifacts/console/`` (README: "Operator console").
+their style, an approval from the page lets the subscriber's records flow, the session's secret
+leaves the address bar for sessionStorage, a split view of the log shows in red, and requests
+without the session (or with the cookie alone) are refused. Screenshots of each panel at
+1280×800 and 390×844 are kept in ``tests/artifacts/console/`` (README: "Operator console").
 
 Nothing is downloaded: Playwright's wheel carries its driver, and the browser is the system's
 ``chromium`` (``executable_path``). ``make test`` installs both; without them these tests fail
@@ -26,6 +27,7 @@ from aiohttp import web
 from exchange import pki
 from exchange.clock import FakeClock
 from exchange.console import Console, serve
+from exchange.console.model import CheckpointSeen
 from exchange.node import Delivery, Node
 from tests.conftest import OWNERS, Env, broker_config, make_pki, people, start_broker, until
 
@@ -39,6 +41,8 @@ PANELS = ("overview", "nodes", "datasets", "agreements", "subscriptions", "log")
 #: the warning style (console.css: --warn-bg, --warn)
 AMBER_BG = "rgb(255, 244, 214)"
 AMBER_INK = "rgb(138, 90, 0)"
+#: the failure style (console.css: --bad)
+RED_INK = "rgb(180, 35, 24)"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -149,7 +153,11 @@ async def test_console_in_a_browser(env: Env, browser: Browser) -> None:
         page = await context.new_page()
         response = await page.goto(url)
         assert response is not None and response.status == 200
-        assert page.url.endswith("/")  # the token left the address bar
+        assert page.url.endswith("/")  # the token and the session secret left the address bar
+        assert "#" not in page.url and "token" not in page.url
+        secret = await page.evaluate("sessionStorage.getItem('exchange-console-session')")
+        assert isinstance(secret, str) and len(secret) >= 32
+        assert secret not in await page.content()
         for panel in PANELS:
             await expect(page.locator(f"#{panel}")).to_be_visible()
             await expect(page.locator(f"#{panel} h2")).not_to_be_empty()
@@ -208,11 +216,25 @@ async def test_console_in_a_browser(env: Env, browser: Browser) -> None:
         await expect(lag).to_be_visible()
         await expect(lag.locator(".badge.ok")).to_have_text("connected")
 
-        # the log: the console asks for a consistency proof and checks it itself
+        # the log: the first check records the baseline (it proves nothing yet); the next
+        # asks the broker for a consistency proof and checks it itself
         await page.locator("#verify").click()
         result = page.locator("#verify-result")
+        await expect(result).to_have_class("verify info")
+        await expect(result).to_contain_text("baseline recorded")
+        await expect(result).not_to_contain_text("verified:")
+        await page.locator("#verify").click()
         await expect(result).to_have_class("verify ok")
         await expect(result).to_contain_text("verified")
+
+        # the broker shows another root for a size the console saw: red on the Log panel
+        seen = console.model.checkpoints[-1]
+        console.model.see_checkpoint(CheckpointSeen(seen.seen_at, seen.size,
+                                                    "b3RoZXIgaGlzdG9yeQ=="))
+        warning = page.locator('#log-warnings .log-warning[data-code="split_view"]')
+        await expect(warning).to_be_visible()
+        await expect(warning).to_contain_text(f"two roots for size {seen.size}")
+        await expect(warning).to_have_css("color", RED_INK)
 
         # the narrow screen: same page, no sideways scrolling, tables scroll in their panel
         await page.set_viewport_size({"width": 390, "height": 844})
@@ -224,10 +246,23 @@ async def test_console_in_a_browser(env: Env, browser: Browser) -> None:
         await no_sideways_scroll(page)
         await sub.stop()
 
+        # the cookie alone (another local service gets it: cookies ignore ports) opens the
+        # page, which holds no secret and can do nothing
+        thief = await browser.new_context(viewport={"width": 1280, "height": 800})
+        base = url.split("/?")[0]
+        await thief.add_cookies([{"name": c["name"], "value": c["value"], "url": base + "/"}
+                                 for c in await context.cookies()])
+        tab = await thief.new_page()
+        refused = await tab.goto(base + "/api/snapshot")
+        assert refused is not None and refused.status == 403
+        await tab.goto(base + "/")
+        await expect(tab.locator("#status-text")).to_contain_text("no session in this tab")
+        await expect(tab.locator("#overview [data-k=accepted]")).to_have_text("—")
+        await thief.close()
+
         # requests without the session cookie, or with a wrong or spent token, are refused
         stranger = await browser.new_context()
         other = await stranger.new_page()
-        base = url.split("/?")[0]
         for attempt in (base + "/", url, base + "/?token=wrong", base + "/api/snapshot",
                         base + "/static/console.js"):
             refused = await other.goto(attempt)

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["WARN_DAYS", "CheckpointSeen", "Metrics", "Model", "Sample", "parse_metrics"]
+__all__ = ["CHECKPOINTS_SENT", "WARN_DAYS", "CheckpointSeen", "Metrics", "Model", "Sample",
+           "parse_metrics"]
 
 #: a certificate or CRL expiring within this many days shows in the warning style
 WARN_DAYS = 30.0
@@ -44,6 +45,14 @@ CONNECTED_WITHIN_S = 5.0
 CLOSED_SHOWN = 20
 #: the exchange's own system dataset: agreements, published by the broker, scored by nobody
 SYSTEM_DATASETS = frozenset({"agreement"})
+#: checkpoints sent in each snapshot, newest last: 360 is the hour at the default 10 s step,
+#: and keeps a snapshot small however short the step (one per second would be 3,600 points)
+CHECKPOINTS_SENT = 360
+#: sizes whose root the model remembers to catch a second root for one size; a log that grows
+#: every poll fills it in about an hour at the default interval
+ROOTS_KEPT = 4096
+#: split-view and shrink warnings kept (the first ones are the evidence; later ones repeat it)
+LOG_WARNINGS_KEPT = 20
 
 
 class Metrics:
@@ -149,7 +158,8 @@ def _rejected(c: Mapping[str, Any]) -> dict[str, int]:
 
 class Model:
     """The rolling state behind the page: the last totals (for rates), the history of quality
-    scores, rates and checkpoints (``history_s`` long, a point at most every ``step_s``), and
+    scores, rates and checkpoints (``history_s`` long, a point at most every ``step_s``), the
+    checkpoints' sizes and roots (to catch a split view or a shrinking log between polls), and
     the last consistency check."""
 
     def __init__(self, *, history_s: float = 3600.0, step_s: float = 10.0) -> None:
@@ -158,11 +168,18 @@ class Model:
         self._prev: _Totals | None = None
         self.quality_history: dict[str, deque[list[float | None]]] = {}
         self.rate_history: deque[list[float]] = deque()
-        self.checkpoints: deque[CheckpointSeen] = deque()
+        self.checkpoints: deque[CheckpointSeen] = deque(maxlen=CHECKPOINTS_SENT)
         #: the outcome of the last consistency check the operator asked for (the server
         #: makes it; the page shows it)
         self.verification: dict[str, Any] | None = None
+        #: split-view and shrink findings among the polled checkpoints, the first ones kept
+        self.log_warnings: list[dict[str, Any]] = []
+        self.log_warnings_total = 0
+        self._warned: set[tuple[str, int, str]] = set()
+        self._roots: dict[int, str] = {}
+        self._largest: CheckpointSeen | None = None
         self._last_point = -math.inf
+        self._last_checkpoint_point = -math.inf
 
     # -- history ---------------------------------------------------------------------------
 
@@ -170,18 +187,64 @@ class Model:
         while points and at(points[0]) < now - self.history_s:
             points.popleft()
 
-    def see_checkpoint(self, cp: CheckpointSeen) -> None:
-        """Remember a checkpoint if it is new (another size or root than the last one)."""
+    def see_checkpoint(self, cp: CheckpointSeen) -> dict[str, Any] | None:
+        """Compare a signature-checked checkpoint with those seen before, then remember it.
+
+        A log only grows, and one size has one root (RFC 6962 §2.1): another root for a size
+        seen before is a split view, a smaller size than the largest seen a shrunk log. Either
+        is returned (and kept in ``log_warnings``), and the checkpoint stays out of the
+        history, which draws the log as the console saw it grow. Otherwise the history keeps
+        a point per ``step_s``: the latest checkpoint of each step."""
+        warning = self._compare(cp)
+        if warning is not None:
+            key = (warning["code"], cp.size, cp.root)
+            if key not in self._warned:
+                self._warned.add(key)
+                self.log_warnings_total += 1
+                if len(self.log_warnings) < LOG_WARNINGS_KEPT:
+                    self.log_warnings.append(warning)
+            return warning
+        self._roots[cp.size] = cp.root
+        while len(self._roots) > ROOTS_KEPT:
+            del self._roots[next(iter(self._roots))]
+        if self._largest is None or cp.size > self._largest.size:
+            self._largest = cp
         last = self.checkpoints[-1] if self.checkpoints else None
-        if last is None or (last.size, last.root) != (cp.size, cp.root):
+        if last is not None and (last.size, last.root) == (cp.size, cp.root):
+            pass  # nothing new since the last poll
+        elif last is None or cp.seen_at - self._last_checkpoint_point >= self.step_s:
+            self._last_checkpoint_point = cp.seen_at
             self.checkpoints.append(cp)
+        else:
+            self.checkpoints[-1] = cp
         self._trim(self.checkpoints, cp.seen_at, lambda c: c.seen_at)
+        return None
+
+    def _compare(self, cp: CheckpointSeen) -> dict[str, Any] | None:
+        root = self._roots.get(cp.size)
+        largest = self._largest
+        if largest is not None and largest.size == cp.size:
+            root = largest.root
+        if root is not None and root != cp.root:
+            return {"code": "split_view", "at": cp.seen_at, "size": cp.size, "root": cp.root,
+                    "seen_root": root,
+                    "detail": f"two roots for size {cp.size}: {root} seen before, now "
+                              f"{cp.root}"}
+        if largest is not None and cp.size < largest.size:
+            return {"code": "shrunk", "at": cp.seen_at, "size": cp.size, "root": cp.root,
+                    "seen_size": largest.size,
+                    "detail": f"the log shrank: size {cp.size} after size {largest.size}"}
+        return None
 
     # -- the snapshot ----------------------------------------------------------------------
 
     def update(self, s: Sample) -> dict[str, Any]:
-        """Take one sample; return the snapshot the page renders."""
+        """Take one sample; return the snapshot the page renders. A source whose JSON has an
+        unexpected shape loses its malformed entries (or all of it) and says so in
+        ``errors``; the rest of the snapshot is unaffected."""
         now = s.at
+        errors = dict(s.errors)
+        s = _clean(s, errors)
         m = parse_metrics(s.metrics)
         report = (s.quality or {}).get("datasets", {}) if isinstance(s.quality, dict) else {}
         report = report if isinstance(report, dict) else {}
@@ -215,7 +278,7 @@ class Model:
             if rate_in is not None and rate_out is not None:
                 self.rate_history.append([now, round(rate_in, 2), round(rate_out, 2)])
             for name, entry in report.items():
-                sc = entry.get("scores", {}) if isinstance(entry, dict) else {}
+                sc = (entry.get("scores") or {}) if isinstance(entry, dict) else {}
                 self.quality_history.setdefault(name, deque()).append(
                     [now, *(_round(_num(sc.get(k)), 4)
                             for k in ("correct", "sufficient", "clean", "live"))])
@@ -249,23 +312,39 @@ class Model:
             "connected_nodes": m.one("exchange_connected_nodes"),
             "rates": list(self.rate_history),
         }
-        return {
+
+        def panel(name: str, build: Callable[[], Any], empty: Any) -> Any:
+            # the sources were cleaned above; this catches a shape no check foresaw, so one
+            # panel shows its error instead of the whole page freezing on every poll
+            try:
+                return build()
+            except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
+                errors[name] = f"not shown: {type(err).__name__}: {err}"
+                return empty
+
+        sent = list(self.checkpoints)[-CHECKPOINTS_SENT:]
+        snapshot = {
             "at": now,
-            "errors": dict(sorted(s.errors.items())),
             "overview": overview,
-            "nodes": self._nodes(s, m, report, now),
-            "certificates": self._certificates(m, now),
-            "crl": self._crl(m, now),
-            "datasets": self._datasets(s, m, report, rates),
-            "agreements": _agreements(s.agreements or []),
-            "subscriptions": self._subscriptions(s, m, report),
+            "nodes": panel("nodes", lambda: self._nodes(s, m, report, now), []),
+            "certificates": panel("certificates", lambda: self._certificates(m, now), []),
+            "crl": panel("crl", lambda: self._crl(m, now), None),
+            "datasets": panel("datasets", lambda: self._datasets(s, m, report, rates), []),
+            "agreements": panel("agreements", lambda: _agreements(s.agreements or []),
+                                {"pending": [], "active": [], "closed": []}),
+            "subscriptions": panel("subscriptions",
+                                   lambda: self._subscriptions(s, m, report), []),
             "log": {
                 "size": None if log_size is None else int(log_size),
                 "root": latest.root if latest else None,
-                "checkpoints": [[c.seen_at, c.size, c.root] for c in self.checkpoints],
+                "checkpoints": [[c.seen_at, c.size, c.root] for c in sent],
+                "warnings": list(self.log_warnings),
+                "warnings_total": self.log_warnings_total,
                 "verification": self.verification,
             },
         }
+        snapshot["errors"] = dict(sorted(errors.items()))
+        return snapshot
 
     # -- panels ----------------------------------------------------------------------------
 
@@ -358,7 +437,7 @@ class Model:
             if not name or name in SYSTEM_DATASETS:
                 continue
             d, entry = cat.get(name, {}), report.get(name, {})
-            sc = entry.get("scores", {}) if isinstance(entry, dict) else {}
+            sc = (entry.get("scores") or {}) if isinstance(entry, dict) else {}
             title = d.get("title")
             stale = sc.get("stale") if isinstance(sc.get("stale"), bool) else stale_metric.get(
                 name)
@@ -395,7 +474,7 @@ class Model:
         credits = by_key("exchange_subscription_credits")
         redeliveries = by_key("exchange_subscription_redeliveries_total")
         for entry in report.values():  # /v1/quality carries lag in seconds too
-            for sub in entry.get("subscriptions", []) if isinstance(entry, dict) else []:
+            for sub in (entry.get("subscriptions") or []) if isinstance(entry, dict) else []:
                 key = (_str(sub.get("dataset")), _str(sub.get("node")), _str(sub.get("name")))
                 if key not in lag_s and _num(sub.get("lag_s")) is not None:
                     lag_s[key] = float(sub["lag_s"])
@@ -413,6 +492,115 @@ class Model:
                 "connected": bool(row.get("connected")),
             })
         return sorted(out, key=lambda r: (r["dataset"], r["node"], r["name"]))
+
+
+# -- the sources, cleaned ---------------------------------------------------------------------
+#
+# The broker's JSON is read field by field with type checks (``_str``, ``_int``, ...), but a
+# container of the wrong kind (a string where an object was, a number where a list was) would
+# break every poll. ``_clean`` drops such entries before any panel reads them, and says so.
+
+
+def _absent_or(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return value is None or isinstance(value, kind)
+
+
+def _bad_agreement(a: dict[str, Any]) -> str | None:
+    req = a.get("request")
+    if not _absent_or(req, dict):
+        return "request is not an object"
+    groups = req.get("groups") if isinstance(req, dict) else None
+    if not _absent_or(groups, list) or not all(isinstance(g, str) for g in groups or ()):
+        return "request.groups is not a list of names"
+    decisions = a.get("decisions")
+    if not _absent_or(decisions, list):
+        return "decisions is not a list"
+    for d in decisions or ():
+        if not isinstance(d, dict) or not _absent_or(d.get("signed"), dict):
+            return "a decision is not an object with a signed object"
+    return None
+
+
+def _bad_dataset(d: dict[str, Any]) -> str | None:
+    if not _absent_or(d.get("agreements"), dict):
+        return "agreements is not an object"
+    if not _absent_or(d.get("title"), (dict, str)):
+        return "title is neither an object nor a text"
+    return None
+
+
+def _bad_report(entry: dict[str, Any]) -> str | None:
+    for name in ("scores", "counters", "publishers"):
+        if not _absent_or(entry.get(name), dict):
+            return f"{name} is not an object"
+    counters = entry.get("counters") or {}
+    if not _absent_or(counters.get("rejected"), dict):
+        return "counters.rejected is not an object"
+    for p in (entry.get("publishers") or {}).values():
+        if not isinstance(p, dict) or not _absent_or(p.get("counters"), dict):
+            return "a publisher is not an object with counters"
+    subs = entry.get("subscriptions")
+    if not _absent_or(subs, list) or not all(isinstance(x, dict) for x in subs or ()):
+        return "subscriptions is not a list of objects"
+    return None
+
+
+def _no_check(_: dict[str, Any]) -> str | None:
+    return None
+
+
+def _kept(name: str, items: Any, check: Callable[[dict[str, Any]], str | None],
+          errors: dict[str, str]) -> list[dict[str, Any]] | None:
+    """The well-formed objects of a list source; the others are counted in ``errors``."""
+    if items is None:
+        return None
+    if not isinstance(items, list):
+        errors[name] = f"malformed: a list was expected, not {type(items).__name__}"
+        return None
+    kept: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for item in items:
+        why = check(item) if isinstance(item, dict) else "not an object"
+        if why is None:
+            kept.append(item)
+        else:
+            bad.append(why)
+    if bad:
+        errors[name] = (f"malformed: {len(bad)} of {len(items)} entries ignored "
+                        f"(first: {bad[0]})")
+    return kept
+
+
+def _clean(s: Sample, errors: dict[str, str]) -> Sample:
+    """The sample with each source's malformed entries dropped (and named in ``errors``)."""
+    quality: dict[str, Any] | None = None
+    if s.quality is not None:
+        datasets = s.quality.get("datasets", {}) if isinstance(s.quality, dict) else None
+        if not isinstance(datasets, dict):
+            errors["quality"] = "malformed: no datasets object"
+        else:
+            report: dict[str, Any] = {}
+            bad: list[str] = []
+            for name, entry in datasets.items():
+                why = _bad_report(entry) if isinstance(entry, dict) else "not an object"
+                if why is None:
+                    report[str(name)] = entry
+                else:
+                    bad.append(f"{name}: {why}")
+            if bad:
+                errors["quality"] = (f"malformed: {len(bad)} of {len(datasets)} datasets "
+                                     f"ignored (first: {bad[0]})")
+            quality = {"datasets": report}
+    health = s.health
+    if health is not None and not isinstance(health, dict):
+        errors["health"] = f"malformed: an object was expected, not {type(health).__name__}"
+        health = None
+    metrics = s.metrics if isinstance(s.metrics, str) else None
+    return replace(
+        s, health=health, metrics=metrics, quality=quality,
+        catalog=_kept("catalog", s.catalog, _bad_dataset, errors),
+        agreements=_kept("agreements", s.agreements, _bad_agreement, errors),
+        subscriptions=_kept("subscriptions", s.subscriptions, _no_check, errors))
 
 
 def _cluster(info: Any) -> dict[str, Any] | None:
@@ -442,7 +630,7 @@ def _agreements(items: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any
             "dataset": _str(req.get("dataset")), "subscriber": _str(req.get("subscriber")),
             "owner": _str(a.get("owner")) or _str(req.get("owner")),
             "purpose": _str(req.get("purpose")), "legal_basis": _str(req.get("legal_basis")),
-            "groups": [g for g in req.get("groups", []) if isinstance(g, str)],
+            "groups": [g for g in req.get("groups") or [] if isinstance(g, str)],
             "version": _int(req.get("version")),
             "requested_at": _str(req.get("requested_at")), "expires": _str(req.get("expires")),
             "countersign": bool(a.get("countersign")),
@@ -451,7 +639,7 @@ def _agreements(items: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any
                            "by": _str((d.get("signed") or {}).get("by")),
                            "role": _str((d.get("signed") or {}).get("role")),
                            "at": _str((d.get("signed") or {}).get("at"))}
-                          for d in a.get("decisions", []) if isinstance(d, dict)],
+                          for d in a.get("decisions") or [] if isinstance(d, dict)],
             "actions": list(OPERATOR_ACTIONS.get(state, ())),
         }
         if state in ("requested", "approved"):

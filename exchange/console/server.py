@@ -13,10 +13,14 @@ import base64
 import contextlib
 import hmac
 import ipaddress
+import math
+import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
@@ -28,21 +32,38 @@ from exchange.clock import SYSTEM, Clock
 from exchange.console.model import OPERATOR_ACTIONS, CheckpointSeen, Model, Sample
 from exchange.core import tlog
 from exchange.core.agreements import Action
-from exchange.core.errors import Code, ConflictError, ExchangeError, InputError, IntegrityError
+from exchange.core.errors import (
+    Code,
+    ConflictError,
+    ExchangeError,
+    InputError,
+    IntegrityError,
+    UnavailableError,
+)
 from exchange.node import Node, NodeConfig
 
-__all__ = ["CONSOLE", "COOKIE", "CSRF_HEADER", "Console", "create_app", "parse_listen",
-           "serve"]
+__all__ = ["BASELINE_FILE", "CONSOLE", "COOKIE", "SESSION_HEADER", "Console", "create_app",
+           "parse_listen", "parse_origin", "serve"]
 
 logger = structlog.get_logger("exchange.console")
 _json = msgspec.json.Encoder()
 
 #: the session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's page
-#: sends it), Path=/ ; not Secure, since the console is plain HTTP on loopback
+#: sends it), Path=/ ; Secure only behind an https ``public_origin`` (on loopback the console
+#: is plain HTTP). It is never enough alone: browsers send a cookie for 127.0.0.1 to every
+#: port of it (RFC 6265 §8.5: "cookies do not provide isolation by port"), so any other local
+#: service the operator's browser visits receives it.
 COOKIE = "exchange_console"
-#: state-changing requests carry the session's CSRF value in this header (the page reads it
-#: from its own <meta>); a form another site posts cannot set a header
-CSRF_HEADER = "X-Console-CSRF"
+#: every /api request carries the session's secret in this header. The page got the secret in
+#: the URL fragment of the redirect after the one-time token (a fragment never travels to a
+#: server) and keeps it in sessionStorage, which is per origin, port included. A form or link
+#: of another site cannot set a header, so the secret is the CSRF token too.
+SESSION_HEADER = "X-Console-Session"
+#: EventSource cannot set a header: /events takes a ticket from POST /api/ticket instead,
+#: good once and for this many seconds (it does land in the URL, and so in access logs)
+TICKET_TTL_S = 30.0
+#: the signed checkpoint the next consistency check starts from, in the operator's directory
+BASELINE_FILE = "console-checkpoint.txt"
 #: the static files shipped in the package, by URL name (nothing else is served from disk)
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 #: CSP 3: only this origin's own script and style, no inline script, never framed
@@ -66,24 +87,37 @@ class Console:
 
     def __init__(self, config: NodeConfig, *, interval_s: float = 1.0, step_s: float = 10.0,
                  history_s: float = 3600.0, clock: Clock = SYSTEM,
-                 token: str | None = None) -> None:
+                 token: str | None = None, public_origin: str | None = None,
+                 baseline_path: Path | None = None, snapshot_wait_s: float = 10.0) -> None:
+        if not (math.isfinite(interval_s) and interval_s > 0):
+            raise InputError(f"the poll interval must be a positive number of seconds, not "
+                             f"{interval_s}", code=Code.BAD_CONFIG)
         self.config = config
         self.node = Node(config)
         self.clock = clock
         self.interval_s = interval_s
         self.model = Model(history_s=history_s, step_s=step_s)
-        #: printed once at start; spent by the first request that presents it
+        #: printed once at start; spent by the first GET that presents it
         self.token: str | None = token or secrets.token_urlsafe(32)
-        #: session id -> its CSRF value
+        #: session id (the cookie) -> the session's secret (the header)
         self.sessions: dict[str, str] = {}
+        #: /events ticket -> (session id, monotonic deadline)
+        self._tickets: dict[str, tuple[str, float]] = {}
+        #: the origin the operator's browser sees when a TLS proxy fronts the console
+        #: (``--public-origin``): the only Origin a POST may carry then
+        self.public_origin = parse_origin(public_origin) if public_origin else None
+        self.snapshot_wait_s = snapshot_wait_s
         self.snapshot: dict[str, Any] | None = None
         self.polls = 0
         self._streams: set[asyncio.Queue[bytes | None]] = set()
+        self._streams_changed = asyncio.Event()
         self._updated = asyncio.Event()
         self._poke = asyncio.Event()
-        #: the checkpoint the next consistency check starts from: the first one the console
-        #: saw, then the one each successful check ended at
-        self.baseline: tlog.Checkpoint | None = None
+        #: the checkpoint the next consistency check starts from: the one the last check of
+        #: this operator directory ended at, kept as its signed note in ``baseline_path``
+        #: (re-verified with the log key at each check); None until the first check
+        self.baseline_path = baseline_path or Path(config.node_dir) / BASELINE_FILE
+        self.baseline: tlog.Checkpoint | None = _read_baseline(self.baseline_path)
         self.latest: tlog.Checkpoint | None = None
         self._certs: dict[str, float] = {}
         self._certs_at: dict[str, float] = {}
@@ -92,22 +126,46 @@ class Console:
 
     # -- sessions --------------------------------------------------------------------------
 
-    def redeem(self, token: str) -> str | None:
-        """A new session id for the one-time token, or None; the token works once."""
+    def redeem(self, token: str) -> tuple[str, str] | None:
+        """A new session (its id for the cookie, its secret for the page) for the one-time
+        token, or None; the token works once."""
         if self.token is None or not hmac.compare_digest(token.encode(), self.token.encode()):
             return None
         self.token = None
-        session = secrets.token_urlsafe(32)
-        self.sessions[session] = secrets.token_urlsafe(32)
-        return session
+        session, secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        self.sessions[session] = secret
+        return session, secret
 
-    def csrf_for(self, request: web.Request) -> str | None:
-        """The CSRF value of the request's session, or None if it has no valid session."""
+    def session_of(self, request: web.Request) -> str | None:
+        """The session id the request's cookie names, or None."""
         cookie = request.cookies.get(COOKIE, "")
-        for session, csrf in self.sessions.items():
+        for session in self.sessions:
             if cookie and hmac.compare_digest(cookie.encode(), session.encode()):
-                return csrf
+                return session
         return None
+
+    def holds_secret(self, session: str, request: web.Request) -> bool:
+        """Whether the request carries the session's secret in ``SESSION_HEADER``."""
+        sent = request.headers.get(SESSION_HEADER, "")
+        return bool(sent) and hmac.compare_digest(sent.encode(), self.sessions[session].encode())
+
+    def ticket(self, session: str) -> str:
+        """A ticket for one /events connection of this session, good for ``TICKET_TTL_S``."""
+        now = self.clock.monotonic()
+        for t, (_, deadline) in list(self._tickets.items()):
+            if deadline <= now:
+                del self._tickets[t]
+        ticket = secrets.token_urlsafe(32)
+        self._tickets[ticket] = (session, now + TICKET_TTL_S)
+        return ticket
+
+    def spend_ticket(self, session: str, ticket: str) -> bool:
+        """Whether ``ticket`` is this session's and still good; it is spent either way."""
+        for t in list(self._tickets):
+            if ticket and hmac.compare_digest(t.encode(), ticket.encode()):
+                owner, deadline = self._tickets.pop(t)
+                return owner == session and self.clock.monotonic() < deadline
+        return False
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -150,8 +208,6 @@ class Console:
             elif name == "checkpoint":
                 cp: tlog.Checkpoint = value
                 self.latest = cp
-                if self.baseline is None:
-                    self.baseline = cp
                 sample.checkpoint = CheckpointSeen(sample.at, cp.size,
                                                    base64.b64encode(cp.root).decode())
             else:
@@ -242,17 +298,23 @@ class Console:
     async def verify(self) -> dict[str, Any]:
         """Ask the broker for a consistency proof from the baseline checkpoint to its latest,
         and check it here with the core's code (signatures with the log key, the proof with
-        RFC 6962 §2.1.4). A success makes the latest the next baseline."""
-        new = await self._checkpoint()
+        RFC 6962 §2.1.4). A success makes the latest the next baseline, kept in the operator
+        directory; the very first check has nothing to prove and records the baseline only.
+        The outcome, failures included, is what the page shows (``status``: ``verified``,
+        ``baseline`` or ``failed``)."""
         old = self.baseline
-        result: dict[str, Any] = {"at": self.clock.time(), "to": _cp(new),
-                                  "from": _cp(old) if old else None, "proof_hashes": 0}
+        result: dict[str, Any] = {"at": self.clock.time(), "status": "failed",
+                                  "verified": False, "from": _cp(old) if old else None,
+                                  "to": None, "proof_hashes": 0}
         try:
+            new = await self._checkpoint()
+            result["to"] = _cp(new)
             if old is None:
-                result.update(verified=True, detail="the first checkpoint seen: it is the "
-                              "baseline for the next check")
+                detail = ("baseline recorded: the first check from this operator directory "
+                          "has nothing to prove; the next one proves the log extends it")
+                status = "baseline"
             else:
-                # the baseline as its signed note says, not as remembered
+                # the baseline as its signed note says, not as remembered or stored
                 old = tlog.open_checkpoint(await self.node.tlog.note_key(), old.note,
                                            self.node.tlog.origin)
                 if new.size < old.size:
@@ -272,19 +334,35 @@ class Console:
                     result["proof_hashes"] = len(hashes)
                     detail = (f"size {new.size} extends size {old.size}: "
                               f"{len(hashes)} proof hashes checked")
-                result.update(verified=True, detail=detail)
-            self.baseline = new
-        except (IntegrityError, InputError, ValueError, KeyError, TypeError) as err:
-            result.update(verified=False, detail=_describe(err))
+                status = "verified"
+            result.update(status=status, verified=status == "verified", detail=detail)
+            self._keep_baseline(new, result)
+        except (ExchangeError, ValueError, KeyError, TypeError) as err:
+            result.update(status="failed", verified=False, detail=_describe(err))
             logger.error("consistency_failed", detail=result["detail"])
         self.model.verification = result
         self.poke()
         return result
 
+    def _keep_baseline(self, cp: tlog.Checkpoint, result: dict[str, Any]) -> None:
+        """The next check's starting point, in memory and, as its signed note, on disk (a
+        restarted console goes on from it instead of trusting the broker afresh)."""
+        self.baseline = cp
+        tmp = self.baseline_path.with_name(self.baseline_path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(cp.note)
+            os.replace(tmp, self.baseline_path)
+        except OSError as err:
+            logger.error("baseline_unsaved", path=str(self.baseline_path), error=repr(err))
+            result["detail"] += f" (not saved to {self.baseline_path}: {err.strerror})"
+
     # -- streams ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def stream(self) -> Any:
+    def stream(self) -> Iterator[asyncio.Queue[bytes | None]]:
+        """A queue of snapshots for one /events client, dropped when the client goes."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
         if self.snapshot is not None:
             queue.put_nowait(_json.encode(self.snapshot))
@@ -293,6 +371,17 @@ class Console:
             yield queue
         finally:
             self._streams.discard(queue)
+            changed, self._streams_changed = self._streams_changed, asyncio.Event()
+            changed.set()
+
+    @property
+    def streams(self) -> int:
+        """How many /events clients are connected."""
+        return len(self._streams)
+
+    def streams_changed(self) -> asyncio.Event:
+        """An event set when the next /events client goes away (tests wait on it)."""
+        return self._streams_changed
 
     def close_streams(self) -> None:
         for queue in self._streams:
@@ -303,6 +392,25 @@ class Console:
 
 def _cp(cp: tlog.Checkpoint) -> dict[str, Any]:
     return {"size": cp.size, "root": base64.b64encode(cp.root).decode()}
+
+
+def _read_baseline(path: Path) -> tlog.Checkpoint | None:
+    """The stored baseline, parsed (its signature is checked with the log key at each
+    check); an unreadable file stops the console rather than being silently replaced."""
+    try:
+        note = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise IntegrityError(f"cannot read the console's baseline checkpoint {path}: {err}",
+                             code=Code.CHECKPOINT_INVALID) from None
+    try:
+        return tlog.Checkpoint.parse(note.split("\n\n")[0] + "\n", note)
+    except IntegrityError as err:
+        raise IntegrityError(f"{path}: {err.message}; it is the checkpoint the last "
+                             "consistency check ended at: find out how it changed, then "
+                             "remove it to start from a new baseline",
+                             code=Code.CHECKPOINT_INVALID) from None
 
 
 def _describe(err: BaseException) -> str:
@@ -326,16 +434,19 @@ def _refuse(status: int = 403) -> web.Response:
 
 @web.middleware
 async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer carries the security headers; a request for another host name (DNS
-    rebinding) or without a session is refused before any handler runs."""
+    """Every answer carries the security headers. Before any handler runs, a request is
+    refused if it names another host (DNS rebinding) or has no session cookie; /api also
+    needs the session's secret in ``SESSION_HEADER`` (and a POST the console's own Origin),
+    /events a ticket. The page and its static files hold no secret and need the cookie only."""
     console = request.app[CONSOLE]
     response: web.StreamResponse
+    session = console.session_of(request)
     if console.origins and request.host not in console.origins:
         response = _refuse()
     elif request.path == "/" and "token" in request.query:
-        response = await handler(request)
-    elif console.csrf_for(request) is None or (request.method == "POST"
-                                               and not _same_origin(request)):
+        # only a GET spends the token: a HEAD (a link preview, a prefetcher) must not
+        response = await handler(request) if request.method == "GET" else _refuse(405)
+    elif session is None or not _authorized(console, session, request):
         response = _refuse()
     else:
         try:
@@ -349,15 +460,24 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
-def _same_origin(request: web.Request) -> bool:
-    """A state change needs the session's CSRF header, and the page's own Origin if the
-    browser sends one."""
-    csrf = request.app[CONSOLE].csrf_for(request) or ""
-    sent = request.headers.get(CSRF_HEADER, "")
-    if not sent or not hmac.compare_digest(sent.encode(), csrf.encode()):
-        return False
+def _authorized(console: Console, session: str, request: web.Request) -> bool:
+    if request.path.startswith("/api/"):
+        return console.holds_secret(session, request) and (
+            request.method in ("GET", "HEAD") or _same_origin(console, request))
+    if request.path == "/events":
+        return console.spend_ticket(session, request.query.get("ticket", ""))
+    return request.method in ("GET", "HEAD")
+
+
+def _same_origin(console: Console, request: web.Request) -> bool:
+    """A state change carries the page's own Origin if the browser sends one: the public
+    origin behind a proxy, else the address the request came to."""
     origin = request.headers.get("Origin")
-    return origin is None or origin == f"http://{request.host}"
+    if origin is None:
+        return True
+    if console.public_origin is not None:
+        return origin == console.public_origin
+    return origin == f"http://{request.host}"
 
 
 def _static(name: str) -> bytes:
@@ -368,17 +488,19 @@ async def index(request: web.Request) -> web.StreamResponse:
     console = request.app[CONSOLE]
     token = request.query.get("token")
     if token is not None:
-        session = console.redeem(token)
-        if session is None:
+        redeemed = console.redeem(token)
+        if redeemed is None:
             return _refuse()
-        response = web.Response(status=303, headers={"Location": "/"})
-        response.set_cookie(COOKIE, session, httponly=True, samesite="Strict", path="/")
+        session, secret = redeemed
+        # the secret goes in the fragment, which the browser keeps to itself: the page moves
+        # it to sessionStorage and out of the address bar
+        response = web.Response(status=303, headers={"Location": f"/#s={secret}"})
+        response.set_cookie(COOKIE, session, httponly=True, samesite="Strict", path="/",
+                            secure=(console.public_origin or "").startswith("https://"))
         response.headers["Cache-Control"] = "no-store"
         response.headers.update(SECURITY_HEADERS)
         return response
-    csrf = console.csrf_for(request) or ""
-    page = _static("index.html").decode().replace("{{CSRF}}", csrf)
-    return web.Response(text=page, content_type="text/html",
+    return web.Response(body=_static("index.html"), content_type="text/html",
                         headers={"Cache-Control": "no-store"})
 
 
@@ -390,24 +512,48 @@ async def static(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "no-cache"})
 
 
+def _problem(err: ExchangeError, request: web.Request, **headers: str) -> web.Response:
+    return web.Response(body=_json.encode(err.problem(request.path)), status=err.status,
+                        content_type="application/problem+json",
+                        headers={"Cache-Control": "no-store", **headers})
+
+
 async def api_snapshot(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
     if console.snapshot is None:
-        await asyncio.wait_for(console.next_update().wait(), 30)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(console.next_update().wait(), console.snapshot_wait_s)
+    if console.snapshot is None:
+        return _problem(UnavailableError("no snapshot yet: the console's first poll of the "
+                                         "broker has not finished", code=Code.UNAVAILABLE),
+                        request, **{"Retry-After": "1"})
     return web.Response(body=_json.encode(console.snapshot), content_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
 
+async def api_ticket(request: web.Request) -> web.Response:
+    """A single-use ticket for /events (EventSource cannot send the session header)."""
+    console = request.app[CONSOLE]
+    session = console.session_of(request)
+    assert session is not None  # the middleware let the request through
+    return _answer({"ticket": console.ticket(session), "expires_in": TICKET_TTL_S})
+
+
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-Sent Events: one ``snapshot`` event per poll, the current one first."""
+    """Server-Sent Events: one ``snapshot`` event per poll, the current one first. A client
+    that goes away is dropped at once: ``serve`` runs handlers with cancellation on
+    disconnect, and a write that finds the connection reset ends the stream quietly."""
     console = request.app[CONSOLE]
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-store",
         "X-Accel-Buffering": "no", **SECURITY_HEADERS})
     await response.prepare(request)
     with console.stream() as queue:
-        while (data := await queue.get()) is not None:
-            await response.write(b"event: snapshot\ndata: " + data + b"\n\n")
+        try:
+            while (data := await queue.get()) is not None:
+                await response.write(b"event: snapshot\ndata: " + data + b"\n\n")
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
+            logger.debug("events_client_gone")
     return response
 
 
@@ -427,13 +573,22 @@ def _answer(body: dict[str, Any], status: int = 200) -> web.Response:
                         content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
+async def _finish(work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run an action to its end even if the page goes away meanwhile (handlers are cancelled
+    on disconnect): a decision half sent is worse than one nobody saw answered."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return await asyncio.shield(task)
+
+
 async def api_decide(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
     reason = _body_reason(await _body(request))
     try:
-        out = await console.act(request.match_info["id"], request.match_info["action"], reason)
+        out = await _finish(console.act(request.match_info["id"],
+                                        request.match_info["action"], reason))
     except ExchangeError as err:
-        return _answer({"error": err.code, "detail": err.message}, status=err.status)
+        return _problem(err, request)
     return _answer(out)
 
 
@@ -443,10 +598,8 @@ def _body_reason(body: dict[str, Any]) -> str:
 
 
 async def api_verify(request: web.Request) -> web.Response:
-    try:
-        return _answer(await request.app[CONSOLE].verify())
-    except ExchangeError as err:
-        return _answer({"verified": False, "detail": _describe(err)}, status=502)
+    result = await _finish(request.app[CONSOLE].verify())
+    return _answer(result, status=502 if result["status"] == "failed" else 200)
 
 
 def create_app(console: Console, *, poll: bool = True) -> web.Application:
@@ -473,6 +626,7 @@ def create_app(console: Console, *, poll: bool = True) -> web.Application:
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/api/snapshot", api_snapshot)
     app.router.add_get("/events", events)
+    app.router.add_post("/api/ticket", api_ticket)
     app.router.add_post("/api/agreements/{id}/{action}", api_decide)
     app.router.add_post("/api/verify", api_verify)
     return app
@@ -493,6 +647,24 @@ def parse_listen(text: str, *, allow_remote: bool = False) -> tuple[str, int]:
     return host, int(port_s)
 
 
+def parse_origin(text: str) -> str:
+    """``--public-origin``: ``http(s)://HOST[:PORT]``, as a browser writes it in ``Origin``."""
+    try:
+        url = urlsplit(text.strip())
+        port = url.port
+    except ValueError:
+        url, port = None, None
+    if (url is None or url.scheme not in ("http", "https") or not url.hostname
+            or url.username is not None or url.path not in ("", "/") or url.query
+            or url.fragment):
+        raise InputError(f"--public-origin {text!r} is not an origin such as "
+                         "https://console.example (scheme, host and port only)",
+                         code=Code.BAD_CONFIG)
+    host = url.hostname if ":" not in url.hostname else f"[{url.hostname}]"
+    default = {"http": 80, "https": 443}[url.scheme]
+    return f"{url.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -505,16 +677,22 @@ def _loopback(host: str) -> bool:
 async def serve(console: Console, host: str = "127.0.0.1", port: int = 0
                 ) -> tuple[web.AppRunner, str]:
     """Start the console on ``host:port`` (0: any free port); return the runner and the
-    one-time URL to open."""
-    runner = web.AppRunner(create_app(console), access_log=None, shutdown_timeout=2.0)
+    one-time URL to open (under the public origin when one is set)."""
+    # handler_cancellation: an /events client that closes is dropped at once, not at the
+    # next snapshot (aiohttp's web_advanced "Peer disconnection"); actions shield themselves
+    runner = web.AppRunner(create_app(console), access_log=None, shutdown_timeout=2.0,
+                           handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1]
     shown = f"[{host}]" if ":" in host else host
     # a page reached under another name (DNS rebinding) is refused; on a remote listen
-    # address the name is the operator's to choose, and the session cookie is the guard
+    # address the name is the operator's to choose, and the session is the guard
     if _loopback(host):
         console.origins = {f"{shown}:{bound}", f"127.0.0.1:{bound}", f"localhost:{bound}",
                            f"[::1]:{bound}"}
-    return runner, f"http://{shown}:{bound}/?token={console.token}"
+        if console.public_origin is not None:  # a proxy on this machine, passing Host on
+            console.origins.add(console.public_origin.split("://", 1)[1])
+    base = console.public_origin or f"http://{shown}:{bound}"
+    return runner, f"{base}/?token={console.token}"

@@ -5,7 +5,17 @@
 
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  // The session's secret arrives once, in the fragment of the address the one-time link
+  // redirects to (a fragment is never sent to a server). It moves to sessionStorage (per
+  // origin, port included: no other local service can read it) and out of the address bar
+  // and history; every /api request carries it in a header. The cookie alone is refused.
+  const KEY = "exchange-console-session";
+  const given = /^#s=([A-Za-z0-9_-]+)$/.exec(location.hash);
+  if (given) {
+    sessionStorage.setItem(KEY, given[1]);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  const secret = sessionStorage.getItem(KEY) || "";
   const rendered = {};  // panel -> the JSON it was last drawn from (redraw only on change)
 
   // -- small helpers -----------------------------------------------------------------------
@@ -285,6 +295,7 @@
     document.getElementById("log-size").textContent = num(l.size);
     document.getElementById("log-root").textContent = l.root || dash;
     showVerification(l.verification);
+    logWarnings(l);
     if (!changed("log", l.checkpoints)) return;
     const box = document.getElementById("log-chart");
     box.replaceChildren(lineChart([
@@ -302,10 +313,27 @@
     const key = JSON.stringify(v);
     if (out.dataset.shown === key) return;
     out.dataset.shown = key;
-    out.className = "verify " + (v.verified ? "ok" : "bad");
-    const from = v.from ? v.from.size : dash;
-    out.textContent = (v.verified ? "✔ verified: " : "✘ failed: ") + "checkpoint " + from +
-      " → " + v.to.size + " at " + clock(v.at) + ". " + (v.detail || "");
+    const styles = {verified: "ok", baseline: "info"};
+    const words = {verified: "✔ verified: ", baseline: "● baseline recorded: "};
+    out.className = "verify " + (styles[v.status] || "bad");
+    const from = v.from ? v.from.size : dash, to = v.to ? v.to.size : dash;
+    out.textContent = (words[v.status] || "✘ failed: ") + "checkpoint " +
+      (v.status === "baseline" ? to : from + " → " + to) + " at " + clock(v.at) + ". " +
+      (v.detail || "");
+  }
+
+  function logWarnings(l) {
+    // a second root for a size, or a smaller size than one seen: the broker showed the
+    // console two histories (or lost entries); the first findings stay on the page
+    const box = document.getElementById("log-warnings");
+    const list = l.warnings || [];
+    box.hidden = !list.length;
+    if (!changed("log-warnings", list)) return;
+    const more = (l.warnings_total || 0) - list.length;
+    box.replaceChildren(...list.map(w => el("p", {class: "log-warning", "data-code": w.code},
+      el("strong", {text: w.code === "split_view" ? "✘ split view" : "✘ the log shrank"}),
+      " (" + w.code + ") at " + clock(w.at) + ": " + w.detail)),
+      ...(more > 0 ? [el("p", {class: "log-warning", text: more + " more"})] : []));
   }
 
   let last = null;
@@ -329,11 +357,11 @@
 
   async function post(path, body) {
     const resp = await fetch(path, {method: "POST", credentials: "same-origin",
-      headers: {"Content-Type": "application/json", "X-Console-CSRF": csrf},
+      headers: {"Content-Type": "application/json", "X-Console-Session": secret},
       body: JSON.stringify(body || {})});
     let data = {};
     try { data = await resp.json(); } catch (e) { data = {detail: resp.statusText}; }
-    return {ok: resp.ok, data: data};
+    return {ok: resp.ok, status: resp.status, data: data};
   }
 
   document.addEventListener("click", async ev => {
@@ -347,7 +375,7 @@
       try {
         const {data} = await post("/api/verify");
         delete out.dataset.shown;
-        if (data.to) showVerification(data);
+        if (data.status) showVerification(data);
         else { out.className = "verify bad"; out.textContent = "✘ " + (data.detail || "failed"); }
       } finally { button.disabled = false; }
       return;
@@ -377,14 +405,44 @@
     });
   });
 
+  // EventSource cannot send a header: each connection takes a single-use ticket, asked for
+  // with the secret; on an error the page asks for a new ticket rather than letting the
+  // browser retry the spent one
   const dot = document.getElementById("live-dot");
-  const events = new EventSource("/events");
-  events.addEventListener("snapshot", ev => {
-    dot.className = "dot live";
-    render(JSON.parse(ev.data));
-  });
-  events.addEventListener("error", () => {
+  const statusText = document.getElementById("status-text");
+  function down(text) {
     dot.className = "dot down";
-    document.getElementById("status-text").textContent = "reconnecting…";
-  });
+    statusText.textContent = text;
+  }
+  async function connect() {
+    let answer;
+    try {
+      answer = await post("/api/ticket");
+    } catch (e) {
+      down("reconnecting…");
+      setTimeout(connect, 2000);
+      return;
+    }
+    if (answer.status === 403) {
+      down(secret ? "session ended: open the link the console printed again"
+                  : "no session in this tab: open the link the console printed");
+      return;
+    }
+    if (!answer.ok) {
+      down("reconnecting…");
+      setTimeout(connect, 2000);
+      return;
+    }
+    const events = new EventSource("/events?ticket=" + encodeURIComponent(answer.data.ticket));
+    events.addEventListener("snapshot", ev => {
+      dot.className = "dot live";
+      render(JSON.parse(ev.data));
+    });
+    events.addEventListener("error", () => {
+      events.close();
+      down("reconnecting…");
+      setTimeout(connect, 1000);
+    });
+  }
+  connect();
 })();
