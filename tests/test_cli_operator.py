@@ -22,6 +22,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -71,6 +72,10 @@ def test_publishing_failed_entirely_only_when_nothing_reached_the_broker() -> No
     assert not failed_entirely(0, 0)  # stopped before publishing anything: nothing failed
 
 
+async def _ignore(_: Any) -> None:
+    """A subscription handler that is never called."""
+
+
 async def test_a_revoked_node_is_told_its_certificate_was_refused(env: Env) -> None:
     def refused(err: AuthError) -> None:
         assert err.code == Code.CERTIFICATE_REFUSED and err.status == 401
@@ -92,6 +97,13 @@ async def test_a_revoked_node_is_told_its_certificate_was_refused(env: Env) -> N
             with pytest.raises(AuthError) as caught:
                 await node.publish("population", people(2, seed=3))
             refused(caught.value)
+    # a subscription is ended with the same error, not retried for ever as "unreachable"
+    async with Node(env.node_config(POP, retries=0)) as node:
+        sub = node.subscribe("population", "revoked", _ignore)
+        assert sub.task is not None
+        with pytest.raises(AuthError) as caught:
+            await asyncio.wait_for(sub.task, 30)
+        refused(caught.value)
     # a node starting afresh is told the same before it publishes anything
     async with Node(env.node_config(POP, retries=0)) as node:
         with pytest.raises(AuthError) as caught:

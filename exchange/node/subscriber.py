@@ -109,6 +109,12 @@ class Subscription(Inbox):
                     raise refused from None
                 logger.info("subscription_reconnect", dataset=self.dataset, error=repr(err))
             except (aiohttp.ClientError, OSError, TimeoutError) as err:
+                failed = await self.client.connection_failed(self._url, err)
+                if failed.code == Code.CERTIFICATE_REFUSED:
+                    # every broker checks against the same CA and CRL: reconnecting cannot help
+                    logger.error("subscription_refused", dataset=self.dataset, code=failed.code,
+                                 detail=failed.message)
+                    raise failed from None
                 logger.info("subscription_reconnect", dataset=self.dataset, error=repr(err))
             except Exception:
                 # the handler failed: its record is not acked, so it comes again after the
