@@ -243,6 +243,21 @@ async def test_process_metrics(env: Env) -> None:
     assert "exchange_gate_records" in m.families
 
 
+async def test_operational_metrics_do_not_need_quality_scoring(env: Env, tmp_path: Path) -> None:
+    """With quality scoring switched off, /metrics still serves what operators alert on
+    (before, it answered 404 quality_off and the alerts went blind)."""
+    config = msgspec.structs.replace(broker_config(env.pki_dir, tmp_path / "q-off"),
+                                     quality=False)
+    _, runner, url = await start_broker(config)
+    try:
+        m = await scrape(env, url)
+    finally:
+        await runner.cleanup()
+    assert m.value("exchange_log_size") == 0
+    assert m.value("process_open_fds") > 0
+    assert "exchange_quality_score" not in m.families  # no scores without scoring
+
+
 # -- the dashboard and the alert rules -----------------------------------------------------------
 
 #: PromQL words that are not metric names (functions are recognised by their ``(``)

@@ -992,14 +992,19 @@ async def _lags(broker: Broker) -> list[dict[str, Any]]:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format (prometheus-client's own encoder): operators only (a scraper gets
     an operator certificate of its own), as it names every subscription and its lag. The
-    quality tracker's families, then the operational ones (``ops_registry``), all read now."""
+    quality tracker's families, then the operational ones (``ops_registry``), all read now.
+    With quality scoring switched off, the operational ones alone: what operators alert on
+    (log, checkpoints, certificates, connections, process) does not depend on scoring."""
     _operator(request, "/metrics")
     broker = request.app[BROKER]
-    tracker = _tracker(broker)
-    tracker.lag = {(lag["dataset"], lag["node"], lag["name"]): (lag["lag"], lag["lag_s"])
-                   for lag in await _lags(broker)}
-    tracker.scraped = await tracker.totals()
-    body = generate_latest(tracker.registry) + generate_latest(broker.metrics)
+    body = b""
+    tracker = broker.quality
+    if tracker is not None:
+        tracker.lag = {(lag["dataset"], lag["node"], lag["name"]): (lag["lag"], lag["lag_s"])
+                       for lag in await _lags(broker)}
+        tracker.scraped = await tracker.totals()
+        body = generate_latest(tracker.registry)
+    body += generate_latest(broker.metrics)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

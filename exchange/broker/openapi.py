@@ -305,9 +305,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/metrics"): Op(
         "metrics", "Prometheus metrics", "quality", "operator",
         {200: {"text/plain": _STR}},
-        {403: (Code.OPERATOR_ONLY,), 404: (Code.QUALITY_OFF,)},
+        {403: (Code.OPERATOR_ONLY,)},
         description="The Prometheus text format (`text/plain; version=...`): quality counters "
-        "and scores, and every subscription's lag."),
+        "and scores and every subscription's lag (when quality scoring is on), and the "
+        "operational metrics: log size, checkpoint age, connected nodes, certificate and CRL "
+        "expiry, process CPU, memory and descriptors."),
     ("GET", "/v1/catalog"): Op(
         "getCatalog", "The catalogue: what each dataset served here is", "exchange", "any",
         {200: {JSON: _array(ref("CatalogEntry"))}}),
