@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from exchange import pki
+from exchange.core import datasets
 from exchange.store.nats.server import NatsCluster
 
 __all__ = ["PUBLISHER", "SUBSCRIBER", "BrokerGroup", "BrokerProcess", "GroupStats", "ProcStats",
@@ -116,8 +117,12 @@ class BrokerProcess:
             "store": self.nats.url if self.nats is not None else self.store,
             "limits": {"max_frame_records": 2000, "max_batch_records": 5000, **self.limits},
             "datasets": [{"name": "population", "owner": PUBLISHER}],
+            # the version the publisher writes (the latest): every group, so the broker
+            # splices stored records as they are (a v1 reader of v2 records gets them
+            # projected: another path, measured on its own)
             "agreements": [{"subscriber": SUBSCRIBER, "dataset": "population",
-                            "purpose": "throughput benchmark"}],
+                            "purpose": "throughput benchmark",
+                            "version": datasets.get("population").version}],
         }
 
     def start(self, *, fresh: bool = True, timeout: float = 30.0) -> BrokerProcess:

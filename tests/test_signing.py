@@ -265,3 +265,45 @@ def test_other_nodes_key_and_forged_signature_fail() -> None:
     resigned = signing.Batch(batch.statement, forged.signature, batch.records)
     with pytest.raises(IntegrityError):
         signing.Verifier({NODE: KEY.public_key()}).verify_batch(resigned, SPEC.groups)
+
+
+def test_a_received_record_verifies_on_msgspec_bytes_but_never_a_value_they_share() -> None:
+    """A subscriber encodes a record whose type vouches for it with msgspec, unchecked
+    (``canonical.received``); the one pair of values msgspec writes alike, null and NaN (or
+    an infinity), must not let an altered record verify, and a value outside the type's
+    domain fails as altered, as with the careful encoding."""
+    import datetime as dt
+
+    from exchange.core import canonical, datasets, merkle
+    from exchange.core.envelope import digest as env_digest
+    from exchange.core.signing import BatchProof, Verifier
+    from exchange.sim.generate import Generator
+
+    spec = datasets.get("population", 1)
+    shape = canonical.shape(spec.record_type)
+    assert shape is not None and shape.numbers == ()
+    key = Ed25519PrivateKey.generate()
+    people = Generator(3, today=dt.date(2026, 11, 22)).population(3)
+    people[0]["death_date"] = None  # a null the publisher signed
+    batch = seal(key, "vn.gov.mps.population", spec,
+                 [(p["id"], 1, p) for p in people], b"\x05" * 32, time=SEALED_AT)
+    verifier = Verifier({"vn.gov.mps.population": key.public_key()})
+
+    digests = [env_digest(r.event.attributes(), disclosure.commitments(
+        r.event.data, spec.groups, r.salts)) for r in batch.records]
+    _, paths = merkle.inclusion_paths([merkle.leaf_hash(d) for d in digests])
+
+    def check(i: int, data: dict[str, Any]) -> None:
+        rec = batch.records[i]
+        event = msgspec.structs.replace(rec.event, data=data)
+        verifier.verify_record(event, spec.groups, rec.salts, {},
+                               BatchProof(batch.statement, batch.signature, i, paths[i]),
+                               shape=shape)
+
+    for i, p in enumerate(people):
+        check(i, p)  # as signed: verifies on the fast path
+    for forged in (float("nan"), float("inf")):
+        with pytest.raises(IntegrityError):
+            check(0, {**people[0], "death_date": forged})
+    with pytest.raises(IntegrityError):
+        check(1, {**people[1], "full_name": 1.5})  # outside the type: fails as altered

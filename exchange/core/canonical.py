@@ -36,7 +36,7 @@ import msgspec.inspect as mi
 import rfc8785
 
 __all__ = ["MAX_INT", "Shape", "encode", "encode_checked", "encoder", "number", "number_is_plain",
-           "shape"]
+           "received", "shape"]
 
 #: the largest integer every JSON implementation holds exactly (IEEE 754 doubles)
 MAX_INT = 2**53 - 1
@@ -214,6 +214,25 @@ def number_is_plain(x: Any) -> bool:
     if t is float:
         return not x.is_integer() and _FLOAT_LO <= abs(x) < _FLOAT_HI
     return True
+
+
+def received(shape: Shape | None, data: Mapping[str, Any]) -> Callable[[Any], bytes]:
+    """An encoder for the parts of a record a subscriber *received* and is about to verify.
+
+    Where the record type vouches for msgspec's bytes (``shape``, its numbers plain), each part
+    is msgspec's encoding, unchecked: a value outside the type's domain (a float in a text
+    field, a big integer) gives other bytes than the publisher signed, so the record fails
+    verification as altered, which it is. The one encoding msgspec shares between two JSON
+    values is ``null`` (NaN and the infinities are written so): a part whose bytes hold
+    ``null`` is encoded carefully, which refuses them. Otherwise ``encoder(data)``."""
+    if shape is None or not shape.plain(data):
+        return encoder(data)
+    return _received_part
+
+
+def _received_part(part: Any) -> bytes:
+    out = _enc.encode(part)
+    return out if b"null" not in out else encode(part)
 
 
 @dataclass(frozen=True, slots=True)

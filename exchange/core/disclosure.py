@@ -33,9 +33,10 @@ SALT_BYTES = 16
 COMMITMENT_BYTES = 32
 
 
-def commit(salt: bytes, group: str, data: Mapping[str, Any], fields: tuple[str, ...]) -> bytes:
+def commit(salt: bytes, group: str, data: Mapping[str, Any], fields: tuple[str, ...],
+           encode: Callable[[Any], bytes] = canonical.encode) -> bytes:
     """The commitment to the fields of one group, as present in ``data``."""
-    body = canonical.encode({f: data[f] for f in fields if f in data})
+    body = encode({f: data[f] for f in fields if f in data})
     return hashlib.sha256(salt + group.encode() + b"\x00" + body).digest()
 
 
@@ -62,7 +63,8 @@ def commitments(data: Mapping[str, Any], groups: Mapping[str, tuple[str, ...]],
 
 
 def _opened_in_full(data: Mapping[str, Any], groups: Mapping[str, tuple[str, ...]],
-                    salts: Mapping[str, bytes]) -> dict[str, bytes]:
+                    salts: Mapping[str, bytes],
+                    encode: Callable[[Any], bytes] | None = None) -> dict[str, bytes]:
     """``opened_commitments`` of a record with every group disclosed: one pass, as sealing."""
     owner, _ = _layout(groups)
     stray = [f for f in data if f not in owner]
@@ -73,7 +75,7 @@ def _opened_in_full(data: Mapping[str, Any], groups: Mapping[str, tuple[str, ...
         if len(salt) != SALT_BYTES:
             raise IntegrityError(f"salt of group {g!r} is not 16 bytes",
                                  code=Code.DISCLOSURE_INVALID)
-    return commitments(data, groups, salts)
+    return commitments(data, groups, salts, encode)
 
 
 _layouts: dict[int, tuple[Mapping[str, tuple[str, ...]], dict[str, str], dict[str, bytes]]] = {}
@@ -111,15 +113,17 @@ def project(data: Mapping[str, Any], groups: Mapping[str, tuple[str, ...]],
 
 
 def opened_commitments(data: Mapping[str, Any], groups: Mapping[str, tuple[str, ...]],
-                       salts: Mapping[str, bytes], withheld: Mapping[str, bytes]
-                       ) -> dict[str, bytes]:
+                       salts: Mapping[str, bytes], withheld: Mapping[str, bytes],
+                       encode: Callable[[Any], bytes] | None = None) -> dict[str, bytes]:
     """Recompute every group commitment of a (possibly projected) record, for verification.
 
     Every group must be either disclosed (with its salt) or withheld (with its commitment), never
     both; every field in ``data`` must belong to a disclosed group, so nothing unsigned rides along.
+    ``encode``: the canonical encoder for the groups (``canonical.received`` on a subscriber);
+    by default every group is checked as ``canonical.encode`` does.
     """
     if not withheld and salts.keys() == groups.keys():
-        return _opened_in_full(data, groups, salts)
+        return _opened_in_full(data, groups, salts, encode)
     disclosed = salts.keys()
     if disclosed & withheld.keys():
         raise IntegrityError("a group is both disclosed and withheld", code=Code.DISCLOSURE_INVALID)
@@ -145,5 +149,5 @@ def opened_commitments(data: Mapping[str, Any], groups: Mapping[str, tuple[str, 
             if len(s) != SALT_BYTES:
                 raise IntegrityError(f"salt of group {g!r} is not 16 bytes",
                                      code=Code.DISCLOSURE_INVALID)
-            out[g] = commit(s, g, data, fields)
+            out[g] = commit(s, g, data, fields, encode or canonical.encode)
     return out

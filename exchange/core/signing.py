@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from exchange.core import canonical, disclosure, merkle
-from exchange.core.envelope import Envelope, EnvelopeIn, NodeId, digest, event_digest
+from exchange.core.envelope import Envelope, EnvelopeIn, NodeId, event_digest
 from exchange.core.errors import AuthError, Code, IntegrityError
 
 __all__ = [
@@ -106,11 +106,20 @@ def statement_bytes(statement: Statement) -> bytes:
 
 
 def record_digest(event: Envelope, groups: Mapping[str, tuple[str, ...]],
-                  salts: Mapping[str, bytes], withheld: Mapping[str, bytes] | None = None
-                  ) -> bytes:
-    """Digest of a full or projected record: attributes plus every group's commitment."""
-    commitments = disclosure.opened_commitments(event.data, groups, salts, withheld or {})
-    return digest(event.attributes(), commitments)
+                  salts: Mapping[str, bytes], withheld: Mapping[str, bytes] | None = None,
+                  shape: canonical.Shape | None = None) -> bytes:
+    """Digest of a full or projected record: attributes plus every group's commitment.
+    ``shape``: the record type's (``canonical.shape``), for the received-record encoder."""
+    try:
+        commitments = disclosure.opened_commitments(
+            event.data, groups, salts, withheld or {},
+            canonical.received(shape, event.data) if shape is not None else None)
+        return event_digest(event, commitments)
+    except (ValueError, TypeError) as err:
+        # a value with no canonical form (NaN, an infinity, a non-string key) was never
+        # signed: the record was altered on its way
+        raise IntegrityError(f"record holds a value with no canonical form: {err}",
+                             code=Code.SIGNATURE_INVALID) from None
 
 
 def check_signer(event: Envelope, statement: Statement, dataset: str | None = None) -> None:
@@ -206,7 +215,8 @@ class Verifier:
     def verify_record(self, event: Envelope, groups: Mapping[str, tuple[str, ...]],
                       salts: Mapping[str, bytes], withheld: Mapping[str, bytes],
                       proof: BatchProof, *, dataset: str | None = None,
-                      known: dict[bytes, tuple[int, int]] | None = None) -> bytes:
+                      known: dict[bytes, tuple[int, int]] | None = None,
+                      shape: canonical.Shape | None = None) -> bytes:
         """Verify one (possibly projected) record on its own against its publisher's signature.
 
         ``known``: one dict per batch statement shared by the records of that batch a caller
@@ -217,7 +227,7 @@ class Verifier:
         Returns the record's digest (what the transparency log's entry binds)."""
         st = proof.statement
         check_signer(event, st, dataset)
-        d = record_digest(event, groups, salts, withheld)
+        d = record_digest(event, groups, salts, withheld, shape)
         if known is None:
             try:
                 merkle.verify_inclusion(merkle.leaf_hash(d), proof.index, st.size, proof.path,

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.core import datasets, tlog
+from exchange.core import canonical, datasets, tlog
 from exchange.core.envelope import parse_type
 from exchange.core.errors import Code, ExchangeError, IntegrityError
 from exchange.core.signing import BatchProof, Statement, Verifier, check_signer, record_digest
@@ -180,8 +180,9 @@ class Inbox:
                 for rec in recs:
                     dataset, spec = _parsed_type(rec.event.type, types)
                     check_signer(rec.event, st, dataset)
-                    found.append((dataset, record_digest(rec.event, spec.groups, rec.salts,
-                                                         rec.withheld)))
+                    found.append((dataset, record_digest(
+                        rec.event, spec.groups, rec.salts, rec.withheld,
+                        canonical.shape(spec.record_type))))
                 self.verifier.verify_whole(st, ref.signature, [d for _, d in found])
             except ExchangeError as err:
                 out.update((id(r), err) for r in recs)
@@ -203,7 +204,7 @@ class Inbox:
         digest = self.verifier.verify_record(
             ev, spec.groups, rec.salts, rec.withheld,
             BatchProof(ref.statement, ref.signature, rec.index, rec.path), dataset=dataset,
-            known=known.setdefault(rec.batch, {}))
+            known=known.setdefault(rec.batch, {}), shape=canonical.shape(spec.record_type))
         return dataset, digest
 
 
