@@ -495,3 +495,13 @@ async def test_a_subscriber_that_keeps_acking_is_not_sent_its_window_again(
         again = await sub.records(5)
         assert [(r.seq, r.redelivered) for r in again] == [(s, True) for s in range(35, 40)]
         await sub.ws.close()
+
+
+async def test_a_plain_get_of_subscribe_is_refused_and_stores_nothing(env: Env) -> None:
+    async with session(env, TAX) as s:
+        async with s.get("/v1/datasets/population/subscribe?name=plain") as resp:
+            body = msgspec.json.decode(await resp.read())
+        assert resp.status == 400 and body["code"] == "bad_request"
+        async with s.get("/v1/subscriptions") as resp:
+            rows = msgspec.json.decode(await resp.read())
+    assert "plain" not in {r["name"] for r in rows}

@@ -87,10 +87,14 @@ class Subscriptions:
     async def _serve(self, request: web.Request, node: str, dataset: str, req: Request,
                      key: tuple[str, str, str], agreement: Agreement, granted: list[str]
                      ) -> web.StreamResponse:
-        acked = await self._position(node, dataset, req)
         limits = self.limits()
         ws = web.WebSocketResponse(heartbeat=limits.idle_timeout_s / 2,
                                    max_msg_size=64 * 1024)
+        if not ws.can_prepare(request).ok:
+            # refused before anything is stored: a plain GET made no durable subscription
+            raise InputError("a subscription is a WebSocket: send the Upgrade request",
+                             code=Code.BAD_REQUEST)
+        acked = await self._position(node, dataset, req)
         await ws.prepare(request)
         feed = Feed(dataset=dataset, acked=acked, ack_timeout=limits.ack_timeout_s,
                     granted=granted, min_completeness=agreement.min_completeness,
