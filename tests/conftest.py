@@ -4,6 +4,7 @@ over TLS 1.3 with client certificates, sqlite on disk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import inspect
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,7 @@ from aiohttp import web
 from exchange import logger, pki
 from exchange.broker.app import Broker, create_app
 from exchange.broker.server import wire_store
-from exchange.clock import SYSTEM, Clock
+from exchange.clock import SYSTEM, Clock, FakeClock
 from exchange.core.access import BrokerConfig, DatasetConfig, Limits
 from exchange.node import NodeConfig
 from exchange.sim.agencies import AGREEMENTS as AGREEMENTS  # re-exported for the suites
@@ -107,6 +108,27 @@ async def start_broker(config: BrokerConfig, store: Store | None = None, *,
     await site.start()
     port = runner.addresses[0][1]
     return broker, runner, f"https://127.0.0.1:{port}"
+
+
+@dataclass
+class Timed:
+    """A broker on the suites' PKI, on a clock the test moves."""
+
+    url: str
+    clock: FakeClock
+    broker: Broker
+
+
+@contextlib.asynccontextmanager
+async def timed_broker(pki_dir: Path, data_dir: Path) -> AsyncIterator[Timed]:
+    """A broker on a ``FakeClock`` at noon on the suites' day: the agreements are in force and
+    the generated records' dates in its past."""
+    clock = FakeClock(dt.datetime.combine(TODAY, dt.time(12), dt.UTC).timestamp())
+    broker, runner, url = await start_broker(broker_config(pki_dir, data_dir), clock=clock)
+    try:
+        yield Timed(url, clock, broker)
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture

@@ -15,23 +15,10 @@ from exchange.core.datasets.explain import Partial, Undecoded, explain, reword
 from exchange.core.datasets.land import PURPOSES
 from exchange.core.datasets.population import Person
 from exchange.core.errors import Code
+from tests.test_datasets_population import AN, rec
 
 CTX = RuleContext(today=dt.date(2026, 11, 22))
 SPEC = get("population", 1)
-
-AN: dict[str, Any] = {
-    "id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-14",
-    "sex": "male", "birth_registration_province": "001",
-    "permanent_address": {"province_code": "01", "ward_code": "00004",
-                          "street": "Số 18 phố Đội Cấn"},
-    "nationality": "VN", "status": "living", "ethnicity": "Kinh", "religion": "Không",
-    "as_of": "2025-09-30",
-}
-
-
-def rec(**changes: Any) -> dict[str, Any]:
-    out = {**AN, **changes}
-    return {k: v for k, v in out.items() if v is not None}
 
 
 def found(data: Any) -> list[tuple[str, str, str]]:

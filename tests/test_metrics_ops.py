@@ -4,14 +4,12 @@ rules in ``deploy/``, checked against the metric names a live broker actually ex
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +24,19 @@ from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from exchange import pki
-from exchange.broker.app import Broker
-from exchange.clock import FakeClock
 from exchange.core import datasets
 from tests.conftest import (
     OPERATOR,
     OUTSIDER,
     OWNERS,
-    TODAY,
     Env,
+    Timed,
     broker_config,
     eventually,
     people,
     sealed,
     start_broker,
+    timed_broker,
 )
 
 POP = OWNERS["population"]
@@ -92,25 +89,10 @@ async def publish(env: Env, s: aiohttp.ClientSession, n: int) -> None:
         assert resp.status == 200, await resp.text()
 
 
-@dataclass
-class Timed:
-    """A broker on the suites' PKI, on a clock the test moves."""
-
-    url: str
-    clock: FakeClock
-    broker: Broker
-
-
 @pytest.fixture
 async def timed(env: Env, tmp_path: Path) -> AsyncIterator[Timed]:
-    # noon on the suites' day: the agreements are in force, the records' dates in its past
-    clock = FakeClock(dt.datetime.combine(TODAY, dt.time(12), dt.UTC).timestamp())
-    broker, runner, url = await start_broker(broker_config(env.pki_dir, tmp_path / "timed"),
-                                             clock=clock)
-    try:
-        yield Timed(url, clock, broker)
-    finally:
-        await runner.cleanup()
+    async with timed_broker(env.pki_dir, tmp_path / "timed") as t:
+        yield t
 
 
 # -- the broker's operational metrics ------------------------------------------------------------

@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,6 @@ import msgspec
 import pytest
 
 from exchange import pki
-from exchange.broker.app import Broker
-from exchange.clock import FakeClock
 from exchange.core import datasets
 from exchange.core.errors import IntegrityError
 from exchange.core.feed import Feed
@@ -26,12 +23,11 @@ from exchange.core.wire import Hello, Records
 from exchange.node import Delivery, Node, Record
 from tests.conftest import (
     OWNERS,
-    TODAY,
     Env,
-    broker_config,
+    Timed,
     people,
     sealed,
-    start_broker,
+    timed_broker,
     until,
 )
 
@@ -262,26 +258,11 @@ async def test_start_at_a_time(env: Env) -> None:
         await sub.ws.close()
 
 
-@dataclass
-class Timed:
-    """A second broker on the same PKI, on a clock the test moves."""
-
-    url: str
-    clock: FakeClock
-    broker: Broker
-
-
 @pytest.fixture
 async def timed(env: Env, tmp_path: Path) -> AsyncIterator[Timed]:
-    config = broker_config(env.pki_dir, tmp_path / "timed")
-    # noon on the suites' day: the generated records' dates are in its past
-    clock = FakeClock(dt.datetime.combine(TODAY, dt.time(12), dt.UTC).timestamp())
-    broker, runner, url = await start_broker(config, clock=clock)
-    try:
-        yield Timed(url, clock, broker)
-    finally:
-        await runner.cleanup()
-    assert broker.subscriptions.live == {}
+    async with timed_broker(env.pki_dir, tmp_path / "timed") as t:
+        yield t
+    assert t.broker.subscriptions.live == {}
 
 
 async def settled(timed: Timed, feed: Feed, credits: int) -> None:

@@ -639,19 +639,11 @@ async def list_subscriptions(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     who = request[PRINCIPAL]
     out = []
-    now = broker.clock.time()
-    for row in await broker.store.subscriptions():
-        if who.role != "operator" and row.node != who.id:
-            continue
-        head = await broker.store.head(row.dataset)
-        behind = await broker.store.read(row.dataset, row.acked, 1)
+    for row in await _lags(broker, None if who.role == "operator" else who.id):
         # a connected subscription's own state on this broker: credit it holds, records sent
         # and not yet acked, records sent again after an ack timeout (null: not connected here)
-        feed = broker.subscriptions.live.get((row.node, row.dataset, row.name))
-        out.append({"node": row.node, "dataset": row.dataset, "name": row.name,
-                    "acked": row.acked, "head": head,
-                    "lag": await broker.store.count_after(row.dataset, row.acked),
-                    "lag_s": round(max(0.0, now - behind[0].accepted_at), 3) if behind else 0.0,
+        feed = broker.subscriptions.live.get((row["node"], row["dataset"], row["name"]))
+        out.append({**row, "head": await broker.store.head(row["dataset"]),
                     "connected": feed is not None,
                     "credits": feed.state.credits if feed else None,
                     "in_flight": len(feed.state.inflight) if feed else None,
@@ -976,11 +968,14 @@ async def get_quality(request: web.Request) -> web.Response:
     return _ok({"datasets": report})
 
 
-async def _lags(broker: Broker) -> list[dict[str, Any]]:
-    """Every subscription's lag in records and in seconds (age of its oldest unacked record)."""
+async def _lags(broker: Broker, node: str | None = None) -> list[dict[str, Any]]:
+    """Every subscription's lag in records and in seconds (age of its oldest unacked record);
+    ``node``'s alone if named."""
     out = []
     now = broker.clock.time()
     for row in await broker.store.subscriptions():
+        if node is not None and row.node != node:
+            continue
         behind = await broker.store.read(row.dataset, row.acked, 1)
         out.append({"node": row.node, "dataset": row.dataset, "name": row.name,
                     "acked": row.acked,

@@ -112,8 +112,7 @@ def record_digest(event: Envelope, groups: Mapping[str, tuple[str, ...]],
     ``shape``: the record type's (``canonical.shape``), for the received-record encoder."""
     try:
         commitments = disclosure.opened_commitments(
-            event.data, groups, salts, withheld or {},
-            canonical.received(shape, event.data) if shape is not None else None)
+            event.data, groups, salts, withheld or {}, canonical.received(shape, event.data))
         return event_digest(event, commitments)
     except (ValueError, TypeError) as err:
         # a value with no canonical form (NaN, an infinity, a non-string key) was never

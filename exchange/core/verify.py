@@ -15,7 +15,6 @@ Once every item is dealt with, the frame's last seq is the cumulative ack (``Inb
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,7 +135,7 @@ class Inbox:
                 seq=rec.seq, dataset=dataset, key=ev.subject, version=ev.version, data=ev.data,
                 source=ev.source, time=ev.time, accepted_at=rec.accepted_at,
                 withheld=frozenset(rec.withheld), redelivered=rec.redelivered,
-                schema_version=schema_version(ev.type), dataschema=ev.dataschema),
+                schema_version=types[ev.type][1].version, dataschema=ev.dataschema),
                 digest, batches[rec.batch].statement))
         self._ack = frame.records[-1].seq if frame.records else None
         return out
@@ -206,12 +205,6 @@ class Inbox:
             BatchProof(ref.statement, ref.signature, rec.index, rec.path), dataset=dataset,
             known=known.setdefault(rec.batch, {}), shape=canonical.shape(spec.record_type))
         return dataset, digest
-
-
-@functools.lru_cache(maxsize=256)
-def schema_version(type_: str) -> int:
-    """The schema version a CloudEvents ``type`` names (cached: a few types per exchange)."""
-    return parse_type(type_)[1]
 
 
 def _parsed_type(type_: str, types: dict[str, tuple[str, datasets.DatasetSpec]]

@@ -226,6 +226,12 @@ class Publisher:
             base = self._bases[spec.name] = uri.removesuffix(spec.dataschema)
         return base
 
+    async def _back_off(self, delay: float) -> float:
+        """Wait ``delay`` (with jitter) on the node's clock before a retry; the next delay."""
+        clock = self.client.clock
+        await clock.sleep_until(clock.monotonic() + delay * (1 + random.random()))
+        return min(delay * 2, 2.0)
+
     async def _get_retrying(self, path: str) -> Any:
         """GET with the publisher's retries and backoff, failing over between brokers."""
         client = self.client
@@ -240,9 +246,7 @@ class Publisher:
                     raise UnavailableError(f"no broker reachable: {err.message}",
                                            code=Code.BROKER_UNREACHABLE) from None
                 logger.warning("publish_retry", error=err.message, attempt=attempt)
-                await client.clock.sleep_until(client.clock.monotonic()
-                                               + delay * (1 + random.random()))
-                delay = min(delay * 2, 2.0)
+                delay = await self._back_off(delay)
         raise AssertionError("unreachable")
 
     async def _post(self, dataset: str, batch: Batch) -> PublishReply:
@@ -297,9 +301,7 @@ class Publisher:
                                            code=Code.BROKER_UNREACHABLE) from None
                 logger.warning("publish_retry", error=repr(err), broker=url, attempt=attempt)
                 client.fail_over(url)
-                await client.clock.sleep_until(client.clock.monotonic()
-                                               + delay * (1 + random.random()))
-                delay = min(delay * 2, 2.0)
+                delay = await self._back_off(delay)
         raise AssertionError("unreachable")
 
     async def _stream(self, url: str, dataset: str, body: bytes, binary: bool) -> PublishReply:

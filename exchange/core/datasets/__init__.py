@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -91,12 +90,12 @@ def get(name: str, version: int | None = None) -> DatasetSpec:
 
 def schema_text(spec: DatasetSpec) -> str:
     """The committed form of a JSON Schema export: 2-space indent, sorted keys, final newline."""
-    return json.dumps(spec.json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return spec.schema_text
 
 
 def schema_digest(spec: DatasetSpec) -> str:
     """SHA-256 (hex) of a version's committed JSON Schema text: what "immutable" pins."""
-    return hashlib.sha256(schema_text(spec).encode()).hexdigest()
+    return spec.schema_digest
 
 
 def version_history(name: str, base: str) -> dict[str, Any]:
@@ -145,8 +144,8 @@ def export_schemas(directory: str | Path) -> list[Path]:
     pins: dict[str, dict[str, str]] = (json.loads(pins_path.read_text("utf-8"))
                                        if pins_path.exists() else {})
     changed = [f"{spec.name} v{spec.version}" for name in names() for spec in versions(name)
-               if pins.get(name, {}).get(str(spec.version), schema_digest(spec))
-               != schema_digest(spec)]
+               if pins.get(name, {}).get(str(spec.version), spec.schema_digest)
+               != spec.schema_digest]
     # a published version the code no longer has: later versions would no longer be
     # checked against it, and its records would have no schema
     changed += [f"{name} v{v}" for name, pinned in pins.items() for v in pinned

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -176,6 +178,18 @@ class DatasetSpec:
             },
         }
         return schema
+
+    @functools.cached_property
+    def schema_text(self) -> str:
+        """The committed form of the JSON Schema export: 2-space indent, sorted keys, final
+        newline (a version is immutable: computed once)."""
+        return json.dumps(self.json_schema(), indent=2, sort_keys=True,
+                          ensure_ascii=False) + "\n"
+
+    @functools.cached_property
+    def schema_digest(self) -> str:
+        """SHA-256 (hex) of ``schema_text``: what "immutable" pins."""
+        return hashlib.sha256(self.schema_text.encode()).hexdigest()
 
     @functools.cached_property
     def decoder(self) -> msgspec.json.Decoder[Any]:

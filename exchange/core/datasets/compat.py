@@ -42,7 +42,6 @@ MODES = ("NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITI
 #: national registries: every version reads and is read by every other
 DEFAULT_MODE = "FULL_TRANSITIVE"
 
-_IGNORED = frozenset({"title", "description", "default", "examples", "$comment", "deprecated"})
 _LOWER = ("minLength", "minimum", "exclusiveMinimum", "minItems", "minProperties")
 _UPPER = ("maxLength", "maximum", "exclusiveMaximum", "maxItems", "maxProperties")
 
@@ -156,7 +155,7 @@ def _plain(node: Any, root: Mapping[str, Any]) -> Any:
     """A schema with references resolved and annotations dropped (to compare meaning)."""
     if isinstance(node, Mapping):
         node = _resolve(node, root)
-        return {k: _plain(v, root) for k, v in node.items() if k not in _IGNORED}
+        return {k: _plain(v, root) for k, v in node.items() if k not in _ANNOTATIONS}
     if isinstance(node, list):
         return [_plain(v, root) for v in node]
     return node
