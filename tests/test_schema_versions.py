@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -495,3 +496,53 @@ def test_a_public_url_is_one_https_origin_in_lower_case() -> None:
         assert (found == []) is ok, (url, found)
         assert found in ([], ["public_url"])
 
+
+
+async def test_a_served_schema_is_the_committed_file_with_its_digest(env: Env) -> None:
+    async with aiohttp.ClientSession(env.url, connector=aiohttp.TCPConnector(
+            ssl=env.ssl(LAND))) as s:
+        for version in (1, 2):
+            async with s.get(f"/v1/schemas/population/{version}") as resp:
+                body = await resp.read()
+                headers = resp.headers
+            committed = (SCHEMAS / "population" / f"v{version}" / "schema.json").read_bytes()
+            assert body == committed
+            assert headers["ETag"] == f'"{hashlib.sha256(committed).hexdigest()}"'
+            assert "immutable" in headers["Cache-Control"]
+        async with s.get("/v1/schemas/population") as resp:  # the latest: not immutable
+            assert resp.status == 200 and "Cache-Control" not in resp.headers
+            assert await resp.read() == (SCHEMAS / "population" / "v2" / "schema.json"
+                                         ).read_bytes()
+
+
+async def test_a_batch_is_checked_against_its_records_version(env: Env) -> None:
+    """One version per batch: the first record's. A record of another version is refused alone
+    (its index named); a version the exchange does not know refuses the batch."""
+    from exchange import pki
+
+    key = pki.load_node_identity(env.pki_dir, POP).signing_key
+    ps = people(3, seed=31)
+    v2 = datasets.get("population", 2)
+    batch = seal(key, POP, v2, [(p["id"], 1, p) for p in ps], b"\x21" * 32, time=SEALED_AT)
+    # the middle record claims v1 (re-signed: the publisher's own statement)
+    records = list(batch.records)
+    records[1] = msgspec.structs.replace(records[1], event=msgspec.structs.replace(
+        records[1].event, type="vn.exchange.population.v1",
+        dataschema="https://localhost/v1/schemas/population/1"))
+    mixed = _resign(key, batch, records)
+    unknown = _resign(key, batch, [msgspec.structs.replace(r, event=msgspec.structs.replace(
+        r.event, type="vn.exchange.population.v9")) for r in batch.records])
+    async with aiohttp.ClientSession(env.url, connector=aiohttp.TCPConnector(
+            ssl=env.ssl(POP))) as s:
+        async with s.post("/v1/datasets/population/records", data=msgspec.json.encode(mixed),
+                          headers={"Content-Type": "application/json"}) as resp:
+            body = msgspec.json.decode(await resp.read())
+        assert resp.status == 422
+        # (its dataschema, v1's, is not the batch version's either)
+        assert sorted((e["index"], e["code"]) for e in body["errors"]) == [
+            (1, "bad_dataschema"), (1, "unknown_schema_version")]
+        assert body["receipt"]["receipt"]["accepted"] == 2
+        async with s.post("/v1/datasets/population/records", data=msgspec.json.encode(unknown),
+                          headers={"Content-Type": "application/json"}) as resp:
+            body = msgspec.json.decode(await resp.read())
+        assert (resp.status, body["code"]) == (404, "unknown_schema_version")
