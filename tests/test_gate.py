@@ -64,8 +64,10 @@ def test_valid_records_are_candidates() -> None:
     assert [c.key for c in checked.candidates] == [r["id"] for r in records]
     for c, r in zip(checked.candidates, records, strict=True):
         assert c.version == 1
-        assert c.record is batch.records[c.index]
-        assert set(c.commitments) == set(SPEC.groups)
+        body = msgspec.msgpack.decode(c.body, type=gate.StoredBody)
+        assert body.event == batch.records[c.index].event
+        assert body.salts == batch.records[c.index].salts
+        assert set(body.commitments) == set(SPEC.groups)
         assert len(c.digest) == 32
         assert c.content == content(r)
     # one batch, one signature check
@@ -219,8 +221,9 @@ def test_same_version_same_content_is_a_duplicate_even_resealed() -> None:
                                                          strict=True)}
     # a retry: new salts, ids and time, same data
     retry = sealed(items(records), seed=b"r" * 32, time="2026-11-22T09:30:00Z")
-    assert retry.records[0].event.id != first.candidates[0].record.event.id
-    assert retry.records[0].salts != first.candidates[0].record.salts
+    was = msgspec.msgpack.decode(first.candidates[0].body, type=gate.StoredBody)
+    assert retry.records[0].event.id != was.event.id
+    assert retry.records[0].salts != was.salts
     checked = check(retry)
     assert [c.digest for c in checked.candidates] != [c.digest for c in first.candidates]
     decided = gate.decide(checked, stored)

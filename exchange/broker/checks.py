@@ -59,25 +59,28 @@ def registry_groups() -> dict[str, dict[int, tuple[str, ...]]]:
             for name in datasets.names()}
 
 
-def decode(path: Path, *, listen: str | None = None, data_dir: str | None = None
-           ) -> BrokerConfig:
+def decode(path: Path, *, listen: str | None = None, data_dir: str | None = None,
+           workers: int | None = None) -> BrokerConfig:
     """Read and decode the file at ``path`` (``InputError`` naming the problem if it cannot be)
-    and apply the command line's overrides (``--listen``, ``--data``)."""
+    and apply the command line's overrides (``--listen``, ``--data``, ``--workers``)."""
     from exchange.broker.app import load_config
 
     config = load_config(path)
-    changes: dict[str, str] = {}
+    changes: dict[str, str | int] = {}
     if listen:
         changes["listen"] = listen
     if data_dir:
         changes["data_dir"] = str(Path(data_dir).resolve())
+    if workers is not None:
+        changes["gate_workers"] = workers
     return msgspec.structs.replace(config, **changes) if changes else config
 
 
-def load(path: Path, *, listen: str | None = None, data_dir: str | None = None) -> Checked:
+def load(path: Path, *, listen: str | None = None, data_dir: str | None = None,
+         workers: int | None = None) -> Checked:
     """``decode`` and ``check``: everything ``exchange broker serve`` would refuse."""
     try:
-        config = decode(path, listen=listen, data_dir=data_dir)
+        config = decode(path, listen=listen, data_dir=data_dir, workers=workers)
     except ExchangeError as err:
         return Checked(None, problems_of(err))
     return check(config)

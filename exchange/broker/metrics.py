@@ -86,7 +86,7 @@ class QualityTracker:
         many references they hold in all."""
         wanted: dict[str, list[tuple[str, str]]] = {}
         for a in decided.accepted:
-            for target, key in quality.references(spec, a.record.event.data):
+            for target, key in a.refs:
                 wanted.setdefault(target, []).append((key, a.key))
         out: list[Reference] = []
         for target, pairs in wanted.items():

@@ -20,6 +20,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange.broker.metrics import QualityTracker
+from exchange.broker.workers import GatePool
 from exchange.clock import SYSTEM, Clock
 from exchange.core import datasets, gate, ledger, quality
 from exchange.core.access import Limits
@@ -45,14 +46,43 @@ MAX_GROUP_RECORDS = 8192
 
 @dataclass
 class _Job:
-    """A checked batch waiting for the writer."""
+    """A batch waiting for the writer, in arrival order: checked, or being checked in a gate
+    worker (``gated`` not done yet)."""
 
     node: str
     dataset: str
-    spec: datasets.DatasetSpec
-    batch: Batch
-    checked: gate.Checked
     future: asyncio.Future[Outcome]
+    spec: datasets.DatasetSpec | None = None
+    batch: Batch | None = None
+    checked: gate.Checked | None = None
+    #: set True once a worker's check is in (spec, batch, checked), False when it refused the
+    #: batch; None: checked in this process before the job was queued
+    gated: asyncio.Future[bool] | None = None
+    #: the body, while ``batch`` holds no records (a worker checked it): a refused record's
+    #: dead letter decodes it again
+    body: tuple[bytes, str] | None = None
+
+    def part(self) -> tuple[datasets.DatasetSpec, Batch, gate.Checked]:
+        """What the writer takes of a checked job."""
+        assert self.spec is not None and self.batch is not None and self.checked is not None
+        return self.spec, self.batch, self.checked
+
+    @property
+    def size(self) -> int:
+        """Its records (once checked)."""
+        assert self.checked is not None
+        return len(self.checked.candidates) + len(self.checked.rejected)
+
+    @property
+    def ready(self) -> bool:
+        return self.gated is None or (self.gated.done() and self.gated.result())
+
+    def records(self) -> Batch:
+        """The batch with its records (decoded again when a worker checked it)."""
+        assert self.batch is not None
+        if self.body is not None:
+            self.batch, self.body = decode_batch(*self.body), None
+        return self.batch
 
 
 def utc_date(t: float) -> dt.date:
@@ -73,6 +103,8 @@ class Publisher:
     clock: Clock = SYSTEM
     #: the exchange's public URL every ``dataschema`` must start with (None: any https origin)
     schema_base: Callable[[], str | None] = lambda: None
+    #: gate worker processes doing each batch's per-record checks (None: this process does)
+    pool: GatePool | None = None
     #: dead letters each publisher has stored (read from the store once, then counted)
     _dead_used: dict[str, int] = field(default_factory=dict)
     # one writer task: the version decision and the append must see the same state
@@ -99,45 +131,106 @@ class Publisher:
             self.quality.add(deltas)
 
     async def publish(self, node: str, dataset: str, body: bytes, content_type: str) -> Outcome:
+        if self.pool is not None:
+            return await self._publish_pooled(self.pool, node, dataset, body, content_type)
         batch: Batch | None = None
         try:
             batch = decode_batch(body, content_type)
             spec = gate.spec_of(batch, dataset)
-            checked = gate.check(batch, node=node, spec=spec, verifier=self.verifier,
-                                 limits=self.limits(),
-                                 ctx=datasets.RuleContext(today=utc_date(self.clock.time())),
-                                 scorer=quality.completeness if self.quality else None,
-                                 schema_base=self.schema_base())
+            checked = self._check(batch, node, spec)
         except ExchangeError as err:
             await self.refuse(node, dataset, err, batch, body)
             raise
-        job = _Job(node, dataset, spec, batch, checked,
-                   asyncio.get_running_loop().create_future())
+        return await self._queue(_Job(node, dataset, self._future(), spec, batch, checked))
+
+    def _check(self, batch: Batch, node: str, spec: datasets.DatasetSpec) -> gate.Checked:
+        return gate.check(batch, node=node, spec=spec, verifier=self.verifier,
+                          limits=self.limits(),
+                          ctx=datasets.RuleContext(today=utc_date(self.clock.time())),
+                          scorer=quality.completeness if self.quality else None,
+                          references=quality.references if self.quality else None,
+                          schema_base=self.schema_base())
+
+    @staticmethod
+    def _future() -> asyncio.Future[Outcome]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _queue(self, job: _Job) -> Outcome:
+        self._enqueue(job)
+        return await job.future
+
+    def _enqueue(self, job: _Job) -> None:
         self._pending.append(job)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
+
+    async def _publish_pooled(self, pool: GatePool, node: str, dataset: str, body: bytes,
+                              content_type: str) -> Outcome:
+        """The checks in a worker; the job holds its place in arrival order meanwhile, so the
+        writer decides batches in the order they came whichever worker finishes first."""
+        loop = asyncio.get_running_loop()
+        job = _Job(node, dataset, self._future(), gated=loop.create_future(),
+                   body=(body, content_type))
+        assert job.gated is not None
+        self._enqueue(job)  # its place in the order, now
+        try:
+            checked = await pool.check(
+                node, dataset, body, content_type, key=self.verifier.current(node),
+                limits=self.limits(), today=utc_date(self.clock.time()),
+                scored=self.quality is not None, schema_base=self.schema_base())
+            if checked is None:  # another key, or the pool broke: checked here
+                whole = decode_batch(body, content_type)
+                spec = gate.spec_of(whole, dataset)
+                job.spec, job.batch, job.checked, job.body = (spec, whole,
+                                                              self._check(whole, node, spec), None)
+            else:
+                job.spec, job.batch, job.checked = checked.spec, checked.batch, checked.checked
+        except BaseException as err:
+            job.gated.set_result(False)
+            if isinstance(err, ExchangeError):
+                try:
+                    batch: Batch | None = decode_batch(body, content_type)
+                except ExchangeError:
+                    batch = None
+                await self.refuse(node, dataset, err, batch, body)
+            raise
+        job.gated.set_result(True)
         return await job.future
 
     # -- the writer: one task decides and stores, in arrival order -------------------------
 
     def _next_group(self) -> list[_Job]:
-        """At most MAX_GROUP batches and, past the first, MAX_GROUP_RECORDS records: a group's
-        rows are built in memory before its one transaction. A store whose group is one atomic
-        batch of bounded size (NATS) takes at most a batch's worth."""
+        """At most MAX_GROUP batches and, past the first, MAX_GROUP_RECORDS records, all of them
+        checked (the group stops at the first batch still in a worker): a group's rows are
+        built in memory before its one transaction. A store whose group is one atomic batch of
+        bounded size (NATS) takes at most a batch's worth."""
         cap = MAX_GROUP_RECORDS
         if self.store.atomic_batch_bounded:
             cap = min(cap, self.limits().max_batch_records)
-        k, records = 1, len(self._pending[0].batch.records)
-        while k < min(MAX_GROUP, len(self._pending)):
-            records += len(self._pending[k].batch.records)
+        k, records = 1, self._pending[0].size
+        while k < min(MAX_GROUP, len(self._pending)) and self._pending[k].ready:
+            records += self._pending[k].size
             if records > cap:
                 break
             k += 1
         jobs, self._pending = self._pending[:k], self._pending[k:]
         return jobs
 
-    async def _write(self) -> None:
+    async def _head(self) -> bool:
+        """Wait until the first queued batch is checked (dropping those refused whole);
+        False when none is left."""
         while self._pending:
+            head = self._pending[0]
+            if head.gated is None or (head.gated.done() and head.gated.result()):
+                return True
+            if head.gated.done():  # refused: its publisher has the answer already
+                self._pending.pop(0)
+                continue
+            await asyncio.wait([head.gated])
+        return False
+
+    async def _write(self) -> None:
+        while await self._head():
             jobs = self._next_group()
             try:
                 outcomes = await self._commit(jobs)
@@ -160,7 +253,7 @@ class Publisher:
                         j.future.set_exception(failed)
                 continue
             except BaseException:
-                for j in jobs:
+                for j in [*jobs, *self._pending]:
                     if not j.future.done():
                         j.future.set_exception(UnavailableError("broker stopping",
                                                                 code=Code.UNAVAILABLE))
@@ -190,17 +283,20 @@ class Publisher:
 
     async def _try_commit(self, jobs: Sequence[_Job]) -> list[Outcome]:
         now = self.clock.time()
+        parts = [j.part() for j in jobs]
         wanted: dict[str, list[str]] = {}
-        for j in jobs:
-            wanted.setdefault(j.dataset, []).extend(c.key for c in j.checked.candidates)
+        for j, (_, _, checked) in zip(jobs, parts, strict=True):
+            wanted.setdefault(j.dataset, []).extend(c.key for c in checked.candidates)
         current = {ds: await self.store.current(ds, keys) for ds, keys in wanted.items()}
-        decisions = gate.decide_group([(j.dataset, j.checked) for j in jobs], current)
+        decisions = gate.decide_group([(j.dataset, p[2]) for j, p in zip(jobs, parts,
+                                                                         strict=True)], current)
         group: list[ledger.Append] = []
         deltas: dict[tuple[str, str], quality.Counters] = {}
         dropped: list[int] = []
         reserved: dict[str, int] = {}
-        for j, decided in zip(jobs, decisions, strict=True):
-            dead = ledger.dead_letters(j.node, j.dataset, j.batch, decided.rejected, now)
+        for j, (spec, batch, checked), decided in zip(jobs, parts, decisions, strict=True):
+            dead = ledger.dead_letters(j.node, j.dataset, j.records() if decided.rejected
+                                       else batch, decided.rejected, now)
             dead, cut = await self._bound(j.node, dead)
             # reserved at once (no await between the bound and this): concurrent refusals
             # see it; given back if the commit fails
@@ -209,11 +305,11 @@ class Publisher:
             dropped.append(cut)
             unresolved: list[ledger.Reference] = []
             if self.quality is not None:
-                unresolved, references = await self.quality.unresolved_for(j.spec, decided)
-                delta = quality.gated(j.checked, decided, now, references=references)
+                unresolved, references = await self.quality.unresolved_for(spec, decided)
+                delta = quality.gated(checked, decided, now, references=references)
                 pair = (j.dataset, j.node)
                 deltas[pair] = deltas[pair].merge(delta) if pair in deltas else delta
-            group.append(ledger.Append(j.node, j.dataset, j.batch, decided, dead, unresolved))
+            group.append(ledger.Append(j.node, j.dataset, batch, decided, dead, unresolved))
         plan = ledger.plan(group, now,
                            quality=self.quality.rows(deltas) if self.quality else ())
         try:

@@ -21,6 +21,7 @@ from exchange import pki
 from exchange.broker import checks, control
 from exchange.broker.app import Broker, create_app
 from exchange.broker.tls_log import log_handshake_refusals
+from exchange.broker.workers import GatePool
 from exchange.core.access import BrokerConfig, config_error, parse_listen, problems_of
 from exchange.core.errors import Code, ExchangeError, InputError, UnavailableError
 from exchange.store.base import Store
@@ -103,6 +104,7 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    pool = GatePool(config.gate_workers) if config.gate_workers else None
     async with control.serving(control.socket_path(data_dir), broker):
         app = create_app(broker)
         runner = web.AppRunner(app, access_log=None,
@@ -110,6 +112,10 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
         await runner.setup()
         pidfile = data_dir / "broker.pid"
         try:
+            if pool is not None:  # started before the port opens: the first batch waits for none
+                pids = await pool.start()
+                broker.publisher.pool = pool
+                logger.info("gate_workers", workers=len(pids), pids=pids)
             host, port = parse_listen(config.listen)
             site = web.TCPSite(runner, host, port, ssl_context=tls.context, backlog=512)
             try:
@@ -143,6 +149,8 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await runner.cleanup()
+            if pool is not None:
+                pool.close()
             pidfile.unlink(missing_ok=True)
             gc.unfreeze()  # a caller that goes on (a test) collects as usual again
 

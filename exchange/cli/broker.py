@@ -30,6 +30,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 0 to 256")
+    return n
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("broker", help="run the central broker")
     bsub = p.add_subparsers(dest="broker_command", required=True, metavar="ACTION")
@@ -39,6 +49,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="broker config (TOML or JSON): datasets, owners, agreements, limits")
     serve.add_argument("--listen", help="HOST:PORT, overrides the config (port 0: any free)")
     serve.add_argument("--data", help="data directory, overrides the config")
+    serve.add_argument("--workers", type=_workers, metavar="N",
+                       help="gate worker processes checking batches beside the one that orders "
+                       "and commits them (overrides gate_workers; 0: none)")
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     serve.set_defaults(func=_serve)
 
@@ -56,6 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check.add_argument("--config", "-c", type=Path, required=True)
     check.add_argument("--listen", help="HOST:PORT, as serve's --listen")
     check.add_argument("--data", help="data directory, as serve's --data")
+    check.add_argument("--workers", type=_workers, metavar="N", help="as serve's --workers")
     check.add_argument("--json", action="store_true",
                        help="print the problems as a JSON list (empty when all is well)")
     check.set_defaults(func=_check)
@@ -79,7 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     logger.configure(args.log_level)
     try:
-        config = checks.decode(args.config, listen=args.listen, data_dir=args.data)
+        config = checks.decode(args.config, listen=args.listen, data_dir=args.data,
+                               workers=args.workers)
     except ExchangeError as err:
         problems = problems_of(err)
         checks.report(problems, args.config)
@@ -93,7 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from exchange.broker import checks
 
-    checked = checks.load(args.config, listen=args.listen, data_dir=args.data)
+    checked = checks.load(args.config, listen=args.listen, data_dir=args.data,
+                          workers=args.workers)
     if args.json:
         print(msgspec.json.encode(checked.problems).decode())
     else:

@@ -113,6 +113,9 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     checkpoint_interval_s: float = 1.0
     #: score data quality at the gate (correct, sufficient, clean, live)
     quality: bool = True
+    #: processes that check each batch's records (decode, signatures, schema, rules) beside the
+    #: one that orders and commits them; 0: that one process checks them too
+    gate_workers: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
     limits: Limits = Limits()
     datasets: list[DatasetConfig] = []
     agreements: list[Agreement] = []

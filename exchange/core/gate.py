@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+
 from exchange.core import canonical, datasets
 from exchange.core.access import Limits
 from exchange.core.datasets import DatasetSpec, RuleContext
-from exchange.core.envelope import parse_type
+from exchange.core.envelope import Envelope, parse_type
 from exchange.core.errors import (
     Code,
     ExchangeError,
@@ -34,38 +36,52 @@ from exchange.core.errors import (
     LimitExceeded,
     Violation,
 )
-from exchange.core.signing import Batch, PublishedRecord, Verifier
+from exchange.core.signing import Batch, Verifier
 from exchange.core.wire import Duplicate
 
-__all__ = ["IN_GROUP", "Candidate", "Checked", "Current", "Decided", "check", "decide",
-           "decide_group", "spec_of"]
+__all__ = ["IN_GROUP", "Candidate", "Checked", "Current", "Decided", "StoredBody", "check",
+           "decide", "decide_group", "spec_of"]
 
 
-@dataclass(slots=True)
-class Candidate:
-    """A record that passed every check but the version decision."""
+class StoredBody(msgspec.Struct, frozen=True, array_like=True):
+    """What a store keeps per record besides its indexed columns (MessagePack)."""
+
+    event: Envelope
+    salts: dict[str, bytes]
+    commitments: dict[str, bytes]
+    path: list[bytes]
+    completeness: float = 1.0
+
+
+class Candidate(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A record that passed every check but the version decision: what the decision and the
+    append need of it, and nothing that must be decoded again. Plain values only, so a gate
+    worker process sends it to the writer as MessagePack (``exchange.broker.workers``)."""
 
     index: int
-    record: PublishedRecord
     key: str
     version: int
-    commitments: dict[str, bytes]
     digest: bytes
-    path: list[bytes]
     #: SHA-256 of the canonical data alone: "same content" whatever the salts, id or time
     content: bytes
+    #: the record as the store keeps it (``StoredBody``, MessagePack): envelope, salts,
+    #: commitments, audit path, completeness
+    body: bytes
     #: completeness score in [0, 1] over the recommended fields ("sufficient")
     completeness: float = 1.0
     #: False when the publisher sent text that is not normalised (counted for "clean")
     normalised: bool = True
+    #: (dataset, key) of the records in other datasets this one refers to (when asked for)
+    refs: tuple[tuple[str, str], ...] = ()
+    #: the record's ``as_of`` date, when it has one ("live": its age at publish)
+    as_of: str | None = None
 
 
-@dataclass
-class Checked:
+class Checked(msgspec.Struct):
     candidates: list[Candidate]
     rejected: list[Violation]
     #: normalisation findings (reported, never applied to signed content)
-    notes: list[Violation] = field(default_factory=list)
+    notes: list[Violation] = msgspec.field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +180,15 @@ def check(
     limits: Limits,
     ctx: RuleContext,
     scorer: Callable[[DatasetSpec, Mapping[str, Any]], float] | None = None,
+    references: References | None = None,
     schema_base: str | None = None,
 ) -> Checked:
     """Check a decoded batch from ``node`` for dataset ``spec``. Raises for batch-wide faults.
 
     ``schema_base`` is the exchange's public URL, which every ``dataschema`` must start with;
-    None accepts any https origin (a broker with no public URL configured)."""
+    None accepts any https origin (a broker with no public URL configured). ``scorer`` and
+    ``references`` (quality scoring on) give each candidate its completeness and the records
+    it refers to in other datasets."""
     st = batch.statement
     if st.node != node:
         raise IntegrityError(f"batch is signed as {st.node}, but the connection is {node}",
@@ -181,16 +200,30 @@ def check(
         raise LimitExceeded(f"batch has {len(batch.records)} records; the limit is "
                             f"{limits.max_batch_records}", code=Code.BATCH_TOO_LARGE)
     try:
-        return _check(batch, node, spec, verifier, limits, ctx, scorer, schema_base)
+        return _check(batch, node, spec, verifier, limits, ctx, Hooks(scorer, references),
+                      schema_base)
     except (TypeError, ValueError, OverflowError) as err:
         # a value the canonical encoding cannot take: the publisher's fault, not ours
         raise InputError(f"a record holds a value with no canonical form: {err}",
                          code=Code.MALFORMED) from None
 
 
+#: (target dataset, key) of every record in another dataset a record refers to
+References = Callable[[DatasetSpec, Mapping[str, Any]], list[tuple[str, str]]]
+
+_body = msgspec.msgpack.Encoder().encode
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What quality scoring adds to each candidate (None: not asked for)."""
+
+    scorer: Callable[[DatasetSpec, Mapping[str, Any]], float] | None
+    references: References | None
+
+
 def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limits: Limits,
-           ctx: RuleContext, scorer: Callable[[DatasetSpec, Mapping[str, Any]], float] | None,
-           schema_base: str | None) -> Checked:
+           ctx: RuleContext, hooks: Hooks, schema_base: str | None) -> Checked:
     """The records of a batch checked once, by the schema's word where it can be taken.
 
     RFC 8785 bytes are msgspec's own for values in its canonical domain (``canonical``), and
@@ -203,13 +236,13 @@ def _check(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier, limit
     shape = canonical.shape(spec.record_type)
     if shape is not None:
         try:
-            checked = _check_records(batch, node, spec, verifier, limits, ctx, scorer,
+            checked = _check_records(batch, node, spec, verifier, limits, ctx, hooks,
                                      schema_base, shape)
         except (ExchangeError, TypeError, ValueError, OverflowError):
             checked = None
         if checked is not None:
             return checked
-    careful = _check_records(batch, node, spec, verifier, limits, ctx, scorer, schema_base,
+    careful = _check_records(batch, node, spec, verifier, limits, ctx, hooks, schema_base,
                              None)
     assert careful is not None
     return careful
@@ -226,8 +259,7 @@ def _limit_problem(data: dict[str, Any], limits: Limits) -> Violation | None:
 
 
 def _check_records(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifier,
-                   limits: Limits, ctx: RuleContext,
-                   scorer: Callable[[DatasetSpec, Mapping[str, Any]], float] | None,
+                   limits: Limits, ctx: RuleContext, hooks: Hooks,
                    schema_base: str | None, shape: canonical.Shape | None) -> Checked | None:
     """Check every record; with a ``shape``, encode unchecked what it vouches for and return
     None when a record turns out to be outside msgspec's canonical domain."""
@@ -311,12 +343,14 @@ def _check_records(batch: Batch, node: str, spec: DatasetSpec, verifier: Verifie
             rejected.append(Violation(Code.KEY_MISMATCH, f"subject {ev.subject!r} is not the "
                                       f"record's key {key!r}", "$.subject", i))
             continue
+        completeness = hooks.scorer(spec, data) if hooks.scorer else 1.0
+        as_of = data.get("as_of")
         candidates.append(Candidate(
-            index=i, record=rec, key=key, version=ev.version, commitments=commitments[i],
-            digest=digests[i], path=paths[i],
-            content=hashlib.sha256(data_bytes).digest(),
-            completeness=scorer(spec, data) if scorer else 1.0,
-            normalised=not result.notes))
+            i, key, ev.version, digests[i], hashlib.sha256(data_bytes).digest(),
+            _body(StoredBody(ev, rec.salts, commitments[i], paths[i], completeness)),
+            completeness, not result.notes,
+            tuple(hooks.references(spec, data)) if hooks.references else (),
+            as_of if type(as_of) is str else None))
     return Checked(candidates, rejected)
 
 

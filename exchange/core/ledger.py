@@ -21,9 +21,8 @@ from typing import Any
 import msgspec
 
 from exchange.core import tlog
-from exchange.core.envelope import Envelope
 from exchange.core.errors import Code, ConflictError, ExchangeError, InvalidRecord, Violation
-from exchange.core.gate import Decided
+from exchange.core.gate import Decided, StoredBody
 from exchange.core.signing import Batch, Statement
 from exchange.core.wire import Duplicate, Receipt, SignedReceipt
 
@@ -52,16 +51,6 @@ QualityRow = tuple[str, str, bytes]
 
 _enc = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
-
-
-class StoredBody(msgspec.Struct, frozen=True, array_like=True):
-    """What a store keeps per record besides its indexed columns (MessagePack)."""
-
-    event: Envelope
-    salts: dict[str, bytes]
-    commitments: dict[str, bytes]
-    path: list[bytes]
-    completeness: float = 1.0
 
 
 class StoredRecord(msgspec.Struct, frozen=True):
@@ -228,13 +217,10 @@ def plan(group: Sequence[Append], now: float, quality: Sequence[QualityRow] = ()
             refs.setdefault(key, []).append((target, target_key))
         dataset, publisher, root = a.dataset, a.publisher, st.root
         for n, c in enumerate(accepted):
-            rec = c.record
-            body = _enc.encode(StoredBody(rec.event, rec.salts, c.commitments, c.path,
-                                          c.completeness))
             found = refs.get(c.key)
             entries.append(Entry(
                 dataset, c.key, c.version, n, c.index, now, c.digest, c.content, publisher,
-                root, body, _enc.encode(st) if n == 0 else b"",
+                root, c.body, _enc.encode(st) if n == 0 else b"",
                 a.batch.signature if n == 0 else b"", tuple(found) if found else ()))
     return out
 

@@ -99,8 +99,8 @@ def gated(checked: Checked, decided: Decided, now: float, *, references: int = 0
     for a in decided.accepted:
         c.accepted += 1
         c.completeness_sum += a.completeness
-        as_of = a.record.event.data.get("as_of")
-        if isinstance(as_of, str):
+        as_of = a.as_of
+        if as_of is not None:
             try:
                 age_days = (today - dt.date.fromisoformat(as_of)).days
             except ValueError:

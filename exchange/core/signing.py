@@ -164,6 +164,10 @@ class Verifier:
             return self._lookup(node) is not None
         return self.key_for(node, kid) is not None
 
+    def current(self, node: str) -> Ed25519PublicKey | None:
+        """The current key of ``node``, if one is enrolled."""
+        return self._lookup(node)
+
     def key_for(self, node: str, kid: str) -> Ed25519PublicKey | None:
         """The certified key ``kid`` of ``node``: its current one, or one from its history."""
         public = self._lookup(node)
