@@ -22,14 +22,24 @@ import msgspec
 import pytest
 
 from exchange import pki
-from exchange.broker.workers import Delegated, GatePool, Gated, Refused, gate_batch
+from exchange.broker.workers import Delegated, Gated, GatePool, Refused, gate_batch
 from exchange.core import datasets
 from exchange.core.access import Limits
 from exchange.core.seal import seal
 from exchange.core.signing import Batch
 from exchange.core.wire import PublishReply
 from exchange.sim.generate import Generator, fault
-from tests.conftest import OWNERS, SEALED_AT, TODAY, Env, Timed, make_pki, people, sealed, timed_broker
+from tests.conftest import (
+    OWNERS,
+    SEALED_AT,
+    TODAY,
+    Env,
+    Timed,
+    make_pki,
+    people,
+    sealed,
+    timed_broker,
+)
 
 POP, TAX = OWNERS["population"], OWNERS["tax"]
 JSON, MSGPACK = "application/json", "application/msgpack"
