@@ -402,11 +402,15 @@ def parties_table(report: dict[str, Any]) -> list[str]:
                "(procs) | subscribers µs/rec, sum (each) | note |",
            "|---|---:|---:|---:|---:|---:|---|"]
     for name, rate, p, note in runs:
-        broker = p.get("broker", {}).get("us_per_record")
+        b = p.get("broker", {})
+        broker = b.get("us_per_record")
+        split = (f" (main {b['main_us_per_record']:.1f} + workers "
+                 f"{b['workers_us_per_record']:.1f})" if "main_us_per_record" in b else "")
         nats = (p.get("nats") or {}).get("us_per_record")
         pubs, subs = p["publishers"], p["subscribers"]
         each = ", ".join(_fmt(x, ".0f") for x in subs["each_us_per_record"])
-        out.append(f"| {name} | {_fmt(rate)} | {_fmt(broker, '.1f')} | {_fmt(nats, '.1f')} | "
+        out.append(f"| {name} | {_fmt(rate)} | {_fmt(broker, '.1f')}{split} | "
+                   f"{_fmt(nats, '.1f')} | "
                    f"{_fmt(pubs['us_per_record'], '.1f')} ({pubs['procs']}) | "
                    f"{_fmt(subs['us_per_record'], '.1f')} ({each or '-'}) | {note} |")
     return out

@@ -65,10 +65,10 @@ def main(records: int = 20_000) -> None:
     sub = Verifier({NODE: key.public_key()})
     proofs = {n: b for n, b in enumerate(batches)}
     t = time.perf_counter()
-    for d in delivered:
-        b = proofs[d.batch]
-        sub.verify_record(d.event, spec.groups, d.salts, d.withheld,
-                          BatchProof(b.statement, b.signature, d.index, d.path))
+    for got in delivered:
+        b = proofs[got.batch]
+        sub.verify_record(got.event, spec.groups, got.salts, got.withheld,
+                          BatchProof(b.statement, b.signature, got.index, got.path))
     out["subscriber_verify_projected_us"] = (time.perf_counter() - t) / records * 1e6
     budget = 1e6 / 50_000  # the end-to-end target: 20 µs per record
     print(f"population records, {len(spec.groups)} groups, batches of 1,000:")

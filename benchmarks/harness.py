@@ -50,6 +50,11 @@ class ProcStats:
     pid: int
 
     def cpu_s(self) -> float:
+        """The process's CPU and that of its live descendants (a broker's gate workers)."""
+        return self.main_cpu_s() + sum(ProcStats(c).cpu_s() for c in self.children())
+
+    def main_cpu_s(self) -> float:
+        """The process's own CPU, all its threads."""
         try:
             with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
                 # the command name may hold spaces: fields after the closing paren are fixed
@@ -57,6 +62,19 @@ class ProcStats:
         except OSError:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+
+    def children(self) -> list[int]:
+        """Its child processes (``/proc/PID/task/TID/children``)."""
+        out: list[int] = []
+        try:
+            tasks = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return out
+        for tid in tasks:
+            with contextlib.suppress(OSError), open(
+                    f"/proc/{self.pid}/task/{tid}/children", encoding="ascii") as f:
+                out.extend(int(c) for c in f.read().split())
+        return out
 
     def _status_kb(self, key: str) -> int:
         try:
@@ -197,6 +215,10 @@ class GroupStats:
 
     def cpu_s(self) -> float:
         return sum(p.cpu_s() for p in self.procs)
+
+    def main_cpu_s(self) -> float:
+        """The brokers' own processes: without their gate workers."""
+        return sum(p.main_cpu_s() for p in self.procs)
 
     def nats_cpu_s(self) -> float:
         return sum(p.cpu_s() for p in self.nats)

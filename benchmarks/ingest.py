@@ -1,5 +1,6 @@
 """Broker ingest in-process, without the network: what the gate, the quality bookkeeping and the
-transparency log cost per record. ``python -m benchmarks.ingest [RECORDS]``.
+transparency log cost per record. ``python -m benchmarks.ingest [RECORDS]``; with
+``--workers 0,1,2`` the same ingest with each number of gate worker processes instead.
 
 Runs the real ``Publisher`` over a real sqlite file, with pre-sealed batches of 1,000 population
 records; every variant in the same run, alternating, best of three. Then each stage of an
@@ -51,6 +52,71 @@ async def _run(pki_dir: Path, bodies: list[bytes], records: int, *, quality: boo
     elapsed = time.perf_counter() - t
     await store.close()
     return records / elapsed
+
+
+async def _pooled(pki_dir: Path, bodies: list[bytes], records: int, workers: int,
+                  window: int = 8) -> dict[str, float]:
+    """Ingest with ``workers`` gate processes (0: none), ``window`` batches in flight: records/s,
+    and CPU per record of the broker's own process (all its threads: the part that does not
+    grow with workers) and of its workers together."""
+    from benchmarks.harness import ProcStats
+    from exchange.broker.workers import GatePool
+
+    data = Path(tempfile.mkdtemp())
+    config = BrokerConfig(data_dir=str(data), pki_dir=str(pki_dir),
+                          datasets=[DatasetConfig("population", NODE)])
+    store = SqliteStore(data / "exchange.sqlite")
+    broker = Broker(config, store)
+    await store.open()
+    assert broker.quality is not None
+    await broker.quality.load()
+    pool = GatePool(workers) if workers else None
+    if pool is not None:
+        await pool.start()
+        broker.publisher.pool = pool
+    gate_ = asyncio.Semaphore(window)
+
+    async def one(body: bytes) -> None:
+        async with gate_:
+            await broker.publisher.publish(NODE, "population", body, "application/msgpack")
+
+    me = ProcStats(os.getpid())
+    all0, main0 = me.cpu_s(), me.main_cpu_s()
+    t = time.perf_counter()
+    await asyncio.gather(*(one(b) for b in bodies))
+    elapsed = time.perf_counter() - t
+    all1, main1 = me.cpu_s(), me.main_cpu_s()
+    if pool is not None:
+        pool.close()
+    await store.close()
+    return {"workers": workers, "records_per_s": round(records / elapsed),
+            "main_us_per_record": round((main1 - main0) / records * 1e6, 1),
+            "workers_us_per_record": round((all1 - all0 - (main1 - main0)) / records * 1e6, 1)}
+
+
+def pooled(records: int, counts: list[int]) -> None:
+    """``--workers 0,1,2``: ingest with each number of gate workers, alternating, best of
+    three each; the broker process's CPU per record bounds what any number of workers gives
+    (1 s / that) on a machine with a core for each."""
+    pki_dir, bodies = _setup(records)
+    best: dict[int, dict[str, float]] = {}
+    for _ in range(3):
+        for n in counts:
+            r = asyncio.run(_pooled(pki_dir, bodies, records, n))
+            if n not in best or r["records_per_s"] > best[n]["records_per_s"]:
+                best[n] = r
+    cores = os.cpu_count() or 1
+    print(f"broker ingest with gate workers, {records} population records in batches of "
+          f"1,000, 8 in flight, best of 3, {cores} cores:")
+    base = best[counts[0]]["records_per_s"]
+    for n, r in best.items():
+        bound = 1e6 / r["main_us_per_record"] if r["main_us_per_record"] else 0
+        ratio = r["records_per_s"] / base
+        print(f"  {n} workers  {r['records_per_s']:>9,.0f} records/s ({ratio:.2f}×)"
+              f"   broker process {r['main_us_per_record']:.1f} µs/record, workers "
+              f"{r['workers_us_per_record']:.1f}: bound {bound:,.0f}/s with a core each")
+    print(msgspec.json.encode({"records": records, "cores": cores,
+                               "runs": list(best.values())}).decode())
 
 
 def _log_cost(records: int) -> float:
@@ -115,7 +181,7 @@ def _stages(pki_dir: Path, bodies: list[bytes], records: int) -> dict[str, float
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def main(records: int = 20_000) -> None:
+def _setup(records: int) -> tuple[Path, list[bytes]]:
     root = Path(tempfile.mkdtemp())
     pki_dir = root / "pki"
     pki.init(pki_dir)
@@ -127,6 +193,11 @@ def main(records: int = 20_000) -> None:
                                                             people[i:i + 1000]],
                                           os.urandom(32), time=rfc3339(time.time())))
               for i in range(0, records, 1000)]
+    return pki_dir, bodies
+
+
+def main(records: int = 20_000) -> None:
+    pki_dir, bodies = _setup(records)
     on: list[float] = []
     off: list[float] = []
     for _ in range(3):
@@ -161,4 +232,11 @@ def main(records: int = 20_000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20_000)
+    args = sys.argv[1:]
+    if "--workers" in args:
+        at = args.index("--workers")
+        counts = [int(x) for x in args[at + 1].split(",")]
+        del args[at:at + 2]
+        pooled(int(args[0]) if args else 20_000, counts)
+    else:
+        main(int(args[0]) if args else 20_000)

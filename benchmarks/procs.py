@@ -126,6 +126,16 @@ def parties(records: int, broker_cpu_s: float, nats_cpu_s: float | None,
     return out
 
 
+def _main(out: dict[str, Any], broker_cpu: float, main_cpu: float, records: int) -> None:
+    """With gate workers, the broker's own process apart: the part that does not grow with
+    them (ordering, commits, TLS and HTTP, fan-out)."""
+    if records and broker_cpu - main_cpu > 1e-3:
+        out["broker"]["main_cpu_s"] = round(main_cpu, 3)
+        out["broker"]["main_us_per_record"] = round(main_cpu / records * 1e6, 1)
+        out["broker"]["workers_us_per_record"] = round((broker_cpu - main_cpu) / records * 1e6,
+                                                       1)
+
+
 def _nats_cpu(broker: BrokerGroup) -> float | None:
     stats = broker.stats
     return stats.nats_cpu_s() if stats.nats else None
@@ -168,7 +178,7 @@ async def e2e(ctx: Context, broker: BrokerGroup, subscribers: int, duration: flo
         await _all(pubs, "ready", 120)
         await _all(subs, "ready", 120)
         stats = broker.stats
-        cpu0, nats0 = stats.cpu_s(), _nats_cpu(broker)
+        cpu0, nats0, main0 = stats.cpu_s(), _nats_cpu(broker), stats.main_cpu_s()
         stats.reset_peak()
         t0 = time.time()
         for party in (*pubs, *subs):
@@ -180,7 +190,7 @@ async def e2e(ctx: Context, broker: BrokerGroup, subscribers: int, duration: flo
         for s in subs:
             s.tell("expect", accepted)
         sub_done = await _all(subs, "done", deadline + 60)
-        broker_cpu = stats.cpu_s() - cpu0
+        broker_cpu, main_cpu = stats.cpu_s() - cpu0, stats.main_cpu_s() - main0
         nats1 = _nats_cpu(broker)
         peak = stats.peak_rss_mb()
     finally:
@@ -209,6 +219,7 @@ async def e2e(ctx: Context, broker: BrokerGroup, subscribers: int, duration: flo
     r.parties = parties(delivered, broker_cpu, None if nats0 is None or nats1 is None
                         else nats1 - nats0, [d["cpu_s"] for d in pub_done],
                         [(d["cpu_s"], d["delivered"]) for d in sub_done])
+    _main(r.parties, broker_cpu, main_cpu, delivered)
     r.parties["subscribers"]["delivered_each"] = [d["delivered"] for d in sub_done]
     r.parties["publishers"]["accepted"] = accepted
     return r
@@ -231,13 +242,13 @@ async def publish_only(ctx: Context, broker: BrokerGroup, total: int, batch: int
         ctx.progress.update(0, "sealing batches")
         await _all(pubs, "ready", 600)
         stats = broker.stats
-        cpu0, nats0 = stats.cpu_s(), _nats_cpu(broker)
+        cpu0, nats0, main0 = stats.cpu_s(), _nats_cpu(broker), stats.main_cpu_s()
         stats.reset_peak()
         t0 = time.time()
         for p in pubs:
             p.tell("go")
         done = await _all(pubs, "done", 600)
-        broker_cpu = stats.cpu_s() - cpu0
+        broker_cpu, main_cpu = stats.cpu_s() - cpu0, stats.main_cpu_s() - main0
         nats1 = _nats_cpu(broker)
         peak = stats.peak_rss_mb()
     finally:
@@ -256,6 +267,7 @@ async def publish_only(ctx: Context, broker: BrokerGroup, total: int, batch: int
     r.load = f"{len(pubs)} publisher procs"
     r.parties = parties(accepted, broker_cpu, None if nats0 is None or nats1 is None
                         else nats1 - nats0, [d["cpu_s"] for d in done], [])
+    _main(r.parties, broker_cpu, main_cpu, accepted)
     return r
 
 

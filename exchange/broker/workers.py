@@ -20,11 +20,14 @@ pool has broken (a worker killed): the pool is started again for the batches aft
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
+import contextlib
 import datetime as dt
 import multiprocessing
 import os
-from concurrent.futures.process import BrokenProcessPool
+import socket
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,60 +171,210 @@ class Checked:
     checked: gate.Checked
 
 
+class Request(msgspec.Struct, array_like=True):
+    """One batch to check, as a worker receives it."""
+
+    node: str
+    dataset: str
+    body: bytes
+    content_type: str
+    key: bytes | None
+    limits: bytes
+    today: int
+    scored: bool
+    schema_base: str | None
+
+
+_request = msgspec.msgpack.Encoder().encode
+_HEADER = struct.Struct("!I")
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def serve(sock: socket.socket) -> None:
+    """A worker's loop: length-prefixed requests in, answers out, in order, until the broker
+    closes its end (or goes away: the socket's end of file)."""
+    _warm()
+    decode = msgspec.msgpack.Decoder(Request).decode
+    with sock:
+        while True:
+            head = _recv_exact(sock, _HEADER.size)
+            if head is None:
+                return
+            raw = _recv_exact(sock, _HEADER.unpack(head)[0])
+            if raw is None:
+                return
+            r = decode(raw)
+            answer = gate_batch(r.node, r.dataset, r.body, r.content_type, r.key, r.limits,
+                                r.today, r.scored, r.schema_base)
+            sock.sendall(_HEADER.pack(len(answer)) + answer)
+
+
+class _Worker:
+    """One worker process and the broker's end of its socket: requests go out in order and
+    their answers come back in the same order."""
+
+    def __init__(self, context: Any, on_gone: Callable[[_Worker], object]) -> None:
+        self._on_gone = on_gone
+        mine, theirs = socket.socketpair()
+        self.process = context.Process(target=serve, args=(theirs,), daemon=True,
+                                       name="exchange-gate")
+        self.process.start()
+        theirs.close()
+        self._sock = mine
+        self.waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self.alive = True
+
+    async def open(self) -> None:
+        reader, self._writer = await asyncio.open_connection(sock=self._sock, limit=2**16)
+        self._reader_task = asyncio.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(_HEADER.size)
+                answer = await reader.readexactly(_HEADER.unpack(head)[0])
+                if self.waiting:
+                    waiter = self.waiting.popleft()
+                    if not waiter.done():  # its publisher may have gone away meanwhile
+                        waiter.set_result(answer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.alive = False
+            for f in self.waiting:
+                if not f.done():
+                    f.set_exception(WorkerGone())
+            self.waiting.clear()
+            self._on_gone(self)
+
+    def send(self, request: bytes) -> asyncio.Future[bytes]:
+        assert self._writer is not None
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self._writer.write(_HEADER.pack(len(request)))
+        self._writer.write(request)
+        return future
+
+    async def drain(self) -> None:
+        assert self._writer is not None
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self._writer.wait_closed()
+        if self._reader_task is not None:
+            await asyncio.wait([self._reader_task], timeout=5)
+        await asyncio.to_thread(self.process.join, 5)
+        if self.process.is_alive():
+            self.process.kill()
+            await asyncio.to_thread(self.process.join, 5)
+
+
+class WorkerGone(Exception):
+    """The worker process went away with the batch (killed, crashed)."""
+
+
 class GatePool:
-    """N worker processes (spawned: the broker's threads and sockets stay its own)."""
+    """N worker processes (spawned: the broker's threads and sockets stay its own), each
+    behind a socket pair; a batch goes to the worker with the fewest batches waiting."""
 
     def __init__(self, workers: int) -> None:
         if workers < 1:
             raise ValueError("a pool has one worker or more")
         self.workers = workers
         self._context = multiprocessing.get_context("spawn")
-        self._pool = self._start()
+        self._procs: list[_Worker] = []
         self._limits: tuple[Limits, bytes] | None = None
-        #: batches checked in workers, and batches the broker checked itself (other key,
-        #: broken pool)
+        self._closing = False
+        self._replacing: set[asyncio.Task[None]] = set()
+        self._change: asyncio.Event | None = None
+        #: batches checked in workers, batches the broker checked itself (another key, a
+        #: worker gone), and workers started again after they went away
         self.gated = 0
         self.delegated = 0
         self.restarts = 0
 
-    def _start(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=self._context)
-
     async def start(self) -> list[int]:
         """Start every worker now (not on the first batch); their process ids."""
-        loop = asyncio.get_running_loop()
-        return list(await asyncio.gather(*(loop.run_in_executor(self._pool, _warm)
-                                           for _ in range(self.workers))))
+        self._change = asyncio.Event()
+        for _ in range(self.workers):
+            w = _Worker(self._context, self._gone)
+            await w.open()
+            self._procs.append(w)
+        return self.pids()
+
+    def next_change(self) -> asyncio.Event:
+        """Set the next time a worker is replaced."""
+        assert self._change is not None, "start() first"
+        return self._change
 
     def pids(self) -> list[int]:
-        return sorted(p.pid for p in (self._pool._processes or {}).values()
-                      if p.pid is not None)
+        return sorted(w.process.pid for w in self._procs if w.process.pid is not None)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    async def close(self) -> None:
+        self._closing = True
+        for t in list(self._replacing):
+            with contextlib.suppress(BaseException):
+                await t
+        procs, self._procs = self._procs, []
+        await asyncio.gather(*(w.close() for w in procs))
 
     def _limits_bytes(self, limits: Limits) -> bytes:
         if self._limits is None or self._limits[0] is not limits:
             self._limits = (limits, msgspec.msgpack.encode(limits))
         return self._limits[1]
 
+    def _gone(self, worker: _Worker) -> None:
+        """A worker's socket ended: unless the pool is closing, a new process takes its place
+        (the batches it held were checked in the broker meanwhile)."""
+        if self._closing or worker not in self._procs:
+            return
+        task = asyncio.get_running_loop().create_task(self._replace(worker))
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, gone: _Worker) -> None:
+        logger.error("gate_worker_gone", pid=gone.process.pid, exitcode=gone.process.exitcode)
+        fresh = _Worker(self._context, self._gone)
+        self._procs[self._procs.index(gone)] = fresh
+        await fresh.open()
+        await gone.close()
+        self.restarts += 1
+        if self._change is not None:
+            self._change.set()
+            self._change = asyncio.Event()
+
     async def check(self, node: str, dataset: str, body: bytes, content_type: str, *,
                     key: Ed25519PublicKey | None, limits: Limits, today: dt.date,
                     scored: bool, schema_base: str | None) -> Checked | None:
         """The batch checked in a worker; None when the broker must check it itself. Raises
         the gate's error for a batch refused whole."""
-        raw = key.public_bytes_raw() if key is not None else None
-        pool = self._pool
+        worker = min(self._procs, key=lambda w: len(w.waiting) if w.alive else 1 << 30)
+        request = _request(Request(node, dataset, body, content_type,
+                                   key.public_bytes_raw() if key is not None else None,
+                                   self._limits_bytes(limits), today.toordinal(), scored,
+                                   schema_base))
         try:
-            answer = _decode(await asyncio.get_running_loop().run_in_executor(
-                pool, gate_batch, node, dataset, body, content_type, raw,
-                self._limits_bytes(limits), today.toordinal(), scored, schema_base))
-        except BrokenProcessPool:
-            if self._pool is pool:  # the first to notice starts a new one
-                logger.error("gate_workers_broken", workers=self.workers)
-                self.restarts += 1
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._start()
+            if not worker.alive:
+                raise WorkerGone
+            pending = worker.send(request)
+            await worker.drain()
+            answer = _decode(await pending)
+        except (WorkerGone, ConnectionError):  # replaced by ``_gone``
             self.delegated += 1
             return None
         if isinstance(answer, Delegated):
