@@ -87,7 +87,7 @@ async def _pooled(pki_dir: Path, bodies: list[bytes], records: int, workers: int
     elapsed = time.perf_counter() - t
     all1, main1 = me.cpu_s(), me.main_cpu_s()
     if pool is not None:
-        pool.close()
+        await pool.close()
     await store.close()
     return {"workers": workers, "records_per_s": round(records / elapsed),
             "main_us_per_record": round((main1 - main0) / records * 1e6, 1),
