@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exchange import pki
 from exchange.broker.workers import Delegated, Gated, GatePool, Refused, gate_batch
@@ -29,6 +30,7 @@ from exchange.core.access import Limits
 from exchange.core.seal import seal
 from exchange.core.signing import Batch
 from exchange.core.wire import PublishReply
+from exchange.pki import party
 from exchange.sim.generate import Generator, fault
 from tests.conftest import (
     OWNERS,
@@ -247,3 +249,13 @@ async def test_a_batch_held_by_a_worker_that_dies_is_checked_in_the_broker(
         assert (pool.gated, pool.delegated) == (0, 1)
         assert pooled.broker.store.log_state()[0] == 3
         await until(lambda: pool.restarts == 2, pool.next_change, what="both replaced")
+        async with aiohttp.ClientSession(pooled.url, connector=aiohttp.TCPConnector(
+                ssl=pki.client_ssl_context(party.load_identity(tmp_path / "operator")))) as s, \
+                s.get("/metrics") as resp:
+            metrics = {(x.name, tuple(sorted(x.labels.items()))): x.value
+                       for m in text_string_to_metric_families(await resp.text())
+                       for x in m.samples}
+    assert metrics[("exchange_gate_workers", ())] == 2
+    assert metrics[("exchange_gate_batches_total", (("checked_in", "broker"),))] == 1
+    assert metrics[("exchange_gate_batches_total", (("checked_in", "worker"),))] == 0
+    assert metrics[("exchange_gate_worker_restarts_total", ())] == 2

@@ -389,3 +389,17 @@ class _OpsCollector(Collector):
         yield _gauge("exchange_crl_next_update_timestamp_seconds",
                      "nextUpdate of the CRL in force (Unix time)",
                      b.revoked.next_update.timestamp())
+        pool = b.publisher.pool
+        if pool is not None:  # the parallel gate (``gate_workers``)
+            yield _gauge("exchange_gate_workers", "Gate worker processes running",
+                         pool.running())
+            batches = CounterMetricFamily(
+                "exchange_gate_batches", "Batches checked, in a gate worker or in the broker's "
+                "own process (a key other than the current one, a worker gone)",
+                labels=["checked_in"])
+            batches.add_metric(["worker"], pool.gated)
+            batches.add_metric(["broker"], pool.delegated)
+            yield batches
+            yield CounterMetricFamily("exchange_gate_worker_restarts",
+                                      "Gate workers started again after theirs went away",
+                                      value=pool.restarts)

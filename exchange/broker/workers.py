@@ -203,9 +203,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 def serve(sock: socket.socket) -> None:
     """A worker's loop: length-prefixed requests in, answers out, in order, until the broker
     closes its end (or goes away: the socket's end of file)."""
-    _warm()
+    pid = str(_warm()).encode()
     decode = msgspec.msgpack.Decoder(Request).decode
     with sock:
+        sock.sendall(_HEADER.pack(len(pid)) + pid)  # ready: imports done
         while True:
             head = _recv_exact(sock, _HEADER.size)
             if head is None:
@@ -237,7 +238,15 @@ class _Worker:
         self.alive = True
 
     async def open(self) -> None:
+        """Once the worker says it is ready (its imports take a while)."""
         reader, self._writer = await asyncio.open_connection(sock=self._sock, limit=2**16)
+        try:
+            head = await reader.readexactly(_HEADER.size)
+            await reader.readexactly(_HEADER.unpack(head)[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.alive = False
+            raise WorkerGone(f"gate worker {self.process.pid} exited while starting "
+                             f"(exit code {self.process.exitcode})") from None
         self._reader_task = asyncio.create_task(self._read(reader))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -311,16 +320,18 @@ class GatePool:
     async def start(self) -> list[int]:
         """Start every worker now (not on the first batch); their process ids."""
         self._change = asyncio.Event()
-        for _ in range(self.workers):
-            w = _Worker(self._context, self._gone)
-            await w.open()
-            self._procs.append(w)
+        fresh = [_Worker(self._context, self._gone) for _ in range(self.workers)]
+        self._procs.extend(fresh)
+        await asyncio.gather(*(w.open() for w in fresh))  # they start side by side
         return self.pids()
 
     def next_change(self) -> asyncio.Event:
         """Set the next time a worker is replaced."""
         assert self._change is not None, "start() first"
         return self._change
+
+    def running(self) -> int:
+        return sum(1 for w in self._procs if w.alive and w.process.is_alive())
 
     def pids(self) -> list[int]:
         return sorted(w.process.pid for w in self._procs if w.process.pid is not None)
