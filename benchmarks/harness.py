@@ -48,6 +48,8 @@ class ProcStats:
     """CPU seconds (user + system) and memory of one process, from /proc."""
 
     pid: int
+    #: one thread of it (``main_cpu_s`` then reads that thread alone)
+    tid: int | None = None
 
     def cpu_s(self) -> float:
         """The process's CPU and that of its live descendants (a broker's gate workers)."""
@@ -55,8 +57,10 @@ class ProcStats:
 
     def main_cpu_s(self) -> float:
         """The process's own CPU, all its threads."""
+        path = (f"/proc/{self.pid}/stat" if self.tid is None
+                else f"/proc/{self.pid}/task/{self.tid}/stat")
         try:
-            with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
+            with open(path, encoding="ascii") as f:
                 # the command name may hold spaces: fields after the closing paren are fixed
                 fields = f.read().rpartition(")")[2].split()
         except OSError:
@@ -219,6 +223,10 @@ class GroupStats:
     def main_cpu_s(self) -> float:
         """The brokers' own processes: without their gate workers."""
         return sum(p.main_cpu_s() for p in self.procs)
+
+    def loop_cpu_s(self) -> float:
+        """The brokers' event-loop threads alone (not the sqlite writer thread)."""
+        return sum(ProcStats(p.pid, tid=p.pid).main_cpu_s() for p in self.procs)
 
     def nats_cpu_s(self) -> float:
         return sum(p.cpu_s() for p in self.nats)

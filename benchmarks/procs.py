@@ -126,9 +126,13 @@ def parties(records: int, broker_cpu_s: float, nats_cpu_s: float | None,
     return out
 
 
-def _main(out: dict[str, Any], broker_cpu: float, main_cpu: float, records: int) -> None:
-    """With gate workers, the broker's own process apart: the part that does not grow with
-    them (ordering, commits, TLS and HTTP, fan-out)."""
+def _main(out: dict[str, Any], broker_cpu: float, main_cpu: float, loop_cpu: float,
+          records: int) -> None:
+    """The broker's event-loop thread apart (the rest of its process is the sqlite writer
+    thread); with gate workers, its own process apart from them: the part that does not grow
+    with them (ordering, commits, TLS and HTTP, fan-out)."""
+    if records:
+        out["broker"]["loop_us_per_record"] = round(loop_cpu / records * 1e6, 1)
     if records and broker_cpu - main_cpu > 1e-3:
         out["broker"]["main_cpu_s"] = round(main_cpu, 3)
         out["broker"]["main_us_per_record"] = round(main_cpu / records * 1e6, 1)
@@ -179,6 +183,7 @@ async def e2e(ctx: Context, broker: BrokerGroup, subscribers: int, duration: flo
         await _all(subs, "ready", 120)
         stats = broker.stats
         cpu0, nats0, main0 = stats.cpu_s(), _nats_cpu(broker), stats.main_cpu_s()
+        loop0 = stats.loop_cpu_s()
         stats.reset_peak()
         t0 = time.time()
         for party in (*pubs, *subs):
@@ -191,6 +196,7 @@ async def e2e(ctx: Context, broker: BrokerGroup, subscribers: int, duration: flo
             s.tell("expect", accepted)
         sub_done = await _all(subs, "done", deadline + 60)
         broker_cpu, main_cpu = stats.cpu_s() - cpu0, stats.main_cpu_s() - main0
+        loop_cpu = stats.loop_cpu_s() - loop0
         nats1 = _nats_cpu(broker)
         peak = stats.peak_rss_mb()
     finally:
@@ -219,7 +225,7 @@ async def e2e(ctx: Context, broker: BrokerGroup, subscribers: int, duration: flo
     r.parties = parties(delivered, broker_cpu, None if nats0 is None or nats1 is None
                         else nats1 - nats0, [d["cpu_s"] for d in pub_done],
                         [(d["cpu_s"], d["delivered"]) for d in sub_done])
-    _main(r.parties, broker_cpu, main_cpu, delivered)
+    _main(r.parties, broker_cpu, main_cpu, loop_cpu, delivered)
     r.parties["subscribers"]["delivered_each"] = [d["delivered"] for d in sub_done]
     r.parties["publishers"]["accepted"] = accepted
     return r
@@ -243,12 +249,14 @@ async def publish_only(ctx: Context, broker: BrokerGroup, total: int, batch: int
         await _all(pubs, "ready", 600)
         stats = broker.stats
         cpu0, nats0, main0 = stats.cpu_s(), _nats_cpu(broker), stats.main_cpu_s()
+        loop0 = stats.loop_cpu_s()
         stats.reset_peak()
         t0 = time.time()
         for p in pubs:
             p.tell("go")
         done = await _all(pubs, "done", 600)
         broker_cpu, main_cpu = stats.cpu_s() - cpu0, stats.main_cpu_s() - main0
+        loop_cpu = stats.loop_cpu_s() - loop0
         nats1 = _nats_cpu(broker)
         peak = stats.peak_rss_mb()
     finally:
@@ -267,7 +275,7 @@ async def publish_only(ctx: Context, broker: BrokerGroup, total: int, batch: int
     r.load = f"{len(pubs)} publisher procs"
     r.parties = parties(accepted, broker_cpu, None if nats0 is None or nats1 is None
                         else nats1 - nats0, [d["cpu_s"] for d in done], [])
-    _main(r.parties, broker_cpu, main_cpu, accepted)
+    _main(r.parties, broker_cpu, main_cpu, loop_cpu, accepted)
     return r
 
 

@@ -135,8 +135,8 @@ async def test_a_pool_answers_exactly_as_one_process(tmp_path: Path) -> None:
                             (409, "records_rejected"), (422, "signature_invalid"),
                             (422, "signature_invalid"), (400, "malformed"), (200, None),
                             (200, None), (403, "not_owner")]
-        # the pool did the checking; the batch naming another key was checked in the broker
-        assert (pool.gated, pool.delegated) == (9, 1)
+        # the pool did the checking (of the batch naming another key, all but its signature)
+        assert (pool.gated, pool.delegated) == (10, 0)
         for node in (POP, TAX):
             dead = (await both(env, one, pooled, node, "GET", "/v1/dead-letters"))[1]
             assert dead or node == TAX
@@ -197,7 +197,7 @@ async def test_a_killed_worker_costs_no_batch(tmp_path: Path) -> None:
         assert len(now) == 2 and before[0] not in now and before[1] in now
 
 
-def test_a_worker_hands_back_a_batch_signed_with_another_key(tmp_path: Path) -> None:
+def test_a_worker_leaves_a_statement_under_another_key_to_the_broker(tmp_path: Path) -> None:
     pki_dir = make_pki(tmp_path)
     env = Env(tmp_path, pki_dir, tmp_path, "", None, None)  # type: ignore[arg-type]
     current = pki.load_node_identity(pki_dir, POP).signing_key.public_key().public_bytes_raw()
@@ -208,10 +208,18 @@ def test_a_worker_hands_back_a_batch_signed_with_another_key(tmp_path: Path) -> 
     decode = msgspec.msgpack.Decoder(Gated | Refused | Delegated).decode
     gated = decode(gate_batch(POP, "population", mine, JSON, current, *args))
     assert isinstance(gated, Gated) and len(gated.checked.candidates) == 2
-    assert isinstance(decode(gate_batch(POP, "population", others, JSON, current, *args)),
-                      Delegated)
-    refused = decode(gate_batch(POP, "population", mine, JSON, None, *args))
-    assert isinstance(refused, Refused) and refused.code == "unknown_signer"
+    assert gated.statement_checked
+    other = decode(gate_batch(POP, "population", others, JSON, current, *args))
+    assert isinstance(other, Gated) and len(other.checked.candidates) == 2
+    assert not other.statement_checked
+    # a forged signature under the current key is refused in the worker
+    forged = msgspec.json.decode(mine, type=Batch)
+    forged = msgspec.structs.replace(forged, signature=bytes(64))
+    bad = decode(gate_batch(POP, "population", enc(forged), JSON, current, *args))
+    assert isinstance(bad, Refused) and bad.code == "signature_invalid"
+    # a node with no key enrolled: its statement too is the broker's to judge
+    unknown = decode(gate_batch(POP, "population", mine, JSON, None, *args))
+    assert isinstance(unknown, Gated) and not unknown.statement_checked
 
 
 @pytest.mark.parametrize("value", ["-1", "257", "two"])
@@ -259,3 +267,19 @@ async def test_a_batch_held_by_a_worker_that_dies_is_checked_in_the_broker(
     assert metrics[("exchange_gate_batches_total", (("checked_in", "broker"),))] == 1
     assert metrics[("exchange_gate_batches_total", (("checked_in", "worker"),))] == 0
     assert metrics[("exchange_gate_worker_restarts_total", ())] == 2
+
+
+async def test_workers_leave_sigterm_and_sigint_to_the_broker(tmp_path: Path) -> None:
+    """A service manager's SIGTERM, or a terminal's Ctrl-C, reaches the whole process group:
+    the broker stops, and stops its workers; the workers themselves ignore both."""
+    async with two_brokers(tmp_path) as (env, _, pooled, pool):
+        pids = pool.pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        async with session(env.pki_dir, pooled.url, POP) as s, s.post(
+                "/v1/datasets/population/records", data=enc(sealed(env, POP, people(2))),
+                headers={"Content-Type": JSON}) as resp:
+            assert resp.status == 200
+        assert (pool.gated, pool.delegated, pool.restarts) == (1, 0, 0)
+        assert pool.pids() == pids and pool.running() == 2

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from exchange.core import disclosure, signing
 from exchange.core.datasets.base import DatasetSpec
 from exchange.core.envelope import Envelope, canonical_bytes
-from exchange.core.errors import ExchangeError, IntegrityError
+from exchange.core.errors import AuthError, ExchangeError, IntegrityError
 from exchange.core.seal import seal
 from tests.conftest import SEALED_AT
 
@@ -307,3 +307,30 @@ def test_a_received_record_verifies_on_msgspec_bytes_but_never_a_value_they_shar
             check(0, {**people[0], "death_date": forged})
     with pytest.raises(IntegrityError):
         check(1, {**people[1], "full_name": 1.5})  # outside the type: fails as altered
+
+
+def test_a_statement_remembered_is_judged_as_one_verified() -> None:
+    """A gate worker verified it: after a rotation a retry of the batch gets the answer the
+    broker would give had it verified the statement itself (its cache, not the history)."""
+    from exchange.core.signing import Statement, Verifier, key_id, statement_bytes
+
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    keys = {"n": old.public_key()}
+
+    def history(node: str, kid: str, time: str | None) -> Any:
+        return old.public_key() if kid == key_id(old.public_key()) else None
+
+    statement = Statement(node="n", dataset="population", root=b"\0" * 32, size=1,
+                   time="2026-01-01T00:00:00Z", kid=key_id(old.public_key()))
+    sig = old.sign(statement_bytes(statement))
+    verified, remembered, cold = (Verifier(keys, history=history, current_only=True)
+                                  for _ in range(3))
+    verified.verify_statement(statement, sig)
+    remembered.remember(statement, sig)
+    keys["n"] = new.public_key()  # rotated
+    verified.verify_statement(statement, sig)
+    remembered.verify_statement(statement, sig)
+    assert remembered.verifications == 0
+    with pytest.raises(AuthError) as err:
+        cold.verify_statement(statement, sig)
+    assert err.value.code == "key_retired"

@@ -184,6 +184,12 @@ class Publisher:
                 job.spec, job.batch, job.checked, job.body = (spec, whole,
                                                               self._check(whole, node, spec), None)
             else:
+                st, signature = checked.batch.statement, checked.batch.signature
+                if checked.statement_checked:
+                    # as if checked here: a retry after a rotation is judged alike
+                    self.verifier.remember(st, signature)
+                else:  # another key: the certificate history decides, here
+                    self.verifier.verify_statement(st, signature)
                 job.spec, job.batch, job.checked = checked.spec, checked.batch, checked.checked
         except BaseException as err:
             job.gated.set_result(False)
@@ -257,6 +263,7 @@ class Publisher:
                     if not j.future.done():
                         j.future.set_exception(UnavailableError("broker stopping",
                                                                 code=Code.UNAVAILABLE))
+                self._pending.clear()  # answered: a later writer must not commit them
                 raise
             self._resolve(jobs, outcomes)
 

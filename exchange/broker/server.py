@@ -150,6 +150,7 @@ async def serve(config: BrokerConfig, *, config_path: Path | None = None,
                 loop.remove_signal_handler(sig)
             await runner.cleanup()
             if pool is not None:
+                broker.publisher.pool = None
                 await pool.close()
             pidfile.unlink(missing_ok=True)
             gc.unfreeze()  # a caller that goes on (a test) collects as usual again

@@ -11,10 +11,11 @@ makes, only the checks run side by side.
 
 A worker holds no state the broker must keep current. With each batch it is given the
 publisher's current signing key, the limits, the day the rules compare dates with, the
-exchange's public URL and whether quality is scored. A batch signed with any other key (a
-rotated-out one, or one the broker has not heard of yet) is handed back: the broker decides it
-in its own process, from the certificate history (``Delegated``). So is every batch when the
-pool has broken (a worker killed): the pool is started again for the batches after it.
+exchange's public URL and whether quality is scored. A batch whose statement names another key
+(a rotated-out one, or one the broker has not heard of yet) is checked in full but for that one
+signature, which the broker verifies itself against the certificate history, exactly as it
+would alone (``Gated.statement_checked``). A batch held by a worker that goes away is checked in
+the broker's own process (``Delegated``), and a new worker takes the old one's place.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import datetime as dt
 import multiprocessing
 import os
+import signal
 import socket
 import struct
 from collections.abc import Callable
@@ -38,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from exchange.core import datasets, errors, gate, quality
 from exchange.core.access import Limits
 from exchange.core.errors import ExchangeError, Violation
-from exchange.core.signing import Batch, Statement, Verifier
+from exchange.core.signing import Batch, Statement, Verifier, key_id
 from exchange.core.wire import decode_batch
 
 __all__ = ["Delegated", "GatePool", "Gated", "gate_batch"]
@@ -51,12 +53,15 @@ logger = structlog.get_logger("exchange.workers")
 
 class Gated(msgspec.Struct, tag=True, array_like=True):
     """A checked batch: its schema version, its statement and signature (its records stay in
-    the body the broker holds: only a refusal needs them), and the gate's findings."""
+    the body the broker holds: only a refusal needs them), and the gate's findings.
+    ``statement_checked`` is False when the statement names a key other than the current one:
+    the broker verifies that signature itself."""
 
     version: int
     statement: Statement
     signature: bytes
     checked: gate.Checked
+    statement_checked: bool = True
 
 
 class Refused(msgspec.Struct, tag=True, array_like=True):
@@ -70,7 +75,8 @@ class Refused(msgspec.Struct, tag=True, array_like=True):
 
 
 class Delegated(msgspec.Struct, tag=True, array_like=True):
-    """Not for a worker: the batch names a key other than the current one."""
+    """Not checked by the worker: the broker checks the batch itself (an error the worker
+    could not send back as it is)."""
 
 
 Answer = Gated | Refused | Delegated
@@ -79,31 +85,38 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Answer).decode
 
 
-class _OtherKey(Exception):
-    """The statement's key is not the current one: the certificate history decides."""
+class _WorkerVerifier(Verifier):
+    """Verifies statements under the node's current key; one naming another key is left for
+    the broker (``deferred``), which holds the certificate history and its own cache."""
 
+    def __init__(self, node: str, key: Ed25519PublicKey | None) -> None:
+        super().__init__({node: key} if key is not None else {}, current_only=True)
+        self.kid = key_id(key) if key is not None else None
+        self.deferred = False
 
-def _other_key(node: str, kid: str, time: str | None) -> Ed25519PublicKey | None:
-    raise _OtherKey
+    def verify_statement(self, statement: Statement, signature: bytes) -> None:
+        if statement.kid is not None and statement.kid != self.kid:
+            self.deferred = True
+            return
+        super().verify_statement(statement, signature)
 
 
 # -- the worker process ----------------------------------------------------------------------
 
 #: per (node, current key): a verifier remembering the statements it verified (a retried
 #: batch costs no second signature check in the same worker)
-_verifiers: dict[tuple[str, bytes], Verifier] = {}
+_verifiers: dict[tuple[str, bytes], _WorkerVerifier] = {}
 _limits: dict[bytes, Limits] = {}
 
 
-def _verifier(node: str, key: bytes | None) -> Verifier:
+def _verifier(node: str, key: bytes | None) -> _WorkerVerifier:
     found = _verifiers.get((node, key or b""))
     if found is None:
         if len(_verifiers) > 1024:
             _verifiers.clear()
         public = Ed25519PublicKey.from_public_bytes(key) if key else None
-        found = _verifiers[(node, key or b"")] = Verifier(
-            {node: public} if public is not None else {}, history=_other_key,
-            current_only=True)
+        found = _verifiers[(node, key or b"")] = _WorkerVerifier(node, public)
+    found.deferred = False
     return found
 
 
@@ -127,18 +140,18 @@ def gate_batch(node: str, dataset: str, body: bytes, content_type: str, key: byt
     if lim is None:
         _limits.clear()
         lim = _limits[limits] = msgspec.msgpack.decode(limits, type=Limits)
+    verifier = _verifier(node, key)
     try:
         spec = gate.spec_of(batch, dataset)
-        checked = gate.check(batch, node=node, spec=spec, verifier=_verifier(node, key),
+        checked = gate.check(batch, node=node, spec=spec, verifier=verifier,
                              limits=lim, ctx=datasets.RuleContext(dt.date.fromordinal(today)),
                              scorer=quality.completeness if scored else None,
                              references=quality.references if scored else None,
                              schema_base=schema_base)
-    except _OtherKey:
-        return _encode(Delegated())
     except ExchangeError as err:
         return _encode(_refused(err))
-    return _encode(Gated(spec.version, batch.statement, batch.signature, checked))
+    return _encode(Gated(spec.version, batch.statement, batch.signature, checked,
+                         not verifier.deferred))
 
 
 def _refused(err: ExchangeError) -> Refused | Delegated:
@@ -169,6 +182,8 @@ class Checked:
     spec: datasets.DatasetSpec
     batch: Batch  # statement and signature; no records (decoded again only for a refusal)
     checked: gate.Checked
+    #: False: the statement names another key; the broker verifies its signature
+    statement_checked: bool = True
 
 
 class Request(msgspec.Struct, array_like=True):
@@ -203,6 +218,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 def serve(sock: socket.socket) -> None:
     """A worker's loop: length-prefixed requests in, answers out, in order, until the broker
     closes its end (or goes away: the socket's end of file)."""
+    # the broker stops its workers (end of file on the socket): a Ctrl-C or a service
+    # manager's SIGTERM to the whole group is the broker's to handle, not theirs
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     pid = str(_warm()).encode()
     decode = msgspec.msgpack.Decoder(Request).decode
     with sock:
@@ -214,9 +233,12 @@ def serve(sock: socket.socket) -> None:
             raw = _recv_exact(sock, _HEADER.unpack(head)[0])
             if raw is None:
                 return
-            r = decode(raw)
-            answer = gate_batch(r.node, r.dataset, r.body, r.content_type, r.key, r.limits,
-                                r.today, r.scored, r.schema_base)
+            try:
+                r = decode(raw)
+                answer = gate_batch(r.node, r.dataset, r.body, r.content_type, r.key,
+                                    r.limits, r.today, r.scored, r.schema_base)
+            except Exception:  # a fault of ours: the broker checks it and says what it is
+                answer = _encode(Delegated())
             sock.sendall(_HEADER.pack(len(answer)) + answer)
 
 
@@ -269,7 +291,8 @@ class _Worker:
             self._on_gone(self)
 
     def send(self, request: bytes) -> asyncio.Future[bytes]:
-        assert self._writer is not None
+        if self._writer is None or self._writer.is_closing():
+            raise WorkerGone
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.waiting.append(future)
         self._writer.write(_HEADER.pack(len(request)))
@@ -321,8 +344,12 @@ class GatePool:
         """Start every worker now (not on the first batch); their process ids."""
         self._change = asyncio.Event()
         fresh = [_Worker(self._context, self._gone) for _ in range(self.workers)]
+        try:
+            await asyncio.gather(*(w.open() for w in fresh))  # they start side by side
+        except BaseException:
+            await asyncio.gather(*(w.close() for w in fresh), return_exceptions=True)
+            raise
         self._procs.extend(fresh)
-        await asyncio.gather(*(w.open() for w in fresh))  # they start side by side
         return self.pids()
 
     def next_change(self) -> asyncio.Event:
@@ -361,9 +388,18 @@ class GatePool:
     async def _replace(self, gone: _Worker) -> None:
         logger.error("gate_worker_gone", pid=gone.process.pid, exitcode=gone.process.exitcode)
         fresh = _Worker(self._context, self._gone)
+        try:
+            await fresh.open()
+        except WorkerGone as err:
+            logger.error("gate_worker_not_started", error=str(err))
+            await fresh.close()
+            return  # the slot keeps its dead worker: batches meant for it are checked here
+        finally:
+            await gone.close()
+        if self._closing or gone not in self._procs:
+            await fresh.close()
+            return
         self._procs[self._procs.index(gone)] = fresh
-        await fresh.open()
-        await gone.close()
         self.restarts += 1
         if self._change is not None:
             self._change.set()
@@ -385,7 +421,8 @@ class GatePool:
             pending = worker.send(request)
             await worker.drain()
             answer = _decode(await pending)
-        except (WorkerGone, ConnectionError):  # replaced by ``_gone``
+        except (WorkerGone, ConnectionError, RuntimeError, msgspec.DecodeError):
+            # gone (replaced by ``_gone``), or an answer we cannot read: checked here
             self.delegated += 1
             return None
         if isinstance(answer, Delegated):
@@ -395,4 +432,5 @@ class GatePool:
         if isinstance(answer, Refused):
             raise rebuilt(answer)
         return Checked(datasets.get(dataset, answer.version),
-                       Batch(answer.statement, answer.signature, []), answer.checked)
+                       Batch(answer.statement, answer.signature, []), answer.checked,
+                       answer.statement_checked)

@@ -211,7 +211,16 @@ class Verifier:
             raise IntegrityError(f"batch signature of {statement.node} does not verify",
                                  code=Code.SIGNATURE_INVALID) from None
         self.verifications += 1
+        self._remember(cache_key)
+
+    def remember(self, statement: Statement, signature: bytes) -> None:
+        """Take a statement as verified (another process of the same broker verified it): a
+        retry of its batch is then judged as if this verifier had checked it."""
+        self._remember(statement_bytes(statement) + signature)
+
+    def _remember(self, cache_key: bytes) -> None:
         self._cache[cache_key] = None
+        self._cache.move_to_end(cache_key)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
