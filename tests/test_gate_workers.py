@@ -32,12 +32,15 @@ from exchange.core.signing import Batch
 from exchange.core.wire import PublishReply
 from exchange.pki import party
 from exchange.sim.generate import Generator, fault
+from exchange.store.nats.server import NatsCluster
+from tests import nats_fixtures
 from tests.conftest import (
     OWNERS,
     SEALED_AT,
     TODAY,
     Env,
     Timed,
+    broker_config,
     eventually,
     make_pki,
     people,
@@ -45,6 +48,8 @@ from tests.conftest import (
     timed_broker,
     until,
 )
+from tests.nats_fixtures import start_broker_on, store_url
+from tests.test_broker_e2e import test_population_reaches_tax_verified_and_projected as _e2e
 
 POP, TAX = OWNERS["population"], OWNERS["tax"]
 JSON, MSGPACK = "application/json", "application/msgpack"
@@ -283,3 +288,24 @@ async def test_workers_leave_sigterm_and_sigint_to_the_broker(tmp_path: Path) ->
             assert resp.status == 200
         assert (pool.gated, pool.delegated, pool.restarts) == (1, 0, 0)
         assert pool.pids() == pids and pool.running() == 2
+
+
+# -- on the NATS store: the same pool in front of JetStream's order --------------------------
+
+nats_single = nats_fixtures.nats_single
+
+
+async def test_end_to_end_on_nats_with_gate_workers(tmp_path: Path,
+                                                     nats_single: NatsCluster) -> None:
+    pki_dir = make_pki(tmp_path)
+    config = broker_config(pki_dir, tmp_path / "data")
+    broker, runner, url = await start_broker_on(config, store_url(nats_single))
+    pool = GatePool(2)
+    try:
+        await pool.start()
+        broker.publisher.pool = pool
+        await _e2e(Env(tmp_path, pki_dir, tmp_path / "data", url, broker, runner))
+        assert pool.gated >= 1 and pool.delegated == 0
+    finally:
+        await runner.cleanup()
+        await pool.close()
