@@ -295,3 +295,33 @@ async def test_versions_and_who_received_them(store: Store, pki_dir: Path) -> No
         ("vn.gov.mae.land", "", second, second)])
     assert all(r.groups == ("residence",) for r in got)
     assert await store.access("tax", [first]) == []
+
+
+async def test_sqlite_copies_the_wal_back_off_the_commits_path(tmp_path: Path,
+                                                               pki_dir: Path) -> None:
+    """The writer never checkpoints (``wal_autocheckpoint=0``); the checkpointer's thread does,
+    after commits, so the WAL stays short however long appends go on."""
+    store = SqliteStore(tmp_path / "exchange.sqlite")
+    await store.open()
+    wal = tmp_path / "exchange.sqlite-wal"
+    sizes: list[int] = []
+    try:
+        ps = people(600, seed=21)
+        for i in range(0, 600, 50):
+            await publish(store, pki_dir, batch_of(pki_dir, ps[i:i + 50], seed=i + 1))
+            assert store._checkpointing is not None
+            await store._checkpointing  # the checkpoint this commit asked for
+            sizes.append(wal.stat().st_size)
+        db_size = (tmp_path / "exchange.sqlite").stat().st_size
+        assert await store.head() == 599
+    finally:
+        await store.close()
+    # every commit's frames went back into the database: the WAL restarts from its beginning
+    # instead of growing by a group each time (without the checkpointer it holds them all)
+    assert max(sizes) < db_size / 4, (sizes, db_size)
+    reopened = SqliteStore(tmp_path / "exchange.sqlite")
+    await reopened.open()
+    try:
+        assert await reopened.head() == 599
+    finally:
+        await reopened.close()

@@ -20,12 +20,15 @@ from typing import Any
 
 import aiosqlite
 import msgspec
+import structlog
 
 from exchange.core import ledger, merkle, tlog
 from exchange.core.errors import Code, InternalError, UnavailableError
 from exchange.core.gate import Current
 from exchange.core.signing import Statement
 from exchange.store.base import AccessRow, Appended, SubscriptionRow, Tail
+
+logger = structlog.get_logger("exchange.store.sqlite")
 
 _ACCESS_COLUMNS = ("dataset, node, name, kind, agreement, purpose, groups, first_seq, last_seq, "
                    "at, min_completeness")
@@ -176,6 +179,16 @@ def _commit_group(batch_rows: list[tuple[object, ...]], rows: list[tuple[object,
             db.executemany(_UPSERT_QUALITY, quality)
 
 
+def _checkpoint(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _log_checkpoint_failure(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        # the WAL keeps the commits; the next checkpoint copies them back
+        logger.warning("wal_checkpoint_failed", error=str(done.exception()))
+
+
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     """One write transaction on the writer connection: committed whole or rolled back."""
@@ -225,6 +238,11 @@ class SqliteStore:
         self._tail_records = tail_records
         self._writer: sqlite3.Connection | None = None
         self._writer_pool: ThreadPoolExecutor | None = None
+        #: the WAL is copied back into the database by a thread of its own, off the commit's
+        #: path (``wal_autocheckpoint`` would run it inside the commit that crosses the mark)
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpointer_pool: ThreadPoolExecutor | None = None
+        self._checkpointing: asyncio.Future[None] | None = None
         self.tail = Tail(-1, tail_records)
 
     @property
@@ -250,6 +268,9 @@ class SqliteStore:
             self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._writer = await asyncio.get_running_loop().run_in_executor(
                 self._writer_pool, self._connect_writer)
+            self._checkpointer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-wal")
+            self._checkpointer = await asyncio.get_running_loop().run_in_executor(
+                self._checkpointer_pool, self._connect_checkpointer)
             row = await self._one("SELECT COALESCE(MAX(id), 0) FROM batches")
             self._last_batch = int(row[0]) if row else 0
             self._tree = await self._load_frontier(self._head + 1)
@@ -281,9 +302,34 @@ class SqliteStore:
         db.execute(f"PRAGMA synchronous={self._durability}")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=10000")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
         return db
 
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA synchronous={self._durability}")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def _checkpoint_soon(self) -> None:
+        """After a commit: copy the WAL back (PASSIVE: never waits for, nor blocks, a reader
+        or the writer), on the checkpointer's thread; one at a time, so under load it runs
+        back to back and the WAL stays about one checkpoint's worth of commits long."""
+        if (self._checkpointer is None or self._checkpointer_pool is None
+                or (self._checkpointing is not None and not self._checkpointing.done())):
+            return
+        db = self._checkpointer
+        self._checkpointing = asyncio.get_running_loop().run_in_executor(
+            self._checkpointer_pool, _checkpoint, db)
+        self._checkpointing.add_done_callback(_log_checkpoint_failure)
+
     async def close(self) -> None:
+        checkpointer, cpool = self._checkpointer, self._checkpointer_pool
+        self._checkpointer = self._checkpointer_pool = None
+        if cpool is not None:
+            if checkpointer is not None:  # after a checkpoint still running
+                await asyncio.get_running_loop().run_in_executor(cpool, checkpointer.close)
+            cpool.shutdown()
         writer, pool = self._writer, self._writer_pool
         self._writer = self._writer_pool = None
         if pool is not None:
@@ -351,6 +397,7 @@ class SqliteStore:
                                     plan.references(), self._dead_rows(plan.dead),
                                     list(plan.quality))
             cancelled = await self._in_writer(job)
+            self._checkpoint_soon()
             self._head = seq - 1
             self.tail.add(tail, plan.batch_rows(ids))
             self._last_batch = batch_id
