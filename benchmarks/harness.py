@@ -67,6 +67,17 @@ class ProcStats:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
 
+    def threads(self) -> dict[int, float]:
+        """CPU seconds of each of its threads, by thread id."""
+        out: dict[int, float] = {}
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
+        except OSError:
+            return out
+        for tid in tids:
+            out[tid] = ProcStats(self.pid, tid=tid).main_cpu_s()
+        return out
+
     def children(self) -> list[int]:
         """Its child processes (``/proc/PID/task/TID/children``)."""
         out: list[int] = []
