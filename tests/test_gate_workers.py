@@ -309,3 +309,23 @@ async def test_end_to_end_on_nats_with_gate_workers(tmp_path: Path,
     finally:
         await runner.cleanup()
         await pool.close()
+
+
+def test_gate_workers_in_the_config_are_checked_and_the_cli_overrides(tmp_path: Path) -> None:
+    from exchange.broker import checks
+    from exchange.sim.topology import broker_toml
+
+    pki_dir = make_pki(tmp_path)
+    path = tmp_path / "exchange.toml"
+    path.write_text(broker_toml(str(pki_dir), str(tmp_path / "data"), "127.0.0.1:0").replace(
+        'store = "sqlite"', 'store = "sqlite"\ngate_workers = 300'), encoding="utf-8")
+    problems = checks.load(path).problems
+    assert [(p.path, p.code) for p in problems] == [("gate_workers", "bad_config")], problems
+    assert "256" in problems[0].message
+    path.write_text(path.read_text(encoding="utf-8").replace("gate_workers = 300",
+                                                             "gate_workers = 3"),
+                    encoding="utf-8")
+    for override, want in ((None, 3), (4, 4), (0, 0)):
+        checked = checks.load(path, workers=override)
+        assert checked.problems == [] and checked.config is not None
+        assert checked.config.gate_workers == want
