@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange import pki
-from exchange.core import agreements, datasets, disclosure, merkle, tlog
+from exchange.core import agreements, datasets, disclosure, merkle, tiles, tlog
 from exchange.core.envelope import digest
 from exchange.core.errors import Code, ExchangeError, InputError, IntegrityError
 from exchange.core.ledger import StoredBody
@@ -193,6 +193,21 @@ class _AgreementChain:
         return None
 
 
+def _stored_leaves(db: sqlite3.Connection) -> dict[int, bytes]:
+    """The log's leaves as the store keeps them: in its level-0 tiles, or (a store not yet
+    opened by this version) its ``tree`` rows."""
+    tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "tiles" in tables:
+        out: dict[int, bytes] = {}
+        for idx, hashes in db.execute("SELECT idx, hashes FROM tiles WHERE level=0"):
+            base = idx * tiles.WIDTH
+            out.update((base + i, h) for i, h in enumerate(tiles.hashes(hashes)))
+        return out
+    if "tree" in tables:
+        return {idx: h for idx, h in db.execute("SELECT idx, hash FROM tree WHERE level=0")}
+    return {}
+
+
 def _records(db: sqlite3.Connection, chunk: int = 5000) -> Iterator[tuple[Any, ...]]:
     last = -1
     while True:
@@ -240,7 +255,7 @@ def _audit(db: sqlite3.Connection, trust: Trust,
     verifier = Verifier(trust.signing_keys, history=trust.certified)
     agreement_check = _AgreementChain(trust)
     batches: dict[int, tuple[Statement, bytes]] = {}
-    stored_leaf = {idx: h for idx, h in db.execute("SELECT idx, hash FROM tree WHERE level=0")}
+    stored_leaf = _stored_leaves(db)
     tree = merkle.CompactRange()
     cps = iter(checkpoints)
     next_cp = next(cps, None)

@@ -10,6 +10,7 @@ speed where the disk is battery-backed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import sqlite3
@@ -22,13 +23,16 @@ import aiosqlite
 import msgspec
 import structlog
 
-from exchange.core import ledger, merkle, tlog
+from exchange.core import ledger, merkle, tiles, tlog
 from exchange.core.errors import Code, InternalError, UnavailableError
 from exchange.core.gate import Current
 from exchange.core.signing import Statement
 from exchange.store.base import AccessRow, Appended, SubscriptionRow, Tail
 
 logger = structlog.get_logger("exchange.store.sqlite")
+
+#: log nodes hashed again from tiles, kept for the next proofs (32 bytes each)
+NODE_CACHE = 65_536
 
 _ACCESS_COLUMNS = ("dataset, node, name, kind, agreement, purpose, groups, first_seq, last_seq, "
                    "at, min_completeness")
@@ -100,11 +104,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     record BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_publisher ON dead_letters(publisher, id);
--- the transparency log: every perfect subtree of the RFC 6962 tree over records in seq order
-CREATE TABLE IF NOT EXISTS tree (
+-- the transparency log's hashes as C2SP tlog-tiles (exchange.core.tiles): tile (level, idx)
+-- holds tree level 8*level, nodes 256*idx onwards, 32 bytes each; only a level's rightmost
+-- tile is partial. Every node in between is hashed again from its tile.
+CREATE TABLE IF NOT EXISTS tiles (
     level INTEGER NOT NULL,
     idx INTEGER NOT NULL,
-    hash BLOB NOT NULL,
+    hashes BLOB NOT NULL,
     PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -146,7 +152,7 @@ _json = msgspec.json.Encoder()
 
 def _commit_group(batch_rows: list[tuple[object, ...]], rows: list[tuple[object, ...]],
                   cur_rows: list[tuple[str, str, int, bytes, int]],
-                  nodes: list[tuple[int, int, bytes]],
+                  tile_rows: list[tuple[int, int, bytes]],
                   refs: dict[tuple[str, str], list[ledger.Reference]],
                   dead_rows: list[tuple[object, ...]], quality: list[ledger.QualityRow],
                   db: sqlite3.Connection) -> None:
@@ -160,7 +166,7 @@ def _commit_group(batch_rows: list[tuple[object, ...]], rows: list[tuple[object,
                 "INSERT INTO current VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset, key) "
                 "DO UPDATE SET version=excluded.version, content=excluded.content, "
                 "seq=excluded.seq", cur_rows)
-            db.executemany("INSERT INTO tree VALUES (?, ?, ?)", nodes)
+            db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?)", tile_rows)
             new_refs = [r for rs in refs.values() for r in rs]
             # with no unresolved reference stored and none new, there is nothing to replace or
             # resolve: two index probes per record saved
@@ -177,6 +183,21 @@ def _commit_group(batch_rows: list[tuple[object, ...]], rows: list[tuple[object,
             db.executemany(_INSERT_DEAD, dead_rows)
         if quality:
             db.executemany(_UPSERT_QUALITY, quality)
+
+
+def _migrate_tree(db: sqlite3.Connection) -> int:
+    """A store made before the log was kept as tiles: its ``tree`` rows (a row per node)
+    become tiles, in one transaction. Returns the tiles written (0: nothing to migrate)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='tree'"
+                  ).fetchone() is None:
+        return 0
+    with _transaction(db):
+        nodes = db.execute(f"SELECT level, idx, hash FROM tree WHERE level % {tiles.HEIGHT} = 0 "
+                           "ORDER BY level, idx").fetchall()
+        _, rows = tiles.grow({}, nodes)
+        db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?)", rows)
+        db.execute("DROP TABLE tree")
+    return len(rows)
 
 
 def _checkpoint(db: sqlite3.Connection) -> None:
@@ -234,6 +255,11 @@ class SqliteStore:
         self._head = -1
         self._last_batch = 0
         self._tree = merkle.CompactRange()
+        #: the log's rightmost tile of each tile level, as committed
+        self._edge: tiles.Edge = {}
+        #: nodes hashed again from their tiles (a perfect subtree never changes)
+        self._nodes: collections.OrderedDict[tuple[int, int], bytes] = (
+            collections.OrderedDict())
         self._writing = asyncio.Lock()
         self._tail_records = tail_records
         self._writer: sqlite3.Connection | None = None
@@ -273,6 +299,13 @@ class SqliteStore:
                 self._checkpointer_pool, self._connect_checkpointer)
             row = await self._one("SELECT COALESCE(MAX(id), 0) FROM batches")
             self._last_batch = int(row[0]) if row else 0
+            migrated = await asyncio.get_running_loop().run_in_executor(
+                self._writer_pool, _migrate_tree, self._writer)
+            if migrated:
+                logger.info("log_migrated_to_tiles", tiles=migrated)
+            self._edge = {t: (n, h) for t, n, h in await self._rows(
+                "SELECT level, idx, hashes FROM tiles AS t WHERE idx = "
+                "(SELECT MAX(idx) FROM tiles WHERE level = t.level)")}
             self._tree = await self._load_frontier(self._head + 1)
         except BaseException as err:
             await self.close()
@@ -367,7 +400,8 @@ class SqliteStore:
         async with self._writing:
             first = self._head + 1
             tree = merkle.CompactRange(self._tree.size, self._tree.frontier)
-            nodes = tree.extend(plan.leaves(first))  # stored iff logged: the same transaction
+            # stored iff logged: the tiles change in the same transaction
+            edge, tile_rows = tiles.grow(self._edge, tree.extend(plan.leaves(first)))
             ids: list[int] = []
             batch_id = self._last_batch
             batch_rows: list[tuple[object, ...]] = []
@@ -393,7 +427,7 @@ class SqliteStore:
                                  e.digest, e.body))
                     cur_rows.append((e.dataset, e.key, e.version, e.content, seq))
                     seq += 1
-            job = functools.partial(_commit_group, batch_rows, rows, cur_rows, nodes,
+            job = functools.partial(_commit_group, batch_rows, rows, cur_rows, tile_rows,
                                     plan.references(), self._dead_rows(plan.dead),
                                     list(plan.quality))
             cancelled = await self._in_writer(job)
@@ -402,6 +436,7 @@ class SqliteStore:
             self.tail.add(tail, plan.batch_rows(ids))
             self._last_batch = batch_id
             self._tree = merkle.CompactRange(tree.size, tree.frontier)
+            self._edge = edge
             if cancelled:
                 raise asyncio.CancelledError
             return Appended(ids, first)
@@ -472,15 +507,33 @@ class SqliteStore:
         return self._tree.size, self._tree.root()
 
     async def log_nodes(self, coords: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Nodes of the log from their tiles (a node past the committed log is left out)."""
         out: dict[tuple[int, int], bytes] = {}
-        unique = list(dict.fromkeys(coords))
-        for i in range(0, len(unique), 400):
-            chunk = unique[i:i + 400]
+        wanted = []
+        for c in dict.fromkeys(coords):
+            h = self._nodes.get(c)
+            if h is None:
+                wanted.append(c)
+            else:
+                self._nodes.move_to_end(c)
+                out[c] = h
+        held: dict[tuple[int, int], bytes] = {}
+        needed = sorted(tiles.needed(wanted))
+        for i in range(0, len(needed), 400):
+            chunk = needed[i:i + 400]
             where = " OR ".join("(level=? AND idx=?)" for _ in chunk)
-            for level, idx, h in await self._rows(
-                    f"SELECT level, idx, hash FROM tree WHERE {where}",
+            for level, idx, hashes in await self._rows(
+                    f"SELECT level, idx, hashes FROM tiles WHERE {where}",
                     [v for c in chunk for v in c]):
+                held[(level, idx)] = hashes
+        for level, idx in wanted:
+            h = tiles.node(level, idx, held)
+            if h is not None:
                 out[(level, idx)] = h
+                if level % tiles.HEIGHT:  # hashed again from a tile: kept
+                    self._nodes[(level, idx)] = h
+                    if len(self._nodes) > NODE_CACHE:
+                        self._nodes.popitem(last=False)
         return out
 
     async def add_checkpoint(self, cp: tlog.Checkpoint, now: float) -> None:
