@@ -194,18 +194,18 @@ class _AgreementChain:
 
 
 def _stored_leaves(db: sqlite3.Connection) -> dict[int, bytes]:
-    """The log's leaves as the store keeps them: in its level-0 tiles, or (a store not yet
-    opened by this version) its ``tree`` rows."""
+    """The log's leaves as the store keeps them: its ``tree`` rows while it has them (a store
+    not yet migrated: the migration drops ``tree`` in the transaction that fills ``tiles``),
+    else its level-0 tiles."""
     tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "tree" in tables:
+        return {idx: h for idx, h in db.execute("SELECT idx, hash FROM tree WHERE level=0")}
+    out: dict[int, bytes] = {}
     if "tiles" in tables:
-        out: dict[int, bytes] = {}
         for idx, hashes in db.execute("SELECT idx, hashes FROM tiles WHERE level=0"):
             base = idx * tiles.WIDTH
             out.update((base + i, h) for i, h in enumerate(tiles.hashes(hashes)))
-        return out
-    if "tree" in tables:
-        return {idx: h for idx, h in db.execute("SELECT idx, hash FROM tree WHERE level=0")}
-    return {}
+    return out
 
 
 def _records(db: sqlite3.Connection, chunk: int = 5000) -> Iterator[tuple[Any, ...]]:

@@ -33,6 +33,12 @@ logger = structlog.get_logger("exchange.store.sqlite")
 
 #: log nodes hashed again from tiles, kept for the next proofs (32 bytes each)
 NODE_CACHE = 65_536
+#: WAL pages past which a commit checkpoints itself (the checkpointer's thread normally has)
+WAL_BACKSTOP_PAGES = 16_384
+#: bytes a WAL is cut back to once checkpointed
+JOURNAL_LIMIT = 64 * 1024 * 1024
+#: nodes of a ``tree`` table migrated to tiles at a time (memory: a chunk, a tile per level)
+MIGRATE_CHUNK = 65_536
 
 _ACCESS_COLUMNS = ("dataset, node, name, kind, agreement, purpose, groups, first_seq, last_seq, "
                    "at, min_completeness")
@@ -187,27 +193,29 @@ def _commit_group(batch_rows: list[tuple[object, ...]], rows: list[tuple[object,
 
 def _migrate_tree(db: sqlite3.Connection) -> int:
     """A store made before the log was kept as tiles: its ``tree`` rows (a row per node)
-    become tiles, in one transaction. Returns the tiles written (0: nothing to migrate)."""
+    become tiles, in one transaction that also drops ``tree`` (so a store holds one layout or
+    the other whole; ``exchange audit`` reads ``tree`` while it exists). Streamed: memory
+    holds one chunk of nodes and a tile per level. Returns the tile rows written (0: nothing
+    to migrate)."""
     if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='tree'"
                   ).fetchone() is None:
         return 0
+    written = 0
     with _transaction(db):
-        nodes = db.execute(f"SELECT level, idx, hash FROM tree WHERE level % {tiles.HEIGHT} = 0 "
-                           "ORDER BY level, idx").fetchall()
-        _, rows = tiles.grow({}, nodes)
-        db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?)", rows)
+        cursor = db.execute(f"SELECT level, idx, hash FROM tree WHERE level % {tiles.HEIGHT} = 0"
+                            " ORDER BY level, idx")
+        edge: tiles.Edge = {}
+        while nodes := cursor.fetchmany(MIGRATE_CHUNK):
+            edge, rows = tiles.grow(edge, nodes)
+            db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?)", rows)
+            written += len(rows)
         db.execute("DROP TABLE tree")
-    return len(rows)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # before the first append asks for one
+    return written
 
 
 def _checkpoint(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-
-def _log_checkpoint_failure(done: asyncio.Future[None]) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        # the WAL keeps the commits; the next checkpoint copies them back
-        logger.warning("wal_checkpoint_failed", error=str(done.exception()))
 
 
 @contextlib.contextmanager
@@ -269,6 +277,7 @@ class SqliteStore:
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpointer_pool: ThreadPoolExecutor | None = None
         self._checkpointing: asyncio.Future[None] | None = None
+        self._checkpoint_again = False
         self.tail = Tail(-1, tail_records)
 
     @property
@@ -335,7 +344,11 @@ class SqliteStore:
         db.execute(f"PRAGMA synchronous={self._durability}")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=10000")
-        db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
+        # the checkpointer's thread copies the WAL back after each commit; the writer does it
+        # itself only past a high mark (a checkpointer that fell far behind), and a WAL grown
+        # by a burst is cut back to JOURNAL_LIMIT once copied
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT}")
         return db
 
     def _connect_checkpointer(self) -> sqlite3.Connection:
@@ -345,16 +358,32 @@ class SqliteStore:
         return db
 
     def _checkpoint_soon(self) -> None:
-        """After a commit: copy the WAL back (PASSIVE: never waits for, nor blocks, a reader
-        or the writer), on the checkpointer's thread; one at a time, so under load it runs
-        back to back and the WAL stays about one checkpoint's worth of commits long."""
-        if (self._checkpointer is None or self._checkpointer_pool is None
-                or (self._checkpointing is not None and not self._checkpointing.done())):
+        """After any commit: copy the WAL back (PASSIVE: never waits for, nor blocks, a reader
+        or the writer) on the checkpointer's thread. One at a time; a commit that lands while
+        one runs asks for one more after it, so under load they run back to back and the WAL
+        stays about one checkpoint's worth of commits long. Never raises: the commit it
+        follows is already the caller's."""
+        if self._checkpointing is not None and not self._checkpointing.done():
+            self._checkpoint_again = True
             return
-        db = self._checkpointer
-        self._checkpointing = asyncio.get_running_loop().run_in_executor(
-            self._checkpointer_pool, _checkpoint, db)
-        self._checkpointing.add_done_callback(_log_checkpoint_failure)
+        db, pool = self._checkpointer, self._checkpointer_pool
+        if db is None or pool is None:
+            return
+        self._checkpoint_again = False
+        try:
+            self._checkpointing = asyncio.get_running_loop().run_in_executor(
+                pool, _checkpoint, db)
+        except RuntimeError as err:  # the loop or the pool is shutting down
+            logger.warning("wal_checkpoint_not_started", error=str(err))
+            return
+        self._checkpointing.add_done_callback(self._checkpointed)
+
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            # the WAL keeps the commits; the next checkpoint copies them back
+            logger.warning("wal_checkpoint_failed", error=str(done.exception()))
+        if self._checkpoint_again:
+            self._checkpoint_soon()
 
     async def close(self) -> None:
         checkpointer, cpool = self._checkpointer, self._checkpointer_pool
@@ -431,12 +460,12 @@ class SqliteStore:
                                     plan.references(), self._dead_rows(plan.dead),
                                     list(plan.quality))
             cancelled = await self._in_writer(job)
-            self._checkpoint_soon()
             self._head = seq - 1
             self.tail.add(tail, plan.batch_rows(ids))
             self._last_batch = batch_id
             self._tree = merkle.CompactRange(tree.size, tree.frontier)
             self._edge = edge
+            self._checkpoint_soon()
             if cancelled:
                 raise asyncio.CancelledError
             return Appended(ids, first)
@@ -492,7 +521,9 @@ class SqliteStore:
                         db.execute(sql, params)
 
         async with self._writing:
-            if await self._in_writer(job):
+            cancelled = await self._in_writer(job)
+            self._checkpoint_soon()
+            if cancelled:
                 raise asyncio.CancelledError
 
     @staticmethod
