@@ -9,6 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exchange.core import datasets, gate
 from exchange.core.access import Limits
@@ -347,3 +349,73 @@ def test_same_version_twice_in_a_batch_with_other_content_is_a_conflict() -> Non
     decided = gate.decide(checked, {})
     assert [c.index for c in decided.accepted] == [0]
     assert [(v.index, v.code) for v in decided.rejected] == [(1, "version_conflict")]
+
+
+# -- decide_group against a plain reference ---------------------------------------------------
+
+
+def _reference_decide(batches: list[tuple[str, gate.Checked]],
+                      current: dict[str, dict[str, gate.Current]]) -> list[gate.Decided]:
+    """The rule in its plainest form: each candidate against the latest version of its key,
+    the store's or one accepted earlier in the group."""
+    from exchange.core.errors import Code, Violation
+
+    latest: dict[tuple[str, str], tuple[int, bytes, int | None, int | None]] = {}
+    out, offset = [], 0
+    for dataset, checked in batches:
+        decided = gate.Decided([], [], list(checked.rejected), offset=offset)
+        for c in checked.candidates:
+            found = latest.get((dataset, c.key))
+            if found is None:
+                stored = current.get(dataset, {}).get(c.key)
+                found = None if stored is None else (stored.version, stored.content, None,
+                                                     stored.seq)
+            if found is not None:
+                version, content, in_group, seq = found
+                if c.version < version:
+                    decided.rejected.append(Violation(
+                        Code.STALE_VERSION, f"version {c.version} of {c.key} is older than the "
+                        f"stored version {version}", "$.version", c.index))
+                    continue
+                if c.version == version:
+                    if c.content != content:
+                        decided.rejected.append(Violation(
+                            Code.VERSION_CONFLICT, f"version {c.version} of {c.key} is already "
+                            "stored with different content", "$.version", c.index))
+                    elif in_group is not None:
+                        decided.echoes.append((c.index, in_group))
+                    else:
+                        assert seq is not None
+                        decided.duplicates.append(Duplicate(c.index, seq))
+                    continue
+                decided.replaces.append(gate.IN_GROUP if in_group is not None else seq)
+            else:
+                decided.replaces.append(None)
+            latest[(dataset, c.key)] = (c.version, c.content, offset, None)
+            decided.accepted.append(c)
+            offset += 1
+        decided.rejected.sort(key=lambda v: v.index or 0)
+        out.append(decided)
+    return out
+
+
+_keys = st.sampled_from(["a", "b", "c", "d"])
+_candidate = st.tuples(_keys, st.integers(1, 3), st.sampled_from([b"x", b"y"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches=st.lists(st.tuples(st.sampled_from(["population", "tax"]),
+                                  st.lists(_candidate, max_size=6)), max_size=5),
+       stored=st.dictionaries(st.tuples(st.sampled_from(["population", "tax"]), _keys),
+                              st.tuples(st.integers(1, 3), st.sampled_from([b"x", b"y"]),
+                                        st.integers(0, 99)), max_size=6))
+def test_decide_group_agrees_with_the_plain_rule(
+        batches: list[tuple[str, list[tuple[str, int, bytes]]]],
+        stored: dict[tuple[str, str], tuple[int, bytes, int]]) -> None:
+    group = [(ds, gate.Checked([gate.Candidate(i, k, v, b"d" * 32, content, b"")
+                                for i, (k, v, content) in enumerate(cands)], []))
+             for ds, cands in batches]
+    current: dict[str, dict[str, gate.Current]] = {}
+    for (ds, k), (v, content, seq) in stored.items():
+        current.setdefault(ds, {})[k] = gate.Current(v, content, seq)
+    assert gate.decide_group(group, current) == _reference_decide(group, current)

@@ -6,6 +6,8 @@ import base64
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exchange.core import merkle, tlog
 from exchange.core.errors import InputError, IntegrityError
@@ -83,3 +85,17 @@ def test_entry_binds_every_field() -> None:
         args = list(base)
         args[i] = changed
         assert tlog.entry_leaf(*args) != leaf  # type: ignore[arg-type]
+
+
+@settings(max_examples=100, deadline=None)
+@given(first=st.integers(min_value=0, max_value=2**40),
+       us=st.integers(min_value=0, max_value=2**63),
+       entries=st.lists(st.tuples(st.sampled_from(["population", "tax", "đất"]),
+                                  st.sampled_from(["vn.gov.mps.population", "vn.gov.mof.tax"]),
+                                  st.binary(min_size=32, max_size=32),
+                                  st.binary(min_size=32, max_size=32)), max_size=20))
+def test_entry_leaves_of_a_group_are_each_entry_leaf(
+        first: int, us: int, entries: list[tuple[str, str, bytes, bytes]]) -> None:
+    assert list(tlog.entry_leaves(first, entries, us)) == [
+        tlog.entry_leaf(first + i, d, p, dig, root, us)
+        for i, (d, p, dig, root) in enumerate(entries)]

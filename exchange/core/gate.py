@@ -392,35 +392,48 @@ def decide_group(batches: Sequence[tuple[str, Checked]],
     content) and ``stale_version`` (a lower version). Accepted records take consecutive
     offsets in the group; what they replace is recorded for a store shared with other brokers.
     """
-    latest: dict[tuple[str, str], tuple[Current | None, int | None]] = {}
+    # per dataset, the keys accepted so far in the group: (version, content, offset)
+    seen: dict[str, dict[str, tuple[int, bytes, int]]] = {}
     out: list[Decided] = []
     offset = 0
     for dataset, checked in batches:
         stored = current.get(dataset, {})
+        mine = seen.setdefault(dataset, {})
         decided = Decided([], [], list(checked.rejected), offset=offset)
+        accepted, replaces = decided.accepted, decided.replaces
         for c in checked.candidates:
-            pair = (dataset, c.key)
-            cur, in_group = latest.get(pair) or (stored.get(c.key), None)
-            if cur is not None:
-                if c.version < cur.version:
+            key = c.key
+            cur: Current | None = None
+            earlier = mine.get(key)
+            if earlier is not None:
+                version, content, in_group = earlier
+            else:
+                cur = stored.get(key)
+                if cur is None:  # a key the exchange does not hold yet: the common case
+                    replaces.append(None)
+                    mine[key] = (c.version, c.content, offset)
+                    accepted.append(c)
+                    offset += 1
+                    continue
+                version, content, in_group = cur.version, cur.content, -1
+            if c.version < version:
+                decided.rejected.append(Violation(
+                    Code.STALE_VERSION, f"version {c.version} of {key} is older than the "
+                    f"stored version {version}", "$.version", c.index))
+                continue
+            if c.version == version:
+                if c.content != content:
                     decided.rejected.append(Violation(
-                        Code.STALE_VERSION, f"version {c.version} of {c.key} is older than the "
-                        f"stored version {cur.version}", "$.version", c.index))
-                    continue
-                if c.version == cur.version:
-                    if c.content != cur.content:
-                        decided.rejected.append(Violation(
-                            Code.VERSION_CONFLICT, f"version {c.version} of {c.key} is already "
-                            "stored with different content", "$.version", c.index))
-                    elif in_group is not None:
-                        decided.echoes.append((c.index, in_group))
-                    else:
-                        decided.duplicates.append(Duplicate(c.index, cur.seq))
-                    continue
-            decided.replaces.append(IN_GROUP if in_group is not None
-                                    else None if cur is None else cur.seq)
-            latest[pair] = (Current(c.version, c.content, IN_GROUP), offset)
-            decided.accepted.append(c)
+                        Code.VERSION_CONFLICT, f"version {c.version} of {key} is already "
+                        "stored with different content", "$.version", c.index))
+                elif cur is None:
+                    decided.echoes.append((c.index, in_group))
+                else:
+                    decided.duplicates.append(Duplicate(c.index, cur.seq))
+                continue
+            replaces.append(IN_GROUP if cur is None else cur.seq)
+            mine[key] = (c.version, c.content, offset)
+            accepted.append(c)
             offset += 1
         decided.rejected.sort(key=lambda v: v.index or 0)
         out.append(decided)

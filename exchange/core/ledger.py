@@ -179,10 +179,8 @@ class Plan:
     def leaves(self, first_seq: int) -> Iterator[bytes]:
         """The transparency log's leaves of the entries, the group's first seq given: the log
         grows in the same step as the records, so a record is stored iff it is logged."""
-        us = tlog.micros(self.now)
-        for i, e in enumerate(self.entries):
-            yield tlog.entry_leaf(first_seq + i, e.dataset, e.publisher, e.digest, e.batch_root,
-                                  us)
+        return tlog.entry_leaves(first_seq, ((e.dataset, e.publisher, e.digest, e.batch_root)
+                                             for e in self.entries), tlog.micros(self.now))
 
     def references(self) -> dict[tuple[str, str], list[Reference]]:
         """Per accepted (dataset, key), its references to missing records: they replace what the

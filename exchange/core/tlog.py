@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -57,6 +58,29 @@ def entry_bytes(seq: int, dataset: str, publisher: str, digest: bytes, batch_roo
 def entry_leaf(seq: int, dataset: str, publisher: str, digest: bytes, batch_root: bytes,
                accepted_us: int) -> bytes:
     return merkle.leaf_hash(entry_bytes(seq, dataset, publisher, digest, batch_root, accepted_us))
+
+
+def entry_leaves(first_seq: int, entries: Iterable[tuple[str, str, bytes, bytes]],
+                 accepted_us: int) -> Iterator[bytes]:
+    """``entry_leaf`` of consecutive seqs from ``first_seq``, one per ``(dataset, publisher,
+    digest, batch_root)``, all accepted at ``accepted_us``: the same bytes, with what a group's
+    entries share (the names' length-prefixed bytes, the time) encoded once."""
+    tail = struct.pack(">Q", accepted_us)
+    names: dict[tuple[str, str], bytes] = {}
+    seq_bytes = struct.Struct(">Q").pack
+    sha = hashlib.sha256
+    seq = first_seq
+    for dataset, publisher, digest, batch_root in entries:
+        mid = names.get((dataset, publisher))
+        if mid is None:
+            d, p = dataset.encode(), publisher.encode()
+            if len(d) > 255 or len(p) > 255:
+                raise InputError("log entry field out of range", code=Code.BAD_ENTRY)
+            mid = names[(dataset, publisher)] = bytes((len(d),)) + d + bytes((len(p),)) + p
+        if len(digest) != 32 or len(batch_root) != 32:
+            raise InputError("log entry field out of range", code=Code.BAD_ENTRY)
+        yield sha(b"\x00" + seq_bytes(seq) + mid + digest + batch_root + tail).digest()
+        seq += 1
 
 
 def micros(t: float) -> int:
