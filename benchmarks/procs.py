@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,23 +127,42 @@ def parties(records: int, broker_cpu_s: float, nats_cpu_s: float | None,
     return out
 
 
-def _main(out: dict[str, Any], broker_cpu: float, main_cpu: float, loop_cpu: float,
-          records: int) -> None:
-    """The broker's event-loop thread apart (the rest of its process is the sqlite writer
-    thread); with gate workers, its own process apart from them: the part that does not grow
-    with them (ordering, commits, TLS and HTTP, fan-out)."""
-    if records:
-        out["broker"]["loop_us_per_record"] = round(loop_cpu / records * 1e6, 1)
-    if records and broker_cpu - main_cpu > 1e-3:
-        out["broker"]["main_cpu_s"] = round(main_cpu, 3)
-        out["broker"]["main_us_per_record"] = round(main_cpu / records * 1e6, 1)
-        out["broker"]["workers_us_per_record"] = round((broker_cpu - main_cpu) / records * 1e6,
-                                                       1)
+@dataclass(frozen=True)
+class BrokerCpu:
+    """CPU seconds of a broker group's parts: all of it (gate workers included), its own
+    processes, their event-loop threads, and its nats-servers (None: it has none)."""
 
+    total: float
+    main: float
+    loop: float
+    nats: float | None
 
-def _nats_cpu(broker: BrokerGroup) -> float | None:
-    stats = broker.stats
-    return stats.nats_cpu_s() if stats.nats else None
+    @classmethod
+    def read(cls, broker: BrokerGroup) -> BrokerCpu:
+        stats = broker.stats
+        return cls(stats.cpu_s(), stats.main_cpu_s(), stats.loop_cpu_s(),
+                   stats.nats_cpu_s() if stats.nats else None)
+
+    def __sub__(self, before: BrokerCpu) -> BrokerCpu:
+        return BrokerCpu(self.total - before.total, self.main - before.main,
+                         self.loop - before.loop,
+                         None if self.nats is None or before.nats is None
+                         else self.nats - before.nats)
+
+    def parties(self, records: int, publishers: list[float],
+                subscribers: list[tuple[float, int]]) -> dict[str, Any]:
+        """``parties`` with the broker's event-loop thread apart (the rest of its process is
+        the sqlite writer thread) and, with gate workers, its own process apart from them:
+        the part that does not grow with them (ordering, commits, TLS and HTTP, fan-out)."""
+        out = parties(records, self.total, self.nats, publishers, subscribers)
+        if records:
+            out["broker"]["loop_us_per_record"] = round(self.loop / records * 1e6, 1)
+        if records and self.total - self.main > 1e-3:
+            out["broker"]["main_cpu_s"] = round(self.main, 3)
+            out["broker"]["main_us_per_record"] = round(self.main / records * 1e6, 1)
+            out["broker"]["workers_us_per_record"] = round(
+                (self.total - self.main) / records * 1e6, 1)
+        return out
 
 
 # -- the exchange -------------------------------------------------------------------------------
@@ -182,8 +202,7 @@ async def e2e(ctx: Context, broker: BrokerGroup, subscribers: int, duration: flo
         await _all(pubs, "ready", 120)
         await _all(subs, "ready", 120)
         stats = broker.stats
-        cpu0, nats0, main0 = stats.cpu_s(), _nats_cpu(broker), stats.main_cpu_s()
-        loop0 = stats.loop_cpu_s()
+        cpu0 = BrokerCpu.read(broker)
         stats.reset_peak()
         t0 = time.time()
         for party in (*pubs, *subs):
@@ -195,9 +214,7 @@ async def e2e(ctx: Context, broker: BrokerGroup, subscribers: int, duration: flo
         for s in subs:
             s.tell("expect", accepted)
         sub_done = await _all(subs, "done", deadline + 60)
-        broker_cpu, main_cpu = stats.cpu_s() - cpu0, stats.main_cpu_s() - main0
-        loop_cpu = stats.loop_cpu_s() - loop0
-        nats1 = _nats_cpu(broker)
+        cpu = BrokerCpu.read(broker) - cpu0
         peak = stats.peak_rss_mb()
     finally:
         await _close([*pubs, *subs])
@@ -218,14 +235,12 @@ async def e2e(ctx: Context, broker: BrokerGroup, subscribers: int, duration: flo
             refused[code] = refused.get(code, 0) + n
     if refused:
         notes.append("not accepted: " + ", ".join(f"{n} {c}" for c, n in sorted(refused.items())))
-    r = Result(name, delivered, seconds, int(delivered * ctx.record_bytes), broker_cpu, peak,
+    r = Result(name, delivered, seconds, int(delivered * ctx.record_bytes), cpu.total, peak,
                latency=hist.summary(), offered_per_s=rate, subscribers=subscribers,
                signatures="per-record" if per_record else "batch", note="; ".join(notes))
     r.load = f"{procs} publisher procs, {subscribers} subscriber procs"
-    r.parties = parties(delivered, broker_cpu, None if nats0 is None or nats1 is None
-                        else nats1 - nats0, [d["cpu_s"] for d in pub_done],
-                        [(d["cpu_s"], d["delivered"]) for d in sub_done])
-    _main(r.parties, broker_cpu, main_cpu, loop_cpu, delivered)
+    r.parties = cpu.parties(delivered, [d["cpu_s"] for d in pub_done],
+                            [(d["cpu_s"], d["delivered"]) for d in sub_done])
     r.parties["subscribers"]["delivered_each"] = [d["delivered"] for d in sub_done]
     r.parties["publishers"]["accepted"] = accepted
     return r
@@ -248,16 +263,13 @@ async def publish_only(ctx: Context, broker: BrokerGroup, total: int, batch: int
         ctx.progress.update(0, "sealing batches")
         await _all(pubs, "ready", 600)
         stats = broker.stats
-        cpu0, nats0, main0 = stats.cpu_s(), _nats_cpu(broker), stats.main_cpu_s()
-        loop0 = stats.loop_cpu_s()
+        cpu0 = BrokerCpu.read(broker)
         stats.reset_peak()
         t0 = time.time()
         for p in pubs:
             p.tell("go")
         done = await _all(pubs, "done", 600)
-        broker_cpu, main_cpu = stats.cpu_s() - cpu0, stats.main_cpu_s() - main0
-        loop_cpu = stats.loop_cpu_s() - loop0
-        nats1 = _nats_cpu(broker)
+        cpu = BrokerCpu.read(broker) - cpu0
         peak = stats.peak_rss_mb()
     finally:
         await _close(pubs)
@@ -268,14 +280,12 @@ async def publish_only(ctx: Context, broker: BrokerGroup, total: int, batch: int
     if batch > 1 and accepted:
         ctx.record_bytes = nbytes / accepted
     seconds = max(d["end"] for d in done) - t0
-    r = Result(label, accepted, seconds, nbytes, broker_cpu, peak,
+    r = Result(label, accepted, seconds, nbytes, cpu.total, peak,
                signatures="batch" if batch > 1 else "per-record",
                note=f"batches of {batch}, pre-sealed, {window} in flight over {len(pubs)} "
                     "processes")
     r.load = f"{len(pubs)} publisher procs"
-    r.parties = parties(accepted, broker_cpu, None if nats0 is None or nats1 is None
-                        else nats1 - nats0, [d["cpu_s"] for d in done], [])
-    _main(r.parties, broker_cpu, main_cpu, loop_cpu, accepted)
+    r.parties = cpu.parties(accepted, [d["cpu_s"] for d in done], [])
     return r
 
 

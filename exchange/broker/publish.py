@@ -227,8 +227,9 @@ class Publisher:
         False when none is left."""
         while self._pending:
             head = self._pending[0]
-            if head.gated is None or (head.gated.done() and head.gated.result()):
+            if head.ready:
                 return True
+            assert head.gated is not None
             if head.gated.done():  # refused: its publisher has the answer already
                 self._pending.pop(0)
                 continue

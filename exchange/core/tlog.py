@@ -48,11 +48,20 @@ def entry_bytes(seq: int, dataset: str, publisher: str, digest: bytes, batch_roo
     ``uint64 seq ‖ uint8 len ‖ dataset ‖ uint8 len ‖ publisher ‖ digest[32] ‖ batch_root[32] ‖
     uint64 accepted_at (µs since the Unix epoch, UTC)``.
     """
-    d, p = dataset.encode(), publisher.encode()
-    if len(d) > 255 or len(p) > 255 or len(digest) != 32 or len(batch_root) != 32:
+    if len(digest) != 32 or len(batch_root) != 32:
         raise InputError("log entry field out of range", code=Code.BAD_ENTRY)
-    return (struct.pack(">QB", seq, len(d)) + d + struct.pack(">B", len(p)) + p + digest
-            + batch_root + struct.pack(">Q", accepted_us))
+    return (_U64(seq) + _names(dataset, publisher) + digest + batch_root + _U64(accepted_us))
+
+
+_U64 = struct.Struct(">Q").pack
+
+
+def _names(dataset: str, publisher: str) -> bytes:
+    """``uint8 len ‖ dataset ‖ uint8 len ‖ publisher`` of an entry."""
+    d, p = dataset.encode(), publisher.encode()
+    if len(d) > 255 or len(p) > 255:
+        raise InputError("log entry field out of range", code=Code.BAD_ENTRY)
+    return bytes((len(d),)) + d + bytes((len(p),)) + p
 
 
 def entry_leaf(seq: int, dataset: str, publisher: str, digest: bytes, batch_root: bytes,
@@ -65,21 +74,18 @@ def entry_leaves(first_seq: int, entries: Iterable[tuple[str, str, bytes, bytes]
     """``entry_leaf`` of consecutive seqs from ``first_seq``, one per ``(dataset, publisher,
     digest, batch_root)``, all accepted at ``accepted_us``: the same bytes, with what a group's
     entries share (the names' length-prefixed bytes, the time) encoded once."""
-    tail = struct.pack(">Q", accepted_us)
+    tail = _U64(accepted_us)
     names: dict[tuple[str, str], bytes] = {}
-    seq_bytes = struct.Struct(">Q").pack
     sha = hashlib.sha256
     seq = first_seq
     for dataset, publisher, digest, batch_root in entries:
         mid = names.get((dataset, publisher))
         if mid is None:
-            d, p = dataset.encode(), publisher.encode()
-            if len(d) > 255 or len(p) > 255:
-                raise InputError("log entry field out of range", code=Code.BAD_ENTRY)
-            mid = names[(dataset, publisher)] = bytes((len(d),)) + d + bytes((len(p),)) + p
+            mid = names[(dataset, publisher)] = _names(dataset, publisher)
         if len(digest) != 32 or len(batch_root) != 32:
             raise InputError("log entry field out of range", code=Code.BAD_ENTRY)
-        yield sha(b"\x00" + seq_bytes(seq) + mid + digest + batch_root + tail).digest()
+        # leaf_hash of entry_bytes, in one concatenation
+        yield sha(b"\x00" + _U64(seq) + mid + digest + batch_root + tail).digest()
         seq += 1
 
 
