@@ -288,6 +288,10 @@ async def test_workers_leave_sigterm_and_sigint_to_the_broker(tmp_path: Path) ->
             assert resp.status == 200
         assert (pool.gated, pool.delegated, pool.restarts) == (1, 0, 0)
         assert pool.pids() == pids and pool.running() == 2
+        procs = [w.process for w in pool._procs]
+        await pool.close()  # their sockets closed: they stop
+        assert not any(p.is_alive() for p in procs)
+        assert all(p.exitcode == 0 for p in procs)
 
 
 # -- on the NATS store: the same pool in front of JetStream's order --------------------------
