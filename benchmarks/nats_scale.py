@@ -16,6 +16,14 @@ process that used ``u`` cores while the exchange delivered ``r`` records/s could
 one event loop; C = 2 for a nats-server, which is multi-threaded). The prediction for a
 configuration is the lowest of those over brokers and nats-servers; the load generator stands
 for the agencies' own machines and is left out.
+
+On NATS one broker is the sequencer (it reads the whole records stream back, grows the log,
+signs checkpoints); the others only gate and serve their own clients. From the largest NATS
+run, the CPU of a broker that only gates gives ``g``, µs per record it gates, and the
+sequencer's CPU less its own share of gating gives ``s``, µs per record of the whole log; with
+N brokers each gating 1/N of the records, N brokers carry about
+``min(N * 1e6 / g, 1e6 / (s + g / N))`` records/s (``scaling`` in the JSON), beside the
+nats-servers' own bound.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ class Run:
     broker_cpu_s: list[float] = field(default_factory=list)
     nats_cpu_s: list[float] = field(default_factory=list)
     load_cpu_s: float = 0.0
+    #: which broker held the sequencer lease (NATS; -1: none or sqlite)
+    sequencer: int = -1
     note: str = ""
 
     @property
@@ -84,7 +94,26 @@ class Run:
                 "broker_us_per_record": round(self.us_per_record(sum(self.broker_cpu_s)), 1),
                 "nats_us_per_record": round(self.us_per_record(sum(self.nats_cpu_s)), 1),
                 "load_us_per_record": round(self.us_per_record(self.load_cpu_s), 1),
-                "predicted_per_s": round(self.predicted_per_s(), 1), "note": self.note}
+                "predicted_per_s": round(self.predicted_per_s(), 1),
+                "sequencer": self.sequencer, "note": self.note}
+
+    def scaling(self, up_to: int = 8) -> dict[str, Any] | None:
+        """The per-part costs of a NATS run with a sequencer and at least one other broker,
+        and the records/s they predict for 1..``up_to`` brokers (module docstring)."""
+        if self.sequencer < 0 or self.brokers < 2 or not self.records:
+            return None
+        n = self.brokers
+        others = [c for i, c in enumerate(self.broker_cpu_s) if i != self.sequencer]
+        g = sum(others) / len(others) / (self.records / n) * 1e6  # µs per record it gates
+        s = max(0.0, self.us_per_record(self.broker_cpu_s[self.sequencer]) - g / n)
+        nats = (NATS_CORES * 1e6 / self.us_per_record(max(self.nats_cpu_s))
+                if self.nats_cpu_s and max(self.nats_cpu_s) > 0 else float("inf"))
+        predicted = {k: round(min(k * 1e6 / g, 1e6 / (s + g / k), nats))
+                     for k in range(1, up_to + 1)}
+        return {"from": self.label, "gate_us_per_record": round(g, 1),
+                "sequencer_us_per_record": round(s, 1),
+                "nats_bound_per_s": None if nats == float("inf") else round(nats),
+                "predicted_per_s": predicted}
 
 
 async def measure(root: Path, pki_dir: Path, pool: Pool, label: str, store: str, n: int,
@@ -150,11 +179,16 @@ async def _load(brokers: list[BrokerProcess], pki_dir: Path, pool: Pool, label: 
         for s in running:
             if s.evidence:
                 raise RuntimeError(f"records failed verification: {s.evidence[:3]}")
+        sequencer = -1
+        for i in range(min(n, len(pubs))):  # publisher i talks to broker i
+            cluster = (await pubs[i].client.get_json("/healthz")).get("cluster") or {}
+            if cluster.get("sequencer"):
+                sequencer = i
         return Run(label, store.split("?")[0].split(":")[0], n,
                    records=(sink.delivered - base) // SUBSCRIPTIONS, seconds=sink.last_at - t0,
                    broker_cpu_s=[b - a for a, b in zip(cpu0[0], cpu1[0], strict=True)],
                    nats_cpu_s=[b - a for a, b in zip(cpu0[1], cpu1[1], strict=True)],
-                   load_cpu_s=cpu1[2] - cpu0[2], note=note)
+                   load_cpu_s=cpu1[2] - cpu0[2], sequencer=sequencer, note=note)
     finally:
         for node in (*subs, *pubs):
             await node.close()
@@ -188,23 +222,37 @@ async def run(duration: float = 8.0, work_dir: Path | None = None) -> dict[str, 
                 "python": sys.version.split()[0], "duration_s": duration,
                 "publishers": PUBLISHERS, "loops_per_publisher": LOOPS_PER_PUBLISHER,
                 "subscriptions": SUBSCRIPTIONS, "batch": CHUNK,
-                "runs": [r.to_json() for r in runs]}
+                "runs": [r.to_json() for r in runs],
+                "scaling": next((sc for r in reversed(runs) if (sc := r.scaling())), None)}
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
 def table(report: dict[str, Any]) -> str:
-    rows = ["| store | brokers | records/s | broker CPU s (each) | nats-server CPU s (each) | "
-            "load CPU s | µs CPU/rec broker · nats · load | predicted rec/s, own machines |",
+    rows = ["| store | brokers | records/s | broker CPU s (each; * sequencer) | "
+            "nats-server CPU s (each) | load CPU s | µs CPU/rec broker · nats · load | "
+            "predicted rec/s, own machines |",
             "|---|---:|---:|---|---|---:|---|---:|"]
     for r in report["runs"]:
-        each = " + ".join(f"{c:.1f}" for c in r["broker_cpu_s"])
+        each = " + ".join(f"{c:.1f}" + ("*" if i == r.get("sequencer") else "")
+                          for i, c in enumerate(r["broker_cpu_s"]))
         nats = " + ".join(f"{c:.1f}" for c in r["nats_cpu_s"]) or "-"
         rows.append(f"| {r['store']} | {r['brokers']} | {r['records_per_s']:,.0f} | {each} | "
                     f"{nats} | {r['load_cpu_s']:.1f} | {r['broker_us_per_record']:.0f} · "
                     f"{r['nats_us_per_record']:.0f} · {r['load_us_per_record']:.0f} | "
                     f"{r['predicted_per_s']:,.0f} |" + (f" {r['note']}" if r["note"] else ""))
+    sc = report.get("scaling")
+    if sc:
+        rows += ["", f"From the {sc['from']} run: a broker that only gates spends "
+                 f"{sc['gate_us_per_record']:.0f} µs per record it gates; the sequencer "
+                 f"{sc['sequencer_us_per_record']:.0f} µs per record of the log besides; "
+                 "the nats-servers bound at "
+                 + (f"{sc['nats_bound_per_s']:,} rec/s." if sc["nats_bound_per_s"] else "-."),
+                 "", "| brokers | " + " | ".join(str(k) for k in sc["predicted_per_s"]) + " |",
+                 "|---|" + "---:|" * len(sc["predicted_per_s"]),
+                 "| predicted rec/s | " + " | ".join(f"{v:,}" for v in
+                                                    sc["predicted_per_s"].values()) + " |"]
     return "\n".join(rows)
 
 

@@ -180,7 +180,8 @@ async def test_two_brokers_share_one_book_of_agreements(tmp_path: Path,
                 entry = b[0].book.entries.get(asked["id"])
                 return entry is not None and entry.record.state == "active"
 
-            await until(active_on_b, lambda: b[0].hub.event("agreement"), what="b's book")
+            # the book reads the transition once the log announces it, then changes the policy
+            await until(active_on_b, b[0].subscriptions.next_policy_change, what="b's book")
             await pop.publish("population", [Record(p) for p in people(2, seed=61)])
             async with Node(env_b.node_config(OUTSIDER)) as out_b:
                 looked = await out_b.lookup("population", people(2, seed=61)[0]["id"])
@@ -229,3 +230,4 @@ async def test_health_names_the_store_and_what_the_client_knows_of_the_cluster(
     assert isinstance(store, NatsStore)
     assert cluster["connected"] is True and cluster["server"]
     assert cluster["servers"] >= 1 and cluster["replicas"] == store.replicas
+    assert cluster["sequencer"] is True  # the only broker holds the lease

@@ -38,10 +38,10 @@ async def test_a_decision_made_stale_by_another_broker_is_refused(
         assert len(decided.accepted) == 1 and decided.replaces == [0]
         # ... broker B (once it has read version 1) stores a different version 2 meanwhile,
         # and A reads it back ...
-        await b.tailer.wait_applied(1)
+        await b.sync()
         await publish(b, pki_dir, batch_of(pki_dir, [{**p, "full_name": "Lê Thị Hai"}],
                                            version=2, seed=3))
-        await a.tailer.wait_applied(2)
+        await a.sync()
         # ... and reads other keys since, as a reference lookup does
         await a.current("population", [other["id"]])
         with pytest.raises(StaleRead):

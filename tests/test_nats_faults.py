@@ -2,8 +2,9 @@
 (``python -m exchange broker serve``) on a real 3-node cluster with R3 streams, while
 
 - the NATS server leading the records stream is killed with SIGKILL, then restarted;
-- one of two brokers serving the same exchange is killed with SIGKILL (the nodes, given both
-  URLs, fail over to the other).
+- one of two brokers serving the same exchange, the sequencer, is killed with SIGKILL (the
+  nodes, given both URLs, fail over to the other, which takes the sequencer role over once the
+  lease runs out).
 
 Either way every record that got a receipt reaches the handler of every entitled subscriber
 exactly once: each handler sees strictly increasing seqs, and exactly the receipted ones."""
@@ -109,7 +110,8 @@ def node_config(pki_dir: Path, node: str, urls: list[str]) -> NodeConfig:
 
 
 async def start_brokers(tmp_path: Path, store: str, n: int) -> tuple[Path, list[BrokerProcess]]:
-    """``n`` broker processes on one exchange: same PKI, config and store, own data dirs."""
+    """``n`` broker processes on one exchange: same PKI, config and store, own data dirs;
+    started one after another, so the first holds the sequencer lease."""
     pki_dir = make_pki(tmp_path)
     brokers = []
     for i in range(n):
@@ -121,7 +123,8 @@ async def start_brokers(tmp_path: Path, store: str, n: int) -> tuple[Path, list[
         logs = tmp_path / f"logs{i}"
         logs.mkdir()
         brokers.append(BrokerProcess(config_file, port, logs))
-    await asyncio.gather(*(b.start() for b in brokers))
+    for b in brokers:
+        await b.start()
     return pki_dir, brokers
 
 
@@ -213,14 +216,24 @@ async def test_nats_server_killed_and_restarted_under_load(tmp_path: Path,
     check(load)
 
 
+async def sequencing(node: Node) -> bool:
+    """Whether the broker ``node`` talks to holds the sequencer lease (``/healthz``)."""
+    health = await node.client.get_json("/healthz")
+    return bool(health["cluster"]["sequencer"])
+
+
 async def test_broker_killed_nodes_fail_over(tmp_path: Path, cluster: NatsCluster) -> None:
     pki_dir, brokers = await start_brokers(tmp_path, f"{cluster.url}?prefix={prefix()}", 2)
     urls = [f"https://127.0.0.1:{b.port}" for b in brokers]
     try:
         async with loaded(pki_dir, urls, seed=72) as (load, nodes, subs):
+            assert await sequencing(nodes[0])  # the first broker: the sequencer
             task = asyncio.create_task(load.publish())
             await load.receipts(5)
-            # everyone is on the first broker (the first URL): kill it, a batch on the wire
+            before = await load.pop.tlog.refresh()  # trusted: what comes later must extend it
+            assert before.size > 0
+            # everyone is on the first broker (the first URL): kill it, a batch on the wire;
+            # the log stops growing until the other takes the lease over (receipts wait)
             assert await brokers[0].kill(signal.SIGKILL) == -signal.SIGKILL
             await run_until_caught_up(load, task, extra=6)
             for node, s in zip(nodes, (None, *subs), strict=True):
@@ -228,6 +241,12 @@ async def test_broker_killed_nodes_fail_over(tmp_path: Path, cluster: NatsCluste
                 if s is not None:
                     assert s.reconnects >= 1
                     await s.stop()
+            assert await sequencing(nodes[0])  # the survivor took the role over
+            # and signs on: a checkpoint covering every receipt, consistent with the ones
+            # before (the node checks each against the last it saw); a poll: the test sees
+            # the broker's checkpoint timer only through the API
+            await eventually(lambda: checkpointed(load.pop, max(load.receipted()) + 1),
+                             within=30, what="a checkpoint covering every receipted record")
     finally:
         await stop_brokers(brokers)
     assert not load.failures, load.failures

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from exchange.core.ledger import BatchRow, StoredRecord
 from exchange.core.signing import Statement
 from exchange.store.base import Tail
+from exchange.store.nats.feeds import Feeds
 from exchange.store.nats.server import NatsCluster
 from exchange.store.nats.store import NatsStore
 from exchange.store.sqlite import SqliteStore
@@ -131,8 +132,8 @@ async def test_a_cancelled_append_still_records_what_it_committed(tmp_path: Path
 
 async def test_nats_live_reads_match_the_stream(tmp_path: Path,
                                                 nats_single: NatsCluster) -> None:
-    # the NATS store's tailer fills the same in-memory tail; reads from it give what direct
-    # gets from the stream give
+    # the NATS store's feeds hold a dataset's newest records in the same in-memory tail; reads
+    # from it give what filtered direct gets from the stream give
     pki_dir = make_pki(tmp_path / "pki")
     url = store_url(nats_single)
     store = NatsStore(url)
@@ -146,7 +147,9 @@ async def test_nats_live_reads_match_the_stream(tmp_path: Path,
         live = {a: await store.read("population", a, 4) for a in range(-1, head + 1)}
         batch_ids = sorted({r.batch_id for rows in live.values() for r in rows})
         live_batches = await store.batches(batch_ids)
-        store.tailer.recent = Tail(head)  # forget the tail: reads go to the stream
+        # a feed that keeps nothing: every read goes to the stream
+        store.feeds = Feeds(store.direct, store.records_stream, store.prefix, store.view,
+                            capacity=1)
         for after, rows in live.items():
             assert rows == await store.read("population", after, 4)
         assert live_batches == await store.batches(batch_ids)
@@ -197,22 +200,26 @@ async def test_concurrent_reads_never_pin_a_stale_snapshot(tmp_path: Path) -> No
         await store.close()
 
 
-async def test_nats_tail_holds_every_record_applied_before_a_bad_entry(
+async def test_nats_sequencer_announces_every_record_applied_before_a_bad_entry(
         tmp_path: Path, nats_single: NatsCluster) -> None:
     # a page whose later entry cannot be read: the records applied before it are in the tree,
-    # so they must be in the tail too, or live readers would skip them
+    # so they must be announced too, or receipts and live readers would wait for them
     pki_dir = make_pki(tmp_path / "pki")
-    async with two_stores(nats_single) as (reader, writer):
-        await reader.tailer.stop()  # poll by hand below
+    async with two_stores(nats_single) as (sequencer, writer):
+        assert sequencer.sequencing and not writer.sequencing
+        await sequencer.tailer.stop()  # poll by hand below
         heard: list[tuple[str, int]] = []
-        reader.watch(lambda dataset, last: heard.append((dataset, last)))
-        await publish(writer, pki_dir, batch_of(pki_dir, people(3, seed=91), seed=1))
+        writer.watch(lambda dataset, last: heard.append((dataset, last)))
+        published = asyncio.create_task(
+            publish(writer, pki_dir, batch_of(pki_dir, people(3, seed=91), seed=1)))
+        while sequencer.tailer.size < 3:
+            await sequencer.tailer.poll()
+        await published  # its receipt waited for the announcement of its records
         await writer.nc.publish(f"{writer.prefix}.rec.population.bad", b"\x93not an entry")
         await writer.nc.flush()
         with pytest.raises(Exception):  # noqa: B017 -- any decode error
             while True:
-                await reader.tailer.poll()
-        assert reader.log_state()[0] == 3
-        assert [r.seq for r in await reader.read("population", -1, 10)] == [0, 1, 2]
-        assert reader.tailer.recent.read("population", -1, 10) is not None
+                await sequencer.tailer.poll()
+        assert sequencer.log_state()[0] == writer.log_state()[0] == 3
+        assert [r.seq for r in await writer.read("population", -1, 10)] == [0, 1, 2]
         assert heard == [("population", 2)]  # subscribers are woken for them too

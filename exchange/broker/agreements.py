@@ -97,6 +97,14 @@ class AgreementBook:
             self.changed()
         return grew
 
+    async def fresh(self, agreement_id: str) -> Entry:
+        """``get``, after reading on to everything stored now when the book does not hold it:
+        an agreement made through another broker a moment ago is found (NATS)."""
+        if agreement_id not in self.entries:
+            await self.store.sync()
+            await self.refresh()
+        return self.get(agreement_id)
+
     def get(self, agreement_id: str) -> Entry:
         entry = self.entries.get(agreement_id)
         if entry is None:
@@ -165,6 +173,9 @@ class AgreementBook:
             raise Forbidden(f"{principal_role} {principal} may send only its own decisions, "
                             f"not {s.role} {s.by}'s", code=Code.FORBIDDEN)
         async with self._lock:
+            # every transition stored so far, another broker's a moment ago included: the
+            # decision applies to the latest version (a stale one only costs a conflict)
+            await self.store.sync()
             await self.refresh()
             entry = self.get(agreement_id)
             # the owner the subscriber asked, in its signed request: a later change of owner

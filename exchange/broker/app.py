@@ -855,10 +855,10 @@ async def list_agreements(request: web.Request) -> web.Response:
     return _ok(out)
 
 
-def _visible_entry(request: web.Request) -> Any:
+async def _visible_entry(request: web.Request) -> Any:
     broker = request.app[BROKER]
     who = request[PRINCIPAL]
-    entry = broker.book.get(request.match_info["id"])
+    entry = await broker.book.fresh(request.match_info["id"])
     if entry not in broker.book.visible(who.role, who.id):
         raise NotFound(f"no agreement {request.match_info['id']!r}",
                        code=Code.UNKNOWN_AGREEMENT)
@@ -866,7 +866,7 @@ def _visible_entry(request: web.Request) -> Any:
 
 
 async def get_agreement(request: web.Request) -> web.Response:
-    return _ok(request.app[BROKER].book.view(_visible_entry(request)))
+    return _ok(request.app[BROKER].book.view(await _visible_entry(request)))
 
 
 async def post_agreement(request: web.Request) -> web.Response:
@@ -883,7 +883,7 @@ async def post_decision(request: web.Request) -> web.Response:
     decision on an agreement the caller can see."""
     broker = request.app[BROKER]
     who = request[PRINCIPAL]
-    _visible_entry(request)
+    await _visible_entry(request)
     decision = book_decode(Decision, await _read_body(request, broker))
     entry = await broker.book.decide(who.role, who.id, request.match_info["id"], decision)
     return _ok(broker.book.view(entry))

@@ -1,8 +1,12 @@
 """The broker's transparency log service: signs checkpoints, serves proofs and entries.
 
-The tree itself grows inside the store's append transaction; this service only reads it. A
+The tree itself grows inside the store's append transaction (sqlite) or in the sequencer,
+the one broker process that reads the whole stream (NATS); this service only reads it. A
 checkpoint is signed at most every ``interval`` seconds while the log grows, and only after
-checking it is consistent with the previous one, so the broker never signs a split view.
+checking it is consistent with the previous one, so the broker never signs a split view. On
+NATS only the sequencer signs on the timer; the other brokers follow the stored checkpoints and
+sign one only when a reader asks for the latest (the same key, tree and rule: two brokers
+racing store one, ``NatsStore.add_checkpoint``).
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ class TlogService:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if not self._signs():
+            return
         try:
             await self.checkpoint()
         except Exception:
@@ -90,13 +96,27 @@ class TlogService:
             # broker to run signs the checkpoint that covers them
             logger.exception("final_checkpoint_failed")
 
+    def _signs(self) -> bool:
+        """Whether this broker signs on the timer: the sequencer does (NATS), sqlite's one
+        broker does."""
+        return bool(getattr(self.store, "sequencing", True))
+
     async def _loop(self) -> None:
         while True:
             await self.clock.sleep_until(self.clock.monotonic() + self.interval)
             try:
-                await self.checkpoint()
+                if self._signs():
+                    await self.checkpoint()
+                else:
+                    await self._follow()
             except Exception:  # never let the timer die; the next tick tries again
                 logger.exception("checkpoint_failed")
+
+    async def _follow(self) -> None:
+        """The latest stored checkpoint (another broker signed it), for ``/metrics``."""
+        latest = await self.store.latest_checkpoint()
+        if latest is not None and (self.latest is None or latest.size > self.latest.size):
+            self.latest, self.latest_at = latest, self.clock.time()
 
     async def checkpoint(self) -> tlog.Checkpoint:
         """Sign the committed log if it grew since the last checkpoint."""

@@ -442,7 +442,10 @@ def _handwritten() -> dict[str, dict[str, Any]]:
                 "status": {"const": "ok"}, "broker": _STR, "head": _INT, "uptime_s": _NUM,
                 "store": {"enum": ["sqlite", "nats", "unknown"]},
                 "cluster": {**_obj(connected=_BOOL, server={"type": ["string", "null"]},
-                                   servers=_INT, replicas={"type": ["integer", "null"]}),
+                                   servers=_INT, replicas={"type": ["integer", "null"]},
+                                   sequencer={"type": "boolean", "description":
+                                              "whether this broker holds the sequencer "
+                                              "lease: it grows the log and signs checkpoints"}),
                             "description": "the NATS store only: what its client knows of "
                                            "the cluster, without asking it"}}},
         "DatasetSummary": _obj(name=_STR, owner=_STR, version=_INT, versions=_array(_INT),

@@ -60,6 +60,11 @@ class Subscriptions:
         changed, self._policy = self._policy, asyncio.Event()
         changed.set()
 
+    def next_policy_change(self) -> asyncio.Event:
+        """An event set at the next change of the access policy (the agreement book's
+        included): take it before looking, then wait."""
+        return self._policy
+
     def next_change(self) -> asyncio.Event:
         """An event set at the next credit, stored ack or connection change of any live
         subscription (take it before looking, then wait: no change is missed in between)."""

@@ -607,7 +607,8 @@ def _cluster(info: Any) -> dict[str, Any] | None:
     if not isinstance(info, dict):
         return None
     return {"connected": bool(info.get("connected")), "server": _str(info.get("server")) or None,
-            "servers": _int(info.get("servers")), "replicas": _num(info.get("replicas"))}
+            "servers": _int(info.get("servers")), "replicas": _num(info.get("replicas")),
+            "sequencer": bool(info.get("sequencer"))}
 
 
 #: what the operator may do from each state (the lifecycle in exchange.core.agreements: only

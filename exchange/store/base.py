@@ -145,6 +145,11 @@ class Store(Protocol):
 
     async def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]: ...
 
+    async def sync(self) -> None:
+        """Until reads cover everything stored when called, other broker processes' appends
+        included (NATS: until the log holds the stream's last record); sqlite: at once."""
+        ...
+
     async def append(self, plan: Plan) -> Appended:
         """Store a group commit atomically: its records in plan order from the next seq on, their
         log leaves, current versions, batch statements, references, dead letters and quality

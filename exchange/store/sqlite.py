@@ -402,6 +402,9 @@ class SqliteStore:
             await self._db.close()
             self._db = None
 
+    async def sync(self) -> None:
+        """One writer: every commit is read back before its append returns."""
+
     async def head(self, dataset: str | None = None) -> int:
         if dataset is None:
             return self._head

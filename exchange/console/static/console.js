@@ -170,7 +170,8 @@
     set("store", o.store || dash);
     const c = o.cluster;
     set("cluster", c ? (c.connected ? "connected to " + (c.server || "?") : "disconnected") +
-        ", " + c.servers + " servers" + (c.replicas ? ", R" + c.replicas : "")
+        ", " + c.servers + " servers" + (c.replicas ? ", R" + c.replicas : "") +
+        (c.sequencer ? ", sequencer" : "")
         : (o.store === "sqlite" ? "one file, WAL" : dash));
     set("broker", o.broker || dash);
     set("uptime_s", "up " + duration(o.uptime_s) +

@@ -51,6 +51,9 @@ class DirectGets:
         self._inbox = ""
         self._replies: dict[str, asyncio.Queue[Msg]] = {}
         self._next_token = 0
+        #: messages received per stream: what this broker read (the tests and the bench
+        #: check who reads the records stream back)
+        self.received: dict[str, int] = {}
 
     async def start(self) -> None:
         """Listen on this store's reply inbox."""
@@ -81,6 +84,7 @@ class DirectGets:
                     headers = msg.headers or {}
                     status = headers.get("Status")
                     if status in ("204", "404"):
+                        self.received[stream] = self.received.get(stream, 0) + len(out)
                         return out
                     if status == "503" and not out and tries < 40:
                         # no responder yet: a new stream's replicas, or a leader election
@@ -95,6 +99,7 @@ class DirectGets:
                                                code=Code.STORE_UNAVAILABLE)
                     out.append(msg)
                     if not batch:
+                        self.received[stream] = self.received.get(stream, 0) + 1
                         return out
         finally:
             del self._replies[tok]

@@ -59,7 +59,7 @@ class Buckets:
         """Drop the bucket handles (the connection closed)."""
         self._handles.clear()
 
-    async def _bucket(self, name: str) -> Any:
+    async def bucket(self, name: str) -> Any:
         """A KV bucket's handle, looked up once (each lookup is a stream-info round trip)."""
         kv = self._handles.get(name)
         if kv is None:
@@ -75,7 +75,7 @@ class Buckets:
 
     async def _kv(self) -> Any:
         with unavailable("opening the subscriptions bucket"):
-            return await self._bucket(self.subs_bucket)
+            return await self.bucket(self.subs_bucket)
 
     async def subscription(self, node: str, dataset: str, name: str) -> SubscriptionRow | None:
         v = await self._sub_get(await self._kv(), self._sub_key(node, dataset, name))
@@ -149,7 +149,7 @@ class Buckets:
         if not rows:
             return
         with unavailable("saving quality counters"):
-            kv = await self._bucket(self.quality_bucket)
+            kv = await self.bucket(self.quality_bucket)
             for dataset, publisher, blob in rows:
                 key = hashlib.sha256(f"{dataset}\0{publisher}".encode()).hexdigest()[:40]
                 await kv.put(f"{self.instance}.{key}",

@@ -32,13 +32,23 @@ Correctness under several brokers comes from JetStream alone, no lock of ours:
   checkpoint from any of them is consistent with every other.
 - Subscription positions move by KV revision (``update(last=revision)``), monotonic.
 
-Derived per broker, in memory, rebuilt from the stream on start by a tailer that reads the
-records stream in order (direct gets): the Merkle tree's nodes, each dataset's seqs and times, and
-every key's current version (used to decide; stale entries only cost a retry, as above).
-``log_state()`` covers exactly the entries the tailer has read back, i.e. committed ones; an
-append returns only after its own records are in it, so the receipt's log promise holds. Brokers
-tell each other "appended up to seq N" on the core subject ``P.appended.<dataset>``, which wakes
-their tailers (and their live subscribers); a lost hint costs at most the idle poll interval.
+One broker process, the sequencer, holds a lease in the KV bucket ``P_LEASE`` (``lease``;
+another takes it over within the lease when it dies). It alone reads the records stream back
+(``tailer``): it grows the transparency log from the stream's order, signs the checkpoints, and
+announces the log's head to every broker and answers their index queries (``sequencer``). The
+others only gate, append and serve:
+
+- a decision reads the keys' current versions from the stream itself: the last message of each
+  key's subject, by one batched direct get (``multi_last``); a version another broker wrote
+  meanwhile makes the append's expected-sequence check fail, as above;
+- a receipt signs the log's size and root once the announced log holds the batch (as on sqlite,
+  the log right after the batch, or later), so its promise holds as before;
+- subscribers read their dataset's records only, filtered by subject at the server and capped
+  at the log's head (``feeds``): a broker reads what its own subscribers need, no more.
+
+Appending brokers tell the sequencer "appended up to seq N" on the core subject
+``P.appended.<dataset>``, which wakes its tailer; the announcements on ``P.log.head`` wake every
+broker's live subscribers. A lost message costs at most the idle poll interval or one query.
 
 Dead letters are written after the records commit, not in the same atomic batch (they live in
 another stream, and the records stream's sequence must stay the log's). If the broker dies in
@@ -51,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import re
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,7 +79,11 @@ from exchange.core.gate import Current
 from exchange.core.signing import Statement
 from exchange.store.base import AccessRow, Appended, StaleRead, SubscriptionRow
 from exchange.store.nats.direct import PAGE, DirectGets, unavailable
+from exchange.store.nats.feeds import Feeds, record_of
 from exchange.store.nats.kv import Buckets
+from exchange.store.nats.lease import KEY as LEASE_KEY
+from exchange.store.nats.lease import Lease
+from exchange.store.nats.sequencer import LogView, Queries, Sequencer, decode_head
 from exchange.store.nats.tailer import Tailer
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -80,6 +95,23 @@ logger = structlog.get_logger("exchange.store.nats")
 
 _enc = msgspec.msgpack.Encoder()
 _entry = msgspec.msgpack.Decoder(ledger.Entry)
+
+
+class _Version(msgspec.Struct, array_like=True, frozen=True):
+    """The leading fields of a stored ``ledger.Entry``: what a decision needs of a key's
+    current version (msgspec stops there: the body is not decoded)."""
+
+    dataset: str
+    key: str
+    version: int
+    n: int
+    index: int
+    accepted_at: float
+    digest: bytes
+    content: bytes
+
+
+_version = msgspec.msgpack.Decoder(_Version)
 _dead = msgspec.msgpack.Decoder(ledger.DeadLetter)
 _access = msgspec.msgpack.Decoder(AccessRow)
 _stmt = msgspec.msgpack.Decoder(Statement)
@@ -89,6 +121,10 @@ _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 #: JetStream's "wrong last sequence": 10071 with the sequence (single server), 10164 without it
 #: (a clustered stream's leader checking before it proposes)
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
+#: the sequencer lease, seconds: a dead sequencer's role is taken over within about this long
+DEFAULT_LEASE = 3.0
+#: subjects per multi-last direct get (the server answers at most 1024)
+MULTI_LAST = 1000
 
 
 def token(value: str) -> str:
@@ -107,10 +143,17 @@ def parse_url(url: str) -> tuple[list[str], dict[str, str]]:
                          code=Code.BAD_CONFIG)
     servers = [f"{parts.scheme}://{h}" for h in parts.netloc.split(",") if h]
     params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(params) - {"replicas", "prefix", "sync"}
+    unknown = set(params) - {"replicas", "prefix", "sync", "lease"}
     if unknown:
         raise InputError(f"store URL parameters {sorted(unknown)} are unknown; use replicas, "
-                         "prefix, sync", code=Code.BAD_CONFIG)
+                         "prefix, sync, lease", code=Code.BAD_CONFIG)
+    try:
+        lease = float(params.get("lease", DEFAULT_LEASE))
+    except ValueError:
+        lease = 0.0
+    if not 0.5 <= lease <= 60:
+        raise InputError("lease is the sequencer lease in seconds, 0.5 to 60",
+                         code=Code.BAD_CONFIG)
     if params.get("sync", "always") != "always":
         raise InputError("sync=always is the only value: it says the servers fsync before "
                          "they acknowledge", code=Code.BAD_CONFIG)
@@ -145,14 +188,25 @@ class NatsStore:
         self.cp_stream = f"{upper}_CHECKPOINTS"
         self.subs_bucket = f"{upper}_SUBS"
         self.quality_bucket = f"{upper}_QUALITY"
+        self.lease_bucket = f"{upper}_LEASE"
+        self.lease_s = float(params.get("lease", DEFAULT_LEASE))
         self.timeout = request_timeout
         self._nc: Client | None = None
+        self.instance = uuid.uuid4().hex
         self.direct = DirectGets(lambda: self.nc, request_timeout)
+        self.view = LogView()
         self.tailer = Tailer(self.direct, self.records_stream, timeout=request_timeout,
                              idle_poll=idle_poll)
+        self.sequencer = Sequencer(self.tailer, lambda: self.nc, self.prefix, self.view,
+                                   timeout=request_timeout)
+        self.queries = Queries(self.sequencer, lambda: self.nc, self.prefix,
+                               timeout=request_timeout)
+        self.feeds = Feeds(self.direct, self.records_stream, self.prefix, self.view)
+        self.lease = Lease(self._lease_kv, self.instance, self.lease_s,
+                           on_gain=self.sequencer.start, on_lose=self.sequencer.stop)
         # this process's quality counters are its own key: brokers never overwrite each other
         self.kv = Buckets(lambda: self.nc, self.direct, subs_bucket=self.subs_bucket,
-                          quality_bucket=self.quality_bucket, instance=uuid.uuid4().hex,
+                          quality_bucket=self.quality_bucket, instance=self.instance,
                           timeout=request_timeout)
         self._batch_cache: dict[int, ledger.BatchRow] = {}
 
@@ -167,17 +221,28 @@ class NatsStore:
     def health(self) -> dict[str, Any]:
         """What the client already knows of the cluster, without a request: whether it is
         connected, to which server, how many servers it knows (the pool includes those learnt
-        from INFO) and the replicas the streams were made with."""
+        from INFO), the replicas the streams were made with, and whether this broker is the
+        sequencer."""
         nc = self._nc
         url = nc.connected_url if nc is not None and nc.is_connected else None
         return {"connected": bool(nc is not None and nc.is_connected),
                 "server": url.netloc if url is not None else None,
                 "servers": len(nc.servers) if nc is not None else 0,
-                "replicas": self.replicas}
+                "replicas": self.replicas, "sequencer": self.sequencing}
 
     def watch(self, on_append: Callable[[str, int], None]) -> None:
-        """Call ``on_append(dataset, last_seq)`` whenever any broker's records are read back."""
-        self.tailer.watch(on_append)
+        """Call ``on_append(dataset, last_seq)`` whenever the log grows by records of
+        ``dataset`` (any broker's)."""
+        self.view.watch(on_append)
+
+    @property
+    def sequencing(self) -> bool:
+        """Whether this process is the sequencer now (it signs checkpoints on its timer)."""
+        return self.sequencer.active
+
+    async def _lease_kv(self) -> Any:
+        with unavailable("opening the lease bucket"):
+            return await self.kv.bucket(self.lease_bucket)
 
     async def open(self) -> None:
         try:
@@ -193,9 +258,20 @@ class NatsStore:
             with unavailable("setting up streams"):
                 await self._setup()
                 await self.direct.start()
-                await self.nc.subscribe(f"{self.prefix}.appended.>", cb=self._on_hint)
-                # the whole log before serving: head, current versions and the tree
-                await self.tailer.catch_up()
+                await self.nc.subscribe(f"{self.prefix}.log.head", cb=self._on_head)
+                # the lease key's own subject: a holder's clean stop deletes it
+                await self.nc.subscribe(f"$KV.{self.lease_bucket}.{LEASE_KEY}",
+                                        cb=self._on_lease)
+            # the sequencer's role if it is free (then the whole log is read before serving),
+            # else the log's state from the sequencer; a new bucket's leader may not be
+            # elected yet: the lease's own loop tries again meanwhile
+            try:
+                await self.lease.step()
+            except UnavailableError as err:
+                logger.info("sequencer_lease_not_yet", error=err.message)
+            self.lease.start()
+            await self.queries.state(self.view, 0, time.monotonic() + 2 * self.lease_s
+                                     + max(self.timeout, 10.0))
             if not self.sync_declared:
                 logger.warning(
                     "nats_fsync_unverified",
@@ -205,7 +281,6 @@ class NatsStore:
         except BaseException:
             await self.close()
             raise
-        self.tailer.start()
 
     async def _setup(self) -> None:
         # the JetStream API of a cluster can refuse for a moment (leader elections): try again
@@ -235,15 +310,18 @@ class NatsStore:
                 await js.stream_info(name)
             except nats.js.errors.NotFoundError:
                 await js.add_stream(config)
-        for bucket in (self.subs_bucket, self.quality_bucket):
+        for bucket, ttl in ((self.subs_bucket, None), (self.quality_bucket, None),
+                            (self.lease_bucket, self.lease_s)):
             try:
                 await js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
                 await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=r,
-                                                         storage=StorageType.FILE, direct=True))
+                                                         storage=StorageType.FILE, direct=True,
+                                                         ttl=ttl))
 
     async def close(self) -> None:
-        await self.tailer.stop()
+        await self.lease.stop()
+        await self.sequencer.stop()
         if self._nc is not None:
             # everything this store wrote was acknowledged already: nothing to drain
             try:
@@ -261,35 +339,60 @@ class NatsStore:
 
     async def _on_reconnect(self) -> None:
         logger.info("nats_reconnected", server=str(self.nc.connected_url))
-        self.tailer.hint()
+        self.sequencer.hint()
 
-    async def _on_hint(self, msg: Msg) -> None:
+    async def _on_lease(self, msg: Msg) -> None:
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            self.lease.poke()
+
+    def _wait_logged(self) -> float:
+        """How long an append waits for the log to hold its records (a monotonic deadline):
+        long enough for another broker to take the sequencer role over and read up."""
+        return time.monotonic() + 2 * self.timeout + self.lease_s
+
+    async def _on_head(self, msg: Msg) -> None:
         try:
-            up_to = int(msg.data)
-        except ValueError:
-            up_to = None
-        self.tailer.hint(up_to)
+            size, root, touched = decode_head(msg.data)
+        except msgspec.DecodeError:
+            logger.warning("log_head_malformed")
+            return
+        self.view.apply(size, root, touched)
 
     def _check_connected(self) -> None:
         if not self.nc.is_connected:
             # refuse now rather than buffer: a publish must never be accepted and then lost
             raise UnavailableError("NATS is unreachable; retry later", code=Code.STORE_UNAVAILABLE)
 
-    async def _catch_up(self) -> None:
+    # -- records -----------------------------------------------------------------------------
+
+    async def sync(self) -> None:
         with unavailable("reading the records stream's state"):
             info = await self.nc.jetstream(timeout=self.timeout).stream_info(
                 self.records_stream)
-        await self.tailer.wait_applied(info.state.last_seq)
-
-    # -- records -----------------------------------------------------------------------------
+        await self.queries.state(self.view, info.state.last_seq, self._wait_logged())
 
     async def head(self, dataset: str | None = None) -> int:
-        return self.tailer.head(dataset)
+        """The last seq in the log (of ``dataset``), as last announced."""
+        if dataset is None:
+            return self.view.size - 1
+        return self.view.heads.get(dataset, -1)
 
     async def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]:
-        """From the versions the tailer has read back: a stale one only costs a retry, because
-        the append is conditional on exactly what the decision saw."""
-        return self.tailer.current(dataset, keys)
+        """The last message of each key's subject, by batched direct gets. A replica behind
+        the leader may serve an older one: that only costs a retry, because the append is
+        conditional on exactly what the decision saw."""
+        subjects = {self._subject(dataset, k): k for k in dict.fromkeys(keys)}
+        names = list(subjects)
+        chunks = [names[i:i + MULTI_LAST] for i in range(0, len(names), MULTI_LAST)]
+        out: dict[str, Current] = {}
+        for msgs in await asyncio.gather(*(self.direct.get(
+                self.records_stream, {"multi_last": chunk, "batch": len(chunk)}, batch=True)
+                for chunk in chunks)):
+            for m in msgs:
+                assert m.headers is not None
+                v = _version.decode(m.data)
+                out[v.key] = Current(v.version, v.content, int(m.headers["Nats-Sequence"]) - 1)
+        return out
 
     def _subject(self, dataset: str, key: str) -> str:
         return f"{self.prefix}.rec.{dataset}.{token(key)}"
@@ -339,15 +442,10 @@ class NatsStore:
                 expected = 0 if replaced is None else replaced + 1
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
             msgs.append((self._subject(e.dataset, e.key), _enc.encode(e), headers))
-        first_seq = self.tailer.size
+        first_seq = self.view.size
         if msgs:
-            try:
-                last_stream_seq = await self._atomic(msgs)
-            except StaleRead:
-                # another broker wrote one of these keys: read up to it so the retry decides
-                # anew
-                await self._catch_up()
-                raise
+            # StaleRead: another broker wrote one of these keys; the retry reads them anew
+            last_stream_seq = await self._atomic(msgs)
             first_seq = last_stream_seq - len(msgs)  # seq of the first record (stream seq - 1)
             with unavailable("announcing an append"):
                 for dataset in dict.fromkeys(b.dataset for b in plan.batches if b is not None):
@@ -355,7 +453,8 @@ class NatsStore:
                                           str(last_stream_seq - 1).encode())
         await self.add_dead_letters(plan.dead, quality=plan.quality)
         if msgs:
-            await self.tailer.wait_applied(first_seq + len(msgs))
+            # the receipt signs the log with these records in it
+            await self.queries.state(self.view, first_seq + len(msgs), self._wait_logged())
         return Appended([0 if b is None else first_seq + b.offset + 1 for b in plan.batches],
                         first_seq)
 
@@ -367,59 +466,25 @@ class NatsStore:
                                 for d in dead])
         await self.kv.save_quality(quality)
 
-    def _record(self, m: Msg) -> ledger.StoredRecord:
-        assert m.headers is not None
-        stream_seq = int(m.headers["Nats-Sequence"])
-        e = _entry.decode(m.data)
-        return ledger.StoredRecord(stream_seq - 1, e.dataset, e.key, e.version, stream_seq - e.n,
-                            e.index, e.accepted_at, e.digest, e.body)
-
-    async def _read_records(self, req: dict[str, Any], expected: int) -> list[ledger.StoredRecord]:
-        """A direct-get batch; a replica behind the leader may serve fewer than ``expected``
-        (a prefix): ask again a few times before settling for what came."""
-        delay = 0.005
-        for _ in range(8):
-            rows = [self._record(m) for m in await self.direct.get(self.records_stream, req,
-                                                                 batch=True)]
-            if len(rows) >= expected:
-                return rows
-            if rows:
-                return rows  # a prefix: the caller reads on from its last seq
-            await asyncio.sleep(delay)
-            delay *= 2
-        return []
-
     async def read(self, dataset: str, after: int, limit: int) -> list[ledger.StoredRecord]:
-        recent = self.tailer.recent.read(dataset, after, limit)
-        if recent is not None:
-            return recent
-        seqs = self.tailer.seqs(dataset)
-        if not seqs or limit <= 0:
-            return []
-        i = bisect.bisect_right(seqs, after)
-        want = min(limit, len(seqs) - i)
-        if want <= 0:
-            return []
-        # the records stream's sequence is seq + 1; never read beyond what the log holds
-        return await self._read_records(
-            {"seq": seqs[i] + 1, "batch": want, "next_by_subj": f"{self.prefix}.rec.{dataset}.>",
-             "up_to_seq": self.tailer.size}, want)
+        return await self.feeds.read(dataset, after, limit)
 
     async def versions(self, dataset: str, key: str) -> list[ledger.StoredRecord]:
         """Every version of one key: the messages on its own subject, read by direct gets."""
         subject = self._subject(dataset, key)
         out: list[ledger.StoredRecord] = []
         start = 1
-        while True:
-            if start > self.tailer.size:
-                return out
-            rows = [self._record(m) for m in await self.direct.get(
-                self.records_stream, {"seq": start, "batch": PAGE, "next_by_subj": subject,
-                                      "up_to_seq": self.tailer.size}, batch=True)]
+        size = self.view.size
+        while start <= size:
+            msgs = await self.direct.get(
+                self.records_stream, {"seq": start, "batch": PAGE, "next_by_subj": subject},
+                batch=True)
+            rows = [record_of(m)[0] for m in msgs if _seq(m) < size]
             out.extend(rows)
             if len(rows) < PAGE:
-                return out
+                break
             start = rows[-1].seq + 2
+        return out
 
     async def add_access(self, rows: Sequence[AccessRow]) -> None:
         self._check_connected()
@@ -449,26 +514,36 @@ class NatsStore:
         return found
 
     async def read_range(self, start: int, end: int) -> list[ledger.StoredRecord]:
-        end = min(end, self.tailer.size)
+        """Records start <= seq < end of every dataset, none beyond the log; a replica behind
+        the leader may serve a prefix: read on from it, a few times, before settling."""
+        end = min(end, self.view.size)
         out: list[ledger.StoredRecord] = []
+        delay = 0.005
+        tries = 0
         while start < end:
-            rows = await self._read_records(
-                {"seq": start + 1, "batch": min(PAGE, end - start), "up_to_seq": end},
-                min(PAGE, end - start))
+            msgs = await self.direct.get(self.records_stream,
+                                         {"seq": start + 1, "batch": min(PAGE, end - start)},
+                                         batch=True)
+            rows = [record_of(m)[0] for m in msgs if _seq(m) < end]
             if not rows:
-                break
+                tries += 1
+                if tries == 8:
+                    break
+                await asyncio.sleep(delay)
+                delay *= 2
+                continue
             out.extend(rows)
             start = rows[-1].seq + 1
         return out
 
     async def seq_before_time(self, dataset: str, t: float) -> int:
-        return self.tailer.seq_before_time(dataset, t)
+        return int(await self.queries.ask("before", dataset, t))
 
     async def count_after(self, dataset: str, seq: int) -> int:
-        return self.tailer.count_after(dataset, seq)
+        return int(await self.queries.ask("count_after", dataset, seq))
 
     async def batches(self, ids: Sequence[int]) -> dict[int, ledger.BatchRow]:
-        recent = self.tailer.recent.batches(ids)
+        recent = self.feeds.batches(ids)
         if len(recent) == len(set(ids)):
             return recent
         unique = [i for i in dict.fromkeys(ids) if i not in self._batch_cache
@@ -521,14 +596,18 @@ class NatsStore:
     async def other_quality(self) -> list[ledger.QualityRow]:
         return await self.kv.other_quality()
 
+    async def _unresolved(self) -> list[ledger.Reference]:
+        return [(str(t), str(tk), str(d), str(k))
+                for t, tk, d, k in await self.queries.ask("unresolved")]
+
     async def unresolved_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for _, _, dataset, _ in self.tailer.unresolved():
+        for _, _, dataset, _ in await self._unresolved():
             out[dataset] = out.get(dataset, 0) + 1
         return out
 
     async def unresolved_sample(self, dataset: str, limit: int = 20) -> list[ledger.Reference]:
-        return sorted(r for r in self.tailer.unresolved() if r[2] == dataset)[:limit]
+        return sorted(r for r in await self._unresolved() if r[2] == dataset)[:limit]
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -551,10 +630,14 @@ class NatsStore:
     # -- transparency log --------------------------------------------------------------------
 
     def log_state(self) -> tuple[int, bytes]:
-        return self.tailer.log_state()
+        """The log as last announced by the sequencer (its own, on the sequencer)."""
+        return self.view.size, self.view.root
 
     async def log_nodes(self, coords: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        return self.tailer.log_nodes(coords)
+        if not coords:
+            return {}
+        return {(int(lv), int(ix)): bytes(h)
+                for lv, ix, h in await self.queries.ask("nodes", list(coords))}
 
     async def _latest_cp(self) -> tuple[int, tlog.Checkpoint | None]:
         msgs = await self.direct.get(self.cp_stream, {"last_by_subj": f"{self.prefix}.checkpoint"},
@@ -593,7 +676,7 @@ class NatsStore:
 
     async def _check_extends(self, old: tlog.Checkpoint, new: tlog.Checkpoint) -> None:
         """Refuse to store ``new`` unless this broker's tree proves it extends ``old``."""
-        if old.size > self.tailer.size:
+        if old.size > self.view.size:
             raise UnavailableError("the latest checkpoint is beyond this broker's log",
                                    code=Code.STORE_UNAVAILABLE)
         wanted: list[tuple[int, int]] = []
@@ -603,7 +686,7 @@ class NatsStore:
             return b"\x00" * 32
 
         merkle.consistency_proof(plan, old.size, new.size)
-        nodes = self.tailer.log_nodes(wanted)
+        nodes = await self.log_nodes(wanted)
         proof = merkle.consistency_proof(lambda lv, ix: nodes[(lv, ix)], old.size, new.size)
         tlog.check_consistent(old, new, proof)
 
@@ -623,6 +706,12 @@ class NatsStore:
 
     async def latest_checkpoint(self) -> tlog.Checkpoint | None:
         return (await self._latest_cp())[1]
+
+
+def _seq(m: Msg) -> int:
+    """A records-stream message's seq (its stream sequence - 1), read before its body."""
+    assert m.headers is not None
+    return int(m.headers["Nats-Sequence"]) - 1
 
 
 def _note(note: str) -> tlog.Checkpoint:

@@ -1,13 +1,16 @@
-"""What each broker derives from the records stream, in order: the tailer.
+"""The sequencer's view of the records stream, in order: the tailer.
 
-Every broker reads the records stream from the start (on open) and then as it grows, and keeps in
-memory what deciding and serving need: the transparency log's tree and its stored nodes, each
-dataset's seqs and acceptance times, every key's current version, the references records hold
-to records not yet stored, and the newest records for live subscribers (``Tail``). What it holds
-is exactly what was committed and read back: ``log_state()`` never runs ahead of the stream.
+Only the broker holding the sequencer lease (``lease``) runs one. It reads the records stream
+from the start (when it takes the role) and then as it grows, and keeps in memory what the log
+and the index queries need: the transparency log's tree and its stored nodes, each dataset's
+seqs and acceptance times, every key's current version (for references), and the references
+records hold to records not yet stored. What it holds is exactly what was committed and read
+back: ``log_state()`` never runs ahead of the stream.
 
-Brokers tell each other "appended up to seq N" on the core subject ``P.appended.<dataset>``
-(``hint``); a hint wakes the tailer at once, a lost one costs at most the idle poll interval.
+Appending brokers tell the sequencer "appended up to seq N" on the core subject
+``P.appended.<dataset>`` (``hint``); a hint wakes the tailer at once, a lost one costs at most
+the idle poll interval. After every page it applies, and once per idle poll, the tailer calls
+``on_page`` with the datasets the page touched (the sequencer announces the log's new head).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import bisect
 import contextlib
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import msgspec
 import structlog
@@ -25,9 +28,7 @@ import structlog
 from exchange.core import merkle, tlog
 from exchange.core.errors import Code, InternalError, UnavailableError
 from exchange.core.gate import Current
-from exchange.core.ledger import BatchRow, Entry, Reference, StoredRecord
-from exchange.core.signing import Statement
-from exchange.store.base import Tail
+from exchange.core.ledger import Entry, Reference
 from exchange.store.nats.direct import PAGE, DirectGets
 
 __all__ = ["Tailer"]
@@ -35,11 +36,14 @@ __all__ = ["Tailer"]
 logger = structlog.get_logger("exchange.store.nats")
 
 _entry = msgspec.msgpack.Decoder(Entry)
-_stmt = msgspec.msgpack.Decoder(Statement)
+
+
+async def _nothing(touched: dict[str, int]) -> None:
+    pass
 
 
 class Tailer:
-    """The derived state of one broker, and the task that keeps it up with the stream."""
+    """The sequencer's derived state, and the task that keeps it up with the stream."""
 
     def __init__(self, direct: DirectGets, records_stream: str, *, timeout: float,
                  idle_poll: float) -> None:
@@ -47,25 +51,22 @@ class Tailer:
         self.records_stream = records_stream
         self.timeout = timeout
         self.idle_poll = idle_poll
-        #: the newest records and their batches, for live subscribers
-        self.recent = Tail(-1)
         self._tree = merkle.CompactRange()
         self._levels: list[bytearray] = []
         self._seqs: dict[str, array[int]] = {}
         self._times: dict[str, array[float]] = {}
         self._current: dict[tuple[str, str], Current] = {}
         self._refs: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        self._watchers: list[Callable[[str, int], None]] = []
+        #: called after every page applied (the datasets it touched, and their last seq) and
+        #: once per idle poll (with none)
+        self.on_page: Callable[[dict[str, int]], Awaitable[None]] = _nothing
         self._target = 0
         self._applied = asyncio.Event()
         self._hint = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # -- running ----------------------------------------------------------------------------
-
-    def watch(self, on_append: Callable[[str, int], None]) -> None:
-        """Call ``on_append(dataset, last_seq)`` whenever any broker's records are read back."""
-        self._watchers.append(on_append)
 
     def hint(self, up_to: int | None = None) -> None:
         """Something was appended (up to seq ``up_to``, if known): read on now."""
@@ -79,13 +80,18 @@ class Tailer:
             pass
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        """Stop reading, and wait until the task has: two tasks applying pages to one tree
+        would break it (the flag ends a task whose cancel a 3.11 ``wait_for`` swallowed, at
+        its next I/O timeout at the latest)."""
         if self._task is not None:
+            self._stopping = True
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, self.timeout)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
             self._task = None
 
     async def poll(self) -> int:
@@ -94,8 +100,6 @@ class Tailer:
         msgs = await self.direct.get(self.records_stream, {"seq": size + 1, "batch": PAGE},
                                      batch=True)
         touched: dict[str, int] = {}
-        recent: list[StoredRecord] = []
-        batches: list[BatchRow] = []
         try:
             for m in msgs:
                 assert m.headers is not None
@@ -104,23 +108,15 @@ class Tailer:
                     raise InternalError(f"records stream has a gap at {self._tree.size + 1}",
                                         code=Code.LOG_DAMAGED)
                 e = _entry.decode(m.data)
-                batch = (BatchRow(stream_seq, _stmt.decode(e.statement), e.signature)
-                         if e.n == 0 and e.statement else None)
                 self._apply(stream_seq - 1, e)
                 touched[e.dataset] = stream_seq - 1
-                recent.append(e.stored(stream_seq - 1, stream_seq - e.n))
-                if batch is not None:
-                    batches.append(batch)
         finally:
-            # every record applied is known, even when a later one of the page fails: live
-            # subscribers read it from memory, waiters and watchers hear of it
-            self.recent.add(recent, batches)
-            if recent:
+            # every record applied is known, even when a later one of the page fails: waiters
+            # and the announcement hear of it
+            if touched:
                 self._applied.set()
                 self._applied = asyncio.Event()
-                for dataset, last in touched.items():
-                    for w in self._watchers:
-                        w(dataset, last)
+                await self.on_page(touched)
         return len(msgs)
 
     def _apply(self, seq: int, e: Entry) -> None:
@@ -146,7 +142,7 @@ class Tailer:
 
     async def _run(self) -> None:
         backoff = 0.005
-        while True:
+        while not self._stopping:
             try:
                 if await self.poll():
                     backoff = 0.005
@@ -157,8 +153,13 @@ class Tailer:
                     backoff = min(backoff * 2, 0.25)
                     continue
                 self._hint.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hint.wait(), self.idle_poll)
+                try:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow stop()'s
+                    # cancel when the hint comes at the same moment
+                    async with asyncio.timeout(self.idle_poll):
+                        await self._hint.wait()
+                except TimeoutError:
+                    await self.on_page({})  # nothing new: say so once per idle poll
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # NATS down: keep trying; publishes are refused meanwhile
@@ -178,7 +179,8 @@ class Tailer:
                                        "retry: the retry finds the records as duplicates",
                                        code=Code.STORE_UNAVAILABLE)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._applied.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._applied.wait()
 
     # -- what it knows ------------------------------------------------------------------------
 
@@ -204,6 +206,10 @@ class Tailer:
             return self._tree.size - 1
         seqs = self._seqs.get(dataset)
         return seqs[-1] if seqs else -1
+
+    def heads(self) -> dict[str, int]:
+        """Every dataset's last seq in the log."""
+        return {d: seqs[-1] for d, seqs in self._seqs.items() if seqs}
 
     def seqs(self, dataset: str) -> Sequence[int]:
         return self._seqs.get(dataset) or ()

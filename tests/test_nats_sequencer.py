@@ -1,0 +1,178 @@
+"""NATS scale-out: one sequencer reads the records stream back, the other brokers gate and serve.
+
+Real nats-server processes; two stores on one stream prefix stand for two broker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import pytest
+
+from exchange.core import merkle, tlog
+from exchange.core.errors import UnavailableError
+from exchange.pki import load_node_identity
+from exchange.store.nats.server import NatsCluster
+from exchange.store.nats.store import NatsStore, parse_url
+from tests import nats_fixtures
+from tests.conftest import eventually, make_pki, people, until
+from tests.nats_fixtures import store_url, two_stores
+from tests.test_store_contract import POP, batch_of, publish
+
+nats_single = nats_fixtures.nats_single
+
+
+async def stream_last(store: NatsStore, seq: int) -> bool:
+    info = await store.nc.jetstream().stream_info(store.records_stream)
+    return bool(info.state.last_seq == seq)
+
+
+def read_back(store: NatsStore) -> int:
+    """Messages this store has read from the records stream (every read is a direct get)."""
+    return store.direct.received.get(store.records_stream, 0)
+
+
+async def consistent(store: NatsStore, old: tuple[int, bytes], new: tuple[int, bytes]) -> None:
+    """``new`` extends ``old``: checked with a consistency proof from ``store``'s log nodes."""
+    wanted: list[tuple[int, int]] = []
+
+    def plan(level: int, index: int) -> bytes:
+        wanted.append((level, index))
+        return b"\x00" * 32
+
+    merkle.consistency_proof(plan, old[0], new[0])
+    nodes = await store.log_nodes(wanted)
+    proof = merkle.consistency_proof(lambda lv, ix: nodes[(lv, ix)], old[0], new[0])
+    merkle.verify_consistency(old[0], new[0], old[1], new[1], proof)  # raises if not
+
+
+async def test_only_the_sequencer_reads_the_stream_back(tmp_path: Path,
+                                                        nats_single: NatsCluster) -> None:
+    pki_dir = make_pki(tmp_path / "pki")
+    async with two_stores(nats_single) as (seq, gate):
+        assert seq.sequencing and not gate.sequencing
+        ps = people(60, seed=3)
+        sizes = []
+        for i in range(0, 60, 20):
+            await publish(gate, pki_dir, batch_of(pki_dir, ps[i:i + 20], seed=i + 1))
+            sizes.append(gate.log_state())
+        # new keys: the gate broker decided them without reading a record back, and its
+        # receipts signed the log with its records in it (the sequencer's tree)
+        assert read_back(gate) == 0
+        assert [s for s, _ in sizes] == [20, 40, 60]
+        assert seq.tailer.size == 60 and gate.log_state() == seq.log_state()
+        for old, new in itertools.pairwise(sizes):
+            await consistent(gate, old, new)  # proofs served by the sequencer
+        # new versions of five keys: it reads exactly their current versions, no more
+        await publish(gate, pki_dir, batch_of(pki_dir, ps[:5], version=2, seed=99))
+        assert read_back(gate) == 5
+        assert await gate.head("population") == 64 and await gate.head() == 64
+        # a subscriber near the head: only the records after its position, its dataset's
+        rows = await gate.read("population", 60, 100)
+        assert [r.seq for r in rows] == [61, 62, 63, 64]
+        assert read_back(gate) == 9 and gate.feeds.records_read == {"population": 4}
+        # what only a reader of every record knows, asked of the sequencer
+        assert await gate.count_after("population", 59) == 5
+        assert await gate.unresolved_counts() == {}
+
+
+async def test_a_read_never_runs_ahead_of_the_log(tmp_path: Path,
+                                                  nats_single: NatsCluster) -> None:
+    """A record stored but not yet in the log (the sequencer has not read it) reaches no
+    subscriber, and no receipt is signed for it."""
+    pki_dir = make_pki(tmp_path / "pki")
+    async with two_stores(nats_single) as (seq, gate):
+        await publish(gate, pki_dir, batch_of(pki_dir, people(2, seed=5), seed=1))
+        await seq.tailer.stop()  # the sequencer stops reading: the stream runs ahead of the log
+        stored = asyncio.create_task(
+            publish(gate, pki_dir, batch_of(pki_dir, people(3, seed=6), seed=2)))
+        # a poll: the stream's state raises no event here
+        await eventually(lambda: stream_last(gate, 5), what="the second batch stored")
+        assert not stored.done()  # no receipt while its records are not in the log
+        assert [r.seq for r in await gate.read("population", -1, 10)] == [0, 1]
+        assert await gate.head("population") == 1
+        seq.tailer.start()
+        await stored
+        assert [r.seq for r in await gate.read("population", -1, 10)] == [0, 1, 2, 3, 4]
+
+
+async def test_the_role_moves_when_the_sequencer_is_cut_off(tmp_path: Path,
+                                                           nats_single: NatsCluster) -> None:
+    """A sequencer that can no longer renew its lease gives the role up; another broker takes
+    it once the lease expires, reads the log up and signs on: checkpoints keep extending."""
+    pki_dir = make_pki(tmp_path / "pki")
+    url = store_url(nats_single) + "&lease=1"
+    a, b = NatsStore(url), NatsStore(url)
+    await a.open()
+    await b.open()
+    try:
+        assert a.sequencing and not b.sequencing and a.lease_s == 1.0
+        await publish(b, pki_dir, batch_of(pki_dir, people(4, seed=7), seed=1))
+        key = tlog.NoteKey.from_private("test/log", load_node_identity(pki_dir, POP)
+                                        .signing_key)
+        first = tlog.sign_checkpoint(key, "test/log", *a.log_state())
+        await a.add_checkpoint(first, 0.0)
+        before = b.log_state()
+        # cut off: a's connection goes (as in a partition); its lease runs out unrenewed
+        assert a._nc is not None
+        await a._nc.close()
+        await until(lambda: b.sequencing, lambda: b.lease.changed, within=15,
+                    what="b takes the sequencer role")
+        await until(lambda: not a.sequencing, lambda: a.lease.changed, within=15,
+                    what="a gives the role up")
+        await publish(b, pki_dir, batch_of(pki_dir, people(3, seed=8), seed=2))
+        after = b.log_state()
+        assert after[0] == 7
+        await consistent(b, before, after)
+        second = tlog.sign_checkpoint(key, "test/log", *after)
+        await b.add_checkpoint(second, 0.0)  # stored only if it extends the first
+        assert [cp.size for cp in await b.checkpoints()] == [4, 7]
+    finally:
+        await b.close()
+        await a.close()
+
+
+async def test_a_clean_stop_hands_the_role_over_at_once(tmp_path: Path,
+                                                        nats_single: NatsCluster) -> None:
+    """Closing the sequencer deletes its lease: the next broker takes it at its next round,
+    not after the lease runs out."""
+    url = store_url(nats_single) + "&lease=60"
+    a, b = NatsStore(url), NatsStore(url)
+    await a.open()
+    await b.open()
+    try:
+        assert a.sequencing
+        await a.close()
+        await until(lambda: b.sequencing, lambda: b.lease.changed, within=15,
+                    what="b takes the role well before its next round (20 s)")
+    finally:
+        await b.close()
+
+
+async def test_without_a_sequencer_a_receipt_is_refused_not_faked(
+        tmp_path: Path, nats_single: NatsCluster) -> None:
+    """The lease is held but no one sequences (a holder stuck before it serves): a publish
+    stores its records but gets no receipt (503): the retry finds them as duplicates."""
+    pki_dir = make_pki(tmp_path / "pki")
+    url = store_url(nats_single) + "&lease=1"
+    a = NatsStore(url)
+    await a.open()
+    b = NatsStore(url, request_timeout=0.5)
+    await b.open()
+    try:
+        assert a._nc is not None
+        await a.sequencer.stop()  # a keeps the lease but no longer sequences
+        with pytest.raises(UnavailableError):
+            await publish(b, pki_dir, batch_of(pki_dir, people(2, seed=9), seed=1))
+        assert b.log_state()[0] == 0
+    finally:
+        await b.close()
+        await a.close()
+
+
+def test_the_lease_is_a_url_parameter() -> None:
+    assert parse_url("nats://h:1?lease=2.5")[1]["lease"] == "2.5"
+    for bad in ("0", "61", "x"):
+        with pytest.raises(Exception, match="lease"):
+            NatsStore(f"nats://h:1?lease={bad}")
