@@ -27,9 +27,9 @@ Correctness under several brokers comes from JetStream alone, no lock of ours:
   the other reports ``version_conflict``/``stale_version``/a duplicate. (ADR-50 allows the check
   only on a key's first message in a batch; later messages for the same key ride on it.)
 - Checkpoints are appended with the expected sequence of the latest checkpoint, after checking
-  they extend it (consistency proof from this broker's tree); a broker that loses the race reads
-  the winner and checks again. All brokers derive the same tree from the same stream, so a
-  checkpoint from any of them is consistent with every other.
+  they extend it (a consistency proof from the sequencer's tree); a broker that loses the race
+  reads the winner and checks again. The stream defines the tree, so a checkpoint from any
+  broker, or from a sequencer before and after a fail-over, is consistent with every other.
 - Subscription positions move by KV revision (``update(last=revision)``), monotonic.
 
 One broker process, the sequencer, holds a lease in the KV bucket ``P_LEASE`` (``lease``;
