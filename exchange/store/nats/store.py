@@ -79,6 +79,7 @@ from exchange.core.gate import Current
 from exchange.core.signing import Statement
 from exchange.store.base import AccessRow, Appended, StaleRead, SubscriptionRow
 from exchange.store.nats.direct import PAGE, DirectGets, unavailable
+from exchange.store.nats.direct import Client as FastClient
 from exchange.store.nats.feeds import Feeds, record_of
 from exchange.store.nats.kv import Buckets
 from exchange.store.nats.lease import KEY as LEASE_KEY
@@ -246,11 +247,15 @@ class NatsStore:
 
     async def open(self) -> None:
         try:
-            self._nc = await nats.connect(
+            nc = FastClient()
+            await nc.connect(
                 servers=self.servers, connect_timeout=2, max_reconnect_attempts=-1,
-                reconnect_time_wait=0.1, allow_reconnect=True, name="exchange-broker",
+                # seconds: nats-py types it int, and sleeps for the float given
+                reconnect_time_wait=0.1,  # type: ignore[arg-type]
+                allow_reconnect=True, name="exchange-broker",
                 error_cb=self._on_error, disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect)
+            self._nc = nc
         except (nats.errors.Error, OSError, TimeoutError) as err:
             raise UnavailableError(f"cannot reach NATS at {', '.join(self.servers)}: {err!r}",
                                    code=Code.STORE_UNAVAILABLE) from None
