@@ -19,11 +19,12 @@ for the agencies' own machines and is left out.
 
 On NATS one broker is the sequencer (it reads the whole records stream back, grows the log,
 signs checkpoints); the others only gate and serve their own clients. From the largest NATS
-run, the CPU of a broker that only gates gives ``g``, µs per record it gates, and the
-sequencer's CPU less its own share of gating gives ``s``, µs per record of the whole log; with
-N brokers each gating 1/N of the records, N brokers carry about
-``min(N * 1e6 / g, 1e6 / (s + g / N))`` records/s (``scaling`` in the JSON), beside the
-nats-servers' own bound.
+run, the CPU of a broker that is not the sequencer gives ``g``, µs per record it gates,
+together with its share of serving the subscriptions (they are spread evenly, as the
+publishers are), and the sequencer's CPU less that same share gives ``s``, µs per record of
+the whole log; with N brokers each taking 1/N of the publishers and subscriptions, N brokers
+carry about ``min(N * 1e6 / g, 1e6 / (s + g / N))`` records/s (``scaling`` in the JSON),
+beside the nats-servers' own bound.
 """
 
 from __future__ import annotations
@@ -244,8 +245,9 @@ def table(report: dict[str, Any]) -> str:
                     f"{r['predicted_per_s']:,.0f} |" + (f" {r['note']}" if r["note"] else ""))
     sc = report.get("scaling")
     if sc:
-        rows += ["", f"From the {sc['from']} run: a broker that only gates spends "
-                 f"{sc['gate_us_per_record']:.0f} µs per record it gates; the sequencer "
+        rows += ["", f"From the {sc['from']} run: a broker that is not the sequencer spends "
+                 f"{sc['gate_us_per_record']:.0f} µs per record it gates (with its share of "
+                 "the subscriptions); the sequencer "
                  f"{sc['sequencer_us_per_record']:.0f} µs per record of the log besides; "
                  "the nats-servers bound at "
                  + (f"{sc['nats_bound_per_s']:,} rec/s." if sc["nats_bound_per_s"] else "-."),

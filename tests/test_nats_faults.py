@@ -123,8 +123,15 @@ async def start_brokers(tmp_path: Path, store: str, n: int) -> tuple[Path, list[
         logs = tmp_path / f"logs{i}"
         logs.mkdir()
         brokers.append(BrokerProcess(config_file, port, logs))
-    for b in brokers:
-        await b.start()
+    try:
+        for b in brokers:
+            await b.start()
+    except BaseException:
+        # one did not start: the ones that did must not outlive the test
+        for b in brokers:
+            if b.proc is not None:
+                await b.kill(signal.SIGKILL)
+        raise
     return pki_dir, brokers
 
 

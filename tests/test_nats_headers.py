@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from nats.aio.client import Client as NatsPyClient
 
 from exchange.store.nats.direct import Client
-from nats.aio.client import Client as NatsPyClient
 
 #: pieces header blocks are made of, the awkward ones included
 _PIECE = st.sampled_from([b"Nats-Sequence", b"Nats-Subject", b"A", b" ", b"\t", b":", b": ",
