@@ -13,6 +13,8 @@ import pytest
 from exchange.core import merkle, tlog
 from exchange.core.errors import UnavailableError
 from exchange.pki import load_node_identity
+from exchange.store.nats.lease import KEY as LEASE_KEY
+from exchange.store.nats.lease import Lease
 from exchange.store.nats.server import NatsCluster
 from exchange.store.nats.store import NatsStore, parse_url
 from tests import nats_fixtures
@@ -176,3 +178,44 @@ def test_the_lease_is_a_url_parameter() -> None:
     for bad in ("0", "61", "x"):
         with pytest.raises(Exception, match="lease"):
             NatsStore(f"nats://h:1?lease={bad}")
+
+
+async def test_a_long_start_keeps_the_lease(tmp_path: Path, nats_single: NatsCluster) -> None:
+    """Reading a long log up takes longer than the lease: the renewals go on meanwhile, so no
+    other broker takes the role from a sequencer still starting."""
+    store = NatsStore(store_url(nats_single) + "&lease=1")
+    await store.open()
+    try:
+        await store.lease.stop()  # the store gives the role up: two leases by hand below
+        kv = await store._lease_kv()
+        release = asyncio.Event()
+
+        async def slow_start() -> None:
+            await release.wait()
+
+        async def nothing() -> None:
+            pass
+
+        a = Lease(store._lease_kv, "a", 1.0, on_gain=slow_start, on_lose=nothing)
+        b = Lease(store._lease_kv, "b", 1.0, on_gain=nothing, on_lose=nothing)
+        await a.step()
+        assert a.held and a.gaining is not None and not a.gaining.done()
+        first = (await kv.get(LEASE_KEY)).revision
+
+        async def renewed_past_the_lease() -> bool:
+            # four renewals, a third of a lease apart: longer than the lease itself
+            return bool((await kv.get(LEASE_KEY)).revision >= first + 4)
+
+        a.start()
+        # a poll: the renewals show only as the key's revision
+        await eventually(renewed_past_the_lease, within=15, what="renewals while starting")
+        await b.step()
+        assert not b.held  # the key never expired
+        release.set()
+        assert await a.gaining and a.held
+        await a.stop()
+        await b.step()
+        assert b.held  # a clean stop deleted the key
+        await b.stop()
+    finally:
+        await store.close()

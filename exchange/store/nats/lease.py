@@ -38,7 +38,8 @@ KEY = "sequencer"
 
 class Lease:
     """Takes, renews and gives up the sequencer's lease; calls ``on_gain``/``on_lose`` as the
-    role changes (never both at once: the loop awaits each)."""
+    role changes. ``on_gain`` (reading the whole log up: seconds to minutes) runs beside the
+    renewals, so a long start does not let the lease run out; losing the lease cancels it."""
 
     def __init__(self, kv: Callable[[], Awaitable[Any]], instance: str, ttl: float, *,
                  on_gain: Callable[[], Awaitable[None]],
@@ -51,6 +52,8 @@ class Lease:
         self._revision: int | None = None
         self._renewed = 0.0
         self._task: asyncio.Task[None] | None = None
+        #: ``on_gain`` running since the lease was taken; done once sequencing
+        self.gaining: asyncio.Task[bool] | None = None
         #: set whenever the role changes (tests and the store's start wait on it)
         self.changed = asyncio.Event()
         self._poked = asyncio.Event()
@@ -59,16 +62,6 @@ class Lease:
     @property
     def held(self) -> bool:
         return self._revision is not None
-
-    async def holder(self) -> str | None:
-        """The instance holding the lease now, if any."""
-        kv = await self._kv()
-        try:
-            with unavailable("reading the sequencer lease"):
-                entry = await kv.get(KEY)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        return entry.value.decode() if entry.value else None
 
     async def step(self) -> None:
         """One round: take the lease if free, else renew it if held."""
@@ -81,12 +74,7 @@ class Lease:
                 return  # held by another broker
             self._revision, self._renewed = rev, time.monotonic()
             logger.info("sequencer_lease_taken", instance=self.instance)
-            try:
-                await self._on_gain()
-            except BaseException:
-                await self._give_up("could not start sequencing")
-                raise
-            self._changed()
+            self.gaining = asyncio.create_task(self._gain())
             return
         try:
             with unavailable("renewing the sequencer lease"):
@@ -100,9 +88,34 @@ class Lease:
             raise
         self._revision, self._renewed = rev, time.monotonic()
 
+    async def _gain(self) -> bool:
+        """Start sequencing; whether it started (if not, the lease is given up for another
+        broker, or this one's next round, to take)."""
+        try:
+            await self._on_gain()
+        except Exception as err:  # NATS went away meanwhile: let the role move on
+            logger.warning("sequencer_start_failed", instance=self.instance, error=repr(err))
+            held, self._revision = self._revision is not None, None
+            if held:
+                await self._on_lose()
+                with contextlib.suppress(Exception):  # it expires anyway
+                    await self._delete_own()
+            self._changed()
+            return False
+        self._changed()
+        return True
+
+    async def _cancel_gain(self) -> None:
+        task, self.gaining = self.gaining, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def _give_up(self, why: str) -> None:
         self._revision = None
         logger.warning("sequencer_lease_lost", instance=self.instance, reason=why)
+        await self._cancel_gain()
         await self._on_lose()
         self._changed()
 
@@ -144,10 +157,18 @@ class Lease:
                 await self._task
             self._task = None
         if self._revision is not None:
-            rev, self._revision = self._revision, None
+            self._revision = None
+            await self._cancel_gain()
             await self._on_lose()
             with contextlib.suppress(Exception):  # it expires anyway
-                kv = await self._kv()
-                await asyncio.wait_for(kv.delete(KEY, last=rev), 2.0)
+                await asyncio.wait_for(self._delete_own(), 2.0)
             self._changed()
+
+    async def _delete_own(self) -> None:
+        """Delete the key if it still names this instance, at the revision read: a renewal
+        cancelled in flight may have moved it past the one this lease last saw."""
+        kv = await self._kv()
+        entry = await kv.get(KEY)
+        if entry.value == self.instance.encode():
+            await kv.delete(KEY, last=entry.revision)
 

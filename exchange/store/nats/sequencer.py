@@ -108,8 +108,9 @@ class Sequencer:
         nc = self._nc()
         with unavailable("reading the records stream as the sequencer"):
             await self.tailer.catch_up()
-            self._subs = [await nc.subscribe(f"{self.prefix}.appended.>", cb=self._on_hint),
-                          await nc.subscribe(f"{self.prefix}.log.q", cb=self._on_query)]
+            self._subs.append(await nc.subscribe(f"{self.prefix}.appended.>",
+                                                 cb=self._on_hint))
+            self._subs.append(await nc.subscribe(f"{self.prefix}.log.q", cb=self._on_query))
         self.active = True
         self.tailer.start()
         await self._announce(self.tailer.heads())

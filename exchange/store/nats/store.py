@@ -275,8 +275,12 @@ class NatsStore:
             except UnavailableError as err:
                 logger.info("sequencer_lease_not_yet", error=err.message)
             self.lease.start()
-            await self.queries.state(self.view, 0, time.monotonic() + 2 * self.lease_s
-                                     + max(self.timeout, 10.0))
+            gaining = self.lease.gaining
+            if gaining is not None and await gaining:
+                pass  # this broker sequences: it has read the whole log, however long it is
+            else:
+                await self.queries.state(self.view, 0, time.monotonic() + 2 * self.lease_s
+                                         + max(self.timeout, 10.0))
             if not self.sync_declared:
                 logger.warning(
                     "nats_fsync_unverified",
