@@ -27,7 +27,7 @@ import msgspec
 from benchmarks.harness import make_pki
 from benchmarks.load import TODAY, Pool
 from exchange import pki
-from exchange.core import datasets, gate, ledger
+from exchange.core import datasets, gate, ledger, tlog
 from exchange.core.access import Limits
 from exchange.core.envelope import rfc3339
 from exchange.core.seal import seal
@@ -109,8 +109,9 @@ def _parts(msgs: list[Any]) -> dict[str, float]:
     decode = (time.perf_counter() - t) / len(msgs) * 1e6
     tailer = Tailer(None, "", timeout=5.0, idle_poll=1.0)  # type: ignore[arg-type]
     t = time.perf_counter()
-    for i, e in enumerate(entries):
-        tailer._apply(i, e)
+    leaves = [tlog.entry_leaf(i, e.dataset, e.publisher, e.digest, e.batch_root,
+                              tlog.micros(e.accepted_at)) for i, e in enumerate(entries)]
+    tailer._apply(0, entries, leaves)
     apply = (time.perf_counter() - t) / len(msgs) * 1e6
     return {"headers": headers, "decode": decode, "tree_and_index": apply}
 

@@ -99,46 +99,61 @@ class Tailer:
         size = self._tree.size
         msgs = await self.direct.get(self.records_stream, {"seq": size + 1, "batch": PAGE},
                                      batch=True)
-        touched: dict[str, int] = {}
-        try:
-            for m in msgs:
+        entries: list[Entry] = []
+        leaves: list[bytes] = []
+        failed: Exception | None = None
+        for m in msgs:
+            # a page is applied up to its first bad message: the records before it are in the
+            # log, announced, and waited for like any others
+            try:
                 assert m.headers is not None
-                stream_seq = int(m.headers["Nats-Sequence"])
-                if stream_seq != self._tree.size + 1:
-                    raise InternalError(f"records stream has a gap at {self._tree.size + 1}",
+                seq = size + len(entries)
+                if int(m.headers["Nats-Sequence"]) != seq + 1:
+                    raise InternalError(f"records stream has a gap at {seq + 1}",
                                         code=Code.LOG_DAMAGED)
                 e = _entry.decode(m.data)
-                self._apply(stream_seq - 1, e)
-                touched[e.dataset] = stream_seq - 1
-        finally:
-            # every record applied is known, even when a later one of the page fails: waiters
-            # and the announcement hear of it
-            if touched:
-                self._applied.set()
-                self._applied = asyncio.Event()
-                await self.on_page(touched)
+                leaves.append(tlog.entry_leaf(seq, e.dataset, e.publisher, e.digest,
+                                              e.batch_root, tlog.micros(e.accepted_at)))
+                entries.append(e)
+            except Exception as err:
+                failed = err
+                break
+        if entries:
+            touched = self._apply(size, entries, leaves)
+            self._applied.set()
+            self._applied = asyncio.Event()
+            await self.on_page(touched)
+        if failed is not None:
+            raise failed
         return len(msgs)
 
-    def _apply(self, seq: int, e: Entry) -> None:
-        def keep(level: int, idx: int, h: bytes) -> None:
-            if level == len(self._levels):
-                self._levels.append(bytearray())
-            self._levels[level] += h
-
-        self._tree._on_node = keep
-        self._tree.append(tlog.entry_leaf(seq, e.dataset, e.publisher, e.digest, e.batch_root,
-                                          tlog.micros(e.accepted_at)))
-        seqs = self._seqs.get(e.dataset)
-        if seqs is None:
-            seqs = self._seqs[e.dataset] = array("q")
-            self._times[e.dataset] = array("d")
-        seqs.append(seq)
-        self._times[e.dataset].append(e.accepted_at)
-        self._current[(e.dataset, e.key)] = Current(e.version, e.content, seq)
-        if e.refs:
-            self._refs[(e.dataset, e.key)] = list(e.refs)
-        else:
-            self._refs.pop((e.dataset, e.key), None)
+    def _apply(self, first: int, entries: Sequence[Entry], leaves: Sequence[bytes]
+               ) -> dict[str, int]:
+        """Entries ``first``.. and their log leaves, in order: the tree grows by all of them at
+        once (``CompactRange.extend``) and each perfect subtree completed is kept; the index
+        learns each record. The datasets touched, with their last seq."""
+        levels = self._levels
+        for level, _, h in self._tree.extend(leaves):
+            if level == len(levels):
+                levels.append(bytearray())
+            levels[level] += h
+        touched: dict[str, int] = {}
+        current, refs = self._current, self._refs
+        for seq, e in enumerate(entries, first):
+            dataset = e.dataset
+            seqs = self._seqs.get(dataset)
+            if seqs is None:
+                seqs = self._seqs[dataset] = array("q")
+                self._times[dataset] = array("d")
+            seqs.append(seq)
+            self._times[dataset].append(e.accepted_at)
+            current[(dataset, e.key)] = Current(e.version, e.content, seq)
+            if e.refs:
+                refs[(dataset, e.key)] = list(e.refs)
+            elif refs:
+                refs.pop((dataset, e.key), None)
+            touched[dataset] = seq
+        return touched
 
     async def _run(self) -> None:
         backoff = 0.005
