@@ -13,6 +13,7 @@ import pytest
 from exchange.core import merkle, tlog
 from exchange.core.errors import UnavailableError
 from exchange.pki import load_node_identity
+from exchange.store.nats.direct import Client
 from exchange.store.nats.lease import KEY as LEASE_KEY
 from exchange.store.nats.lease import Lease
 from exchange.store.nats.server import NatsCluster
@@ -54,6 +55,8 @@ async def test_only_the_sequencer_reads_the_stream_back(tmp_path: Path,
     pki_dir = make_pki(tmp_path / "pki")
     async with two_stores(nats_single) as (seq, gate):
         assert seq.sequencing and not gate.sequencing
+        # direct gets' replies come straight from the client's reader (its own fast path)
+        assert isinstance(gate.nc, Client) and len(gate.nc._direct) == 1
         ps = people(60, seed=3)
         sizes = []
         for i in range(0, 60, 20):
