@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from pathlib import Path
 
 import pytest
 
-from exchange.core import merkle, tlog
+from exchange import pki
+from exchange.core import datasets, gate, ledger, merkle, tlog
+from exchange.core.access import Limits
 from exchange.core.errors import UnavailableError
-from exchange.pki import load_node_identity
+from exchange.core.signing import Verifier
 from exchange.store.nats.direct import Client
 from exchange.store.nats.lease import KEY as LEASE_KEY
 from exchange.store.nats.lease import Lease
 from exchange.store.nats.server import NatsCluster
 from exchange.store.nats.store import NatsStore, parse_url
 from tests import nats_fixtures
-from tests.conftest import eventually, make_pki, people, until
+from tests.conftest import TODAY, eventually, make_pki, people, until
 from tests.nats_fixtures import store_url, two_stores
-from tests.test_store_contract import POP, batch_of, publish
+from tests.test_store_contract import POP, SPEC, batch_of, publish
 
 nats_single = nats_fixtures.nats_single
 
@@ -114,7 +117,7 @@ async def test_the_role_moves_when_the_sequencer_is_cut_off(tmp_path: Path,
     try:
         assert a.sequencing and not b.sequencing and a.lease_s == 1.0
         await publish(b, pki_dir, batch_of(pki_dir, people(4, seed=7), seed=1))
-        key = tlog.NoteKey.from_private("test/log", load_node_identity(pki_dir, POP)
+        key = tlog.NoteKey.from_private("test/log", pki.load_node_identity(pki_dir, POP)
                                         .signing_key)
         first = tlog.sign_checkpoint(key, "test/log", *a.log_state())
         await a.add_checkpoint(first, 0.0)
@@ -233,3 +236,87 @@ async def test_the_sequencer_bench_reads_every_record_up() -> None:
     assert report["records"] == 2000 and report["catch_up_per_s"] > 0
     assert set(report["parts_us"]) == {"headers", "decode", "tree_and_index"}
     assert all(v > 0 for v in report["parts_us"].values())
+
+
+async def test_a_receipt_citing_duplicates_waits_for_the_log_to_hold_them(
+        tmp_path: Path, nats_single: NatsCluster) -> None:
+    """After a fail-over a retry finds its records stored but not yet logged: its receipt
+    cites them as duplicates, so it is signed only with a log that holds them."""
+    pki_dir = make_pki(tmp_path / "pki")
+    url = store_url(nats_single) + "&lease=0.5"
+    seq = NatsStore(url)
+    await seq.open()
+    gate_store = NatsStore(url, request_timeout=0.3)
+    await gate_store.open()
+    try:
+        await seq.tailer.stop()  # the log stops growing, as while a new sequencer reads up
+        batch = batch_of(pki_dir, people(3, seed=12), seed=1)
+        with pytest.raises(UnavailableError):  # stored, but no receipt: not in the log
+            await publish(gate_store, pki_dir, batch)
+        checked = gate.check(batch, node=POP, spec=SPEC,
+                             verifier=Verifier(pki.load_signing_registry(pki_dir)),
+                             limits=Limits(), ctx=datasets.RuleContext(today=TODAY))
+        retry = gate.decide(checked, await gate_store.current(
+            "population", [c.key for c in checked.candidates]))
+        assert not retry.accepted and [d.seq for d in retry.duplicates] == [0, 1, 2]
+        plan = ledger.plan([ledger.Append(POP, "population", batch, retry)], time.time())
+        with pytest.raises(UnavailableError):  # no receipt citing seqs the log lacks
+            await gate_store.append(plan)
+        seq.tailer.start()
+        await gate_store.append(plan)
+        assert gate_store.log_state()[0] >= 3
+    finally:
+        await gate_store.close()
+        await seq.close()
+
+
+async def test_a_reader_ahead_of_the_feed_is_served(tmp_path: Path,
+                                                    nats_single: NatsCluster) -> None:
+    """A dataset's feed follows its slowest reader; a reader far ahead of it on the same
+    broker is read for directly, not answered "nothing new"."""
+    pki_dir = make_pki(tmp_path / "pki")
+    async with two_stores(nats_single) as (_, reader):
+        ps = people(2500, seed=14)
+        for i in range(0, 2500, 500):
+            await publish(reader, pki_dir, batch_of(pki_dir, ps[i:i + 500], seed=i + 1))
+        assert [r.seq for r in await reader.read("population", -1, 10)] == list(range(10))
+        ahead = await reader.read("population", 2000, 100)
+        assert [r.seq for r in ahead] == list(range(2001, 2101))
+
+
+async def test_a_broker_that_missed_announcements_learns_the_heads(
+        tmp_path: Path, nats_single: NatsCluster) -> None:
+    """Announcements are core NATS messages: one can be lost. The sequencer's idle
+    announcement carries every dataset's head, so the loss lasts an idle poll."""
+    pki_dir = make_pki(tmp_path / "pki")
+    async with two_stores(nats_single) as (_, other):
+        await publish(other, pki_dir, batch_of(pki_dir, people(3, seed=15), seed=1))
+        other.view.heads.clear()  # as if the announcements of those records were lost
+        assert await other.head("population") == -1
+        # a poll: the idle announcement comes on the sequencer's own timer
+        await eventually(lambda: other.view.heads.get("population") == 2, within=10,
+                         what="the idle announcement's heads")
+
+
+async def test_a_renewal_whose_reply_was_lost_keeps_the_lease(
+        tmp_path: Path, nats_single: NatsCluster) -> None:
+    store = NatsStore(store_url(nats_single) + "&lease=5")
+    await store.open()
+    try:
+        await store.lease.stop()
+        kv = await store._lease_kv()
+
+        async def nothing() -> None:
+            pass
+
+        a = Lease(store._lease_kv, "a", 5.0, on_gain=nothing, on_lose=nothing)
+        await a.step()
+        assert a.gaining is not None and await a.gaining
+        # a renewal that reached the server, its reply lost: the key moved past what a saw
+        rev = (await kv.get(LEASE_KEY)).revision
+        await kv.update(LEASE_KEY, b"a", last=rev)
+        await a.step()
+        assert a.held  # the key names a: the renewal is adopted, not taken for another's
+        await a.stop()
+    finally:
+        await store.close()

@@ -84,6 +84,9 @@ class Feeds:
         if feed is None:
             # it starts where its first reader is: a subscriber's first read is at its position
             feed = self.feeds[dataset] = Feed(Tail(after, self.capacity), after)
+        if after > feed.done:
+            # ahead of what the feed holds (it serves a slower reader): read for it directly
+            return await self._read_behind(dataset, after, limit, logged)
         held = feed.tail.read(dataset, after, limit)
         if held is None:
             return await self._read_behind(dataset, after, limit, logged)

@@ -4,10 +4,12 @@ One broker process at a time holds the key ``sequencer`` of bucket ``P_LEASE``: 
 key (create fails while the key exists) and renews it by revision every third of the lease.
 A holder that dies stops renewing; the key expires after the lease and the next broker to try
 creates it. A holder that stops cleanly deletes the key, and every broker hears the deletion
-on the key's subject (``poke``) and tries at once. A holder that cannot renew (NATS
-unreachable) gives the role up once the lease it last renewed has nearly run out, because
-another broker may hold it by then; a renewal refused on revision means another broker holds
-it now. Either way the role is given up before anything
+on the key's subject (``poke``) and tries at once. A holder whose renewal fails (NATS
+unreachable) gives the role up when that failure comes after most of the lease has run out,
+because another broker may hold it by then (a renewal that hangs longer than the lease leaves
+it sequencing meanwhile, which the log tolerates, below); a renewal refused on revision means
+another broker holds it now, unless the key still names this holder (a renewal whose reply was
+lost), and then the renewal is kept. Either way the role is given up before anything
 else is done as the sequencer.
 
 Two holders at once (a paused holder that has not noticed yet) cannot harm the log: every
@@ -76,16 +78,32 @@ class Lease:
             logger.info("sequencer_lease_taken", instance=self.instance)
             self.gaining = asyncio.create_task(self._gain())
             return
+        sent = self._revision
         try:
             with unavailable("renewing the sequencer lease"):
-                rev = await kv.update(KEY, self.instance.encode(), last=self._revision)
+                rev = await kv.update(KEY, self.instance.encode(), last=sent)
         except nats.js.errors.KeyWrongLastSequenceError:
-            await self._give_up("another broker holds the lease")
+            # a renewal whose reply was lost moved the key on: still ours if it names us
+            try:
+                with unavailable("reading the sequencer lease"):
+                    entry = await kv.get(KEY)
+            except nats.js.errors.KeyNotFoundError:  # expired (or deleted): not ours
+                entry = None
+            if (entry is not None and entry.value == self.instance.encode()
+                    and self._revision == sent):
+                self._revision, self._renewed = entry.revision, time.monotonic()
+                return
+            await self._give_up("another broker holds the lease, or it expired")
             return
         except UnavailableError:
             if time.monotonic() - self._renewed > self.ttl * 0.8:
                 await self._give_up("lease not renewed in time")
             raise
+        if self._revision != sent:
+            # given up meanwhile (a start that failed): the renewal must not bring it back
+            with contextlib.suppress(Exception):  # it expires anyway
+                await kv.delete(KEY, last=rev)
+            return
         self._revision, self._renewed = rev, time.monotonic()
 
     async def _gain(self) -> bool:

@@ -5,7 +5,7 @@ whole records stream back (``tailer``), grows the transparency log from the stre
 signs the checkpoints on its timer, and answers what only a reader of every record can answer:
 
 - on the core subject ``P.log.head`` it announces the log's size, root and the datasets whose
-  last seq moved, after every page it applies and once per idle poll;
+  last seq moved, after every page it applies, and every dataset's head once per idle poll;
 - on ``P.log.q`` it answers queries (``Sequencer.answer``): the log's state once it holds at
   least N entries (what a receipt waits for), tree nodes for proofs, a dataset's records after
   a seq (lag), the last seq before a time, and unresolved references.
@@ -13,8 +13,9 @@ signs the checkpoints on its timer, and answers what only a reader of every reco
 Every broker, the sequencer included, keeps a ``LogView``: the last announced state, which its
 receipts sign (``log_size``/``log_root``: the log after the batch, as on sqlite) and which caps
 what its subscribers are served (no record is delivered before it is in the log). A lost
-announcement costs nothing but time: a waiter asks with a query, and the next announcement
-moves the view on. Sizes only grow: an announcement older than the view is ignored.
+announcement costs nothing but time: a waiter asks with a query, the next announcement moves
+the size on, and the next idle one (every dataset's head) the heads. A broker asks for the
+whole state at start and after each reconnect. Sizes only grow: an older state leaves them.
 """
 
 from __future__ import annotations
@@ -65,12 +66,13 @@ class LogView:
         self._watchers.append(on_append)
 
     def apply(self, size: int, root: bytes, touched: dict[str, int]) -> None:
-        """A state from the sequencer; older than the view's: ignored (announcements race)."""
-        if size < self.size:
-            return
+        """A state from the sequencer. Size and root only grow (an older state, which
+        announcements racing each other can bring, leaves them); each dataset's head is the
+        highest heard, from any state (every head heard is in the log it came with)."""
         moved = size > self.size or not self.known
         self.known = True
-        self.size, self.root = size, root
+        if size >= self.size:
+            self.size, self.root = size, root
         for dataset, last in touched.items():
             if self.heads.get(dataset, -1) < last < size:
                 self.heads[dataset] = last
@@ -137,6 +139,10 @@ class Sequencer:
         self.tailer.hint(up_to)
 
     async def _announce(self, touched: dict[str, int]) -> None:
+        if not touched:
+            # the idle announcement: every dataset's head, so a broker that missed an
+            # announcement learns what it touched within the idle poll
+            touched = self.tailer.heads()
         size, root = self.tailer.log_state()
         self.view.apply(size, root, touched)
         with contextlib.suppress(Exception):  # a lost announcement costs a query, no more
@@ -205,6 +211,23 @@ class Queries:
             raise UnavailableError(f"the sequencer could not answer {op}: {value}",
                                    code=Code.STORE_UNAVAILABLE)
         return value
+
+    async def refresh(self, view: LogView, deadline: float) -> None:
+        """Ask for the whole state (every dataset's head) until one answer comes, or until
+        ``deadline`` (monotonic): at start, and after a reconnect that may have lost
+        announcements."""
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                size, root, heads = await self.ask("state", 0,
+                                                   wait=max(0.05, min(self.timeout, left)))
+            except UnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                await view.grown(min(0.2, max(0.0, left)))  # no sequencer yet: again soon
+                continue
+            view.apply(int(size), bytes(root), {str(d): int(s) for d, s in heads.items()})
+            return
 
     async def state(self, view: LogView, min_size: int, deadline: float) -> None:
         """Until ``view`` holds at least ``min_size`` entries: an announcement usually brings

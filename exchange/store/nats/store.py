@@ -210,6 +210,10 @@ class NatsStore:
                           quality_bucket=self.quality_bucket, instance=self.instance,
                           timeout=request_timeout)
         self._batch_cache: dict[int, ledger.BatchRow] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        #: the highest seq ``current`` returned: a receipt may cite it (a duplicate), so it is
+        #: signed only with a log that holds it
+        self._cited = -1
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -276,11 +280,13 @@ class NatsStore:
                 logger.info("sequencer_lease_not_yet", error=err.message)
             self.lease.start()
             gaining = self.lease.gaining
-            if gaining is not None and await gaining:
-                pass  # this broker sequences: it has read the whole log, however long it is
-            else:
-                await self.queries.state(self.view, 0, time.monotonic() + 2 * self.lease_s
-                                         + max(self.timeout, 10.0))
+            if gaining is not None:
+                # this broker took the role: it reads the whole log, however long it is (the
+                # lease loop cancels that if the lease is lost meanwhile)
+                await asyncio.wait([gaining])
+            if not self.sequencing:
+                await self.queries.refresh(self.view, time.monotonic() + 2 * self.lease_s
+                                           + max(self.timeout, 10.0))
             if not self.sync_declared:
                 logger.warning(
                     "nats_fsync_unverified",
@@ -327,8 +333,16 @@ class NatsStore:
                 await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=r,
                                                          storage=StorageType.FILE, direct=True,
                                                          ttl=ttl))
+        # the lease is the bucket's: renewals follow the expiry the bucket was made with
+        made = (await js.stream_info(f"KV_{self.lease_bucket}")).config.max_age
+        if made and abs(made - self.lease_s) > 1e-6:
+            logger.warning("sequencer_lease_of_bucket", asked=self.lease_s, bucket=made,
+                           detail="the lease bucket was made with another lease; using it")
+            self.lease_s = self.lease.ttl = float(made)
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await self.lease.stop()
         await self.sequencer.stop()
         if self._nc is not None:
@@ -349,6 +363,18 @@ class NatsStore:
     async def _on_reconnect(self) -> None:
         logger.info("nats_reconnected", server=str(self.nc.connected_url))
         self.sequencer.hint()
+        if not self.sequencing:
+            # announcements sent while disconnected are lost: ask for the whole state
+            task = asyncio.create_task(self._refresh_view())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _refresh_view(self) -> None:
+        try:
+            await self.queries.refresh(self.view, time.monotonic() + 2 * self.lease_s
+                                       + max(self.timeout, 10.0))
+        except Exception as err:  # the idle announcement brings the heads anyway
+            logger.info("log_state_not_refreshed", error=repr(err))
 
     async def _on_lease(self, msg: Msg) -> None:
         if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
@@ -400,7 +426,9 @@ class NatsStore:
             for m in msgs:
                 assert m.headers is not None
                 v = _version.decode(m.data)
-                out[v.key] = Current(v.version, v.content, int(m.headers["Nats-Sequence"]) - 1)
+                seq = int(m.headers["Nats-Sequence"]) - 1
+                out[v.key] = Current(v.version, v.content, seq)
+                self._cited = max(self._cited, seq)
         return out
 
     def _subject(self, dataset: str, key: str) -> str:
@@ -461,9 +489,11 @@ class NatsStore:
                     await self.nc.publish(f"{self.prefix}.appended.{dataset}",
                                           str(last_stream_seq - 1).encode())
         await self.add_dead_letters(plan.dead, quality=plan.quality)
-        if msgs:
-            # the receipt signs the log with these records in it
-            await self.queries.state(self.view, first_seq + len(msgs), self._wait_logged())
+        # the receipt signs the log with these records in it, and every record it cites (a
+        # duplicate read from the stream may not be in the log yet, after a fail-over)
+        need = max(first_seq + len(msgs) if msgs else 0, self._cited + 1)
+        if need > self.view.size:
+            await self.queries.state(self.view, need, self._wait_logged())
         return Appended([0 if b is None else first_seq + b.offset + 1 for b in plan.batches],
                         first_seq)
 
