@@ -197,7 +197,12 @@ class Queries:
 
     async def ask(self, op: str, *args: Any, wait: float | None = None) -> Any:
         if self.sequencer.active:
-            return await self.sequencer.answer(op, args)
+            try:
+                async with asyncio.timeout(wait or self.timeout):  # the caller's bound here too
+                    return await self.sequencer.answer(op, args)
+            except TimeoutError:
+                raise UnavailableError(f"the log did not answer {op} in time",
+                                       code=Code.STORE_UNAVAILABLE) from None
         with unavailable(f"asking the sequencer ({op})"):
             try:
                 msg = await self._nc().request(self.subject, _enc.encode((op, *args)),
