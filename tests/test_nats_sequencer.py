@@ -184,6 +184,10 @@ def test_the_lease_is_a_url_parameter() -> None:
     for bad in ("0", "61", "x"):
         with pytest.raises(Exception, match="lease"):
             NatsStore(f"nats://h:1?lease={bad}")
+    assert not NatsStore("nats://h:1?sequencer=no").eligible
+    assert NatsStore("nats://h:1").eligible
+    with pytest.raises(Exception, match="sequencer"):
+        NatsStore("nats://h:1?sequencer=maybe")
 
 
 async def test_a_long_start_keeps_the_lease(tmp_path: Path, nats_single: NatsCluster) -> None:
@@ -320,3 +324,31 @@ async def test_a_renewal_whose_reply_was_lost_keeps_the_lease(
         await a.stop()
     finally:
         await store.close()
+
+
+async def test_a_broker_that_may_not_sequence_never_takes_the_role(
+        tmp_path: Path, nats_single: NatsCluster) -> None:
+    """``sequencer=no``: the broker gates and serves only. With no broker that may sequence,
+    a publish is stored but gets no receipt; one that may takes the role and logs it."""
+    pki_dir = make_pki(tmp_path / "pki")
+    base = store_url(nats_single) + "&lease=1"
+    eligible = NatsStore(base)
+    await eligible.open()
+    gate_only = NatsStore(base + "&sequencer=no", request_timeout=0.3)
+    await gate_only.open()
+    try:
+        assert eligible.sequencing and not gate_only.sequencing
+        await eligible.close()  # deletes the lease: a broker that may would take it now
+        with pytest.raises(UnavailableError):
+            await publish(gate_only, pki_dir, batch_of(pki_dir, people(2, seed=16), seed=1))
+        assert not gate_only.sequencing
+        again = NatsStore(base)
+        await again.open()
+        try:
+            assert again.sequencing
+            await gate_only.sync()  # the stored records are logged now
+            assert gate_only.log_state()[0] == 2
+        finally:
+            await again.close()
+    finally:
+        await gate_only.close()

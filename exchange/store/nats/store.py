@@ -144,10 +144,13 @@ def parse_url(url: str) -> tuple[list[str], dict[str, str]]:
                          code=Code.BAD_CONFIG)
     servers = [f"{parts.scheme}://{h}" for h in parts.netloc.split(",") if h]
     params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(params) - {"replicas", "prefix", "sync", "lease"}
+    unknown = set(params) - {"replicas", "prefix", "sync", "lease", "sequencer"}
     if unknown:
         raise InputError(f"store URL parameters {sorted(unknown)} are unknown; use replicas, "
-                         "prefix, sync, lease", code=Code.BAD_CONFIG)
+                         "prefix, sync, lease, sequencer", code=Code.BAD_CONFIG)
+    if params.get("sequencer", "yes") not in ("yes", "no"):
+        raise InputError("sequencer is yes (this broker may take the sequencer role, the "
+                         "default) or no (it never does)", code=Code.BAD_CONFIG)
     try:
         lease = float(params.get("lease", DEFAULT_LEASE))
     except ValueError:
@@ -191,6 +194,9 @@ class NatsStore:
         self.quality_bucket = f"{upper}_QUALITY"
         self.lease_bucket = f"{upper}_LEASE"
         self.lease_s = float(params.get("lease", DEFAULT_LEASE))
+        #: whether this broker may take the sequencer role (``sequencer=no``: it only gates
+        #: and serves, so an operator can keep the role on processes that take no clients)
+        self.eligible = params.get("sequencer", "yes") == "yes"
         self.timeout = request_timeout
         self._nc: Client | None = None
         self.instance = uuid.uuid4().hex
@@ -274,11 +280,12 @@ class NatsStore:
             # the sequencer's role if it is free (then the whole log is read before serving),
             # else the log's state from the sequencer; a new bucket's leader may not be
             # elected yet: the lease's own loop tries again meanwhile
-            try:
-                await self.lease.step()
-            except UnavailableError as err:
-                logger.info("sequencer_lease_not_yet", error=err.message)
-            self.lease.start()
+            if self.eligible:
+                try:
+                    await self.lease.step()
+                except UnavailableError as err:
+                    logger.info("sequencer_lease_not_yet", error=err.message)
+                self.lease.start()
             gaining = self.lease.gaining
             if gaining is not None:
                 # this broker took the role: it reads the whole log, however long it is (the
