@@ -24,7 +24,8 @@ together with its share of serving the subscriptions (they are spread evenly, as
 publishers are), and the sequencer's CPU less that same share gives ``s``, µs per record of
 the whole log; with N brokers each taking 1/N of the publishers and subscriptions, N brokers
 carry about ``min(N * 1e6 / g, 1e6 / (s + g / N))`` records/s (``scaling`` in the JSON),
-beside the nats-servers' own bound.
+beside the nats-servers' own bound; with the sequencer on a process of its own that takes no
+clients (the others ``?sequencer=no``), N processes carry ``min((N - 1) * 1e6 / g, 1e6 / s)``.
 """
 
 from __future__ import annotations
@@ -111,10 +112,14 @@ class Run:
                 if self.nats_cpu_s and max(self.nats_cpu_s) > 0 else float("inf"))
         predicted = {k: round(min(k * 1e6 / g, 1e6 / (s + g / k), nats))
                      for k in range(1, up_to + 1)}
+        # the same processes with the sequencer on one that takes no clients (the others
+        # ``?sequencer=no``): k - 1 brokers gate and serve, one only sequences
+        dedicated = {k: round(min((k - 1) * 1e6 / g, 1e6 / s if s else float("inf"), nats))
+                     for k in range(2, up_to + 1)}
         return {"from": self.label, "gate_us_per_record": round(g, 1),
                 "sequencer_us_per_record": round(s, 1),
                 "nats_bound_per_s": None if nats == float("inf") else round(nats),
-                "predicted_per_s": predicted}
+                "predicted_per_s": predicted, "predicted_dedicated_per_s": dedicated}
 
 
 async def measure(root: Path, pki_dir: Path, pool: Pool, label: str, store: str, n: int,
@@ -254,7 +259,9 @@ def table(report: dict[str, Any]) -> str:
                  "", "| brokers | " + " | ".join(str(k) for k in sc["predicted_per_s"]) + " |",
                  "|---|" + "---:|" * len(sc["predicted_per_s"]),
                  "| predicted rec/s | " + " | ".join(f"{v:,}" for v in
-                                                    sc["predicted_per_s"].values()) + " |"]
+                                                    sc["predicted_per_s"].values()) + " |",
+                 "| with a sequencer that takes no clients | - | " + " | ".join(
+                     f"{v:,}" for v in sc["predicted_dedicated_per_s"].values()) + " |"]
     return "\n".join(rows)
 
 
