@@ -15,6 +15,7 @@ from exchange import pki
 from exchange.core import datasets, gate, ledger, merkle, tlog
 from exchange.core.access import Limits
 from exchange.core.errors import UnavailableError
+from exchange.core.seal import seal
 from exchange.core.signing import Verifier
 from exchange.store.nats.direct import Client
 from exchange.store.nats.lease import KEY as LEASE_KEY
@@ -22,7 +23,7 @@ from exchange.store.nats.lease import Lease
 from exchange.store.nats.server import NatsCluster
 from exchange.store.nats.store import NatsStore, parse_url
 from tests import nats_fixtures
-from tests.conftest import TODAY, eventually, make_pki, people, until
+from tests.conftest import SEALED_AT, TODAY, eventually, make_pki, people, until
 from tests.nats_fixtures import store_url, two_stores
 from tests.test_store_contract import POP, SPEC, batch_of, publish
 
@@ -352,3 +353,37 @@ async def test_a_broker_that_may_not_sequence_never_takes_the_role(
             await again.close()
     finally:
         await gate_only.close()
+
+
+async def test_heads_come_back_while_another_dataset_keeps_growing(
+        tmp_path: Path, nats_single: NatsCluster) -> None:
+    """The sequencer is never idle here (population keeps growing), yet a broker that missed
+    the announcement of another dataset's records learns its head: every dataset's head goes
+    out at least once a second, busy or idle."""
+    from exchange.sim.agencies import OWNERS
+    from exchange.sim.generate import Generator
+
+    pki_dir = make_pki(tmp_path / "pki")
+    tax_owner, tax_spec = OWNERS["tax"], datasets.get("tax")
+    gen = Generator(5, today=TODAY)
+    taxes = gen.tax(3, gen.population(3))
+    async with two_stores(nats_single) as (_, other):
+        batch = seal(pki.load_node_identity(pki_dir, tax_owner).signing_key, tax_owner,
+                     tax_spec, [(r["tax_id"], 1, r) for r in taxes], b"\x07" * 32, time=SEALED_AT)
+        checked = gate.check(batch, node=tax_owner, spec=tax_spec,
+                             verifier=Verifier(pki.load_signing_registry(pki_dir)),
+                             limits=Limits(), ctx=datasets.RuleContext(today=TODAY))
+        decided = gate.decide(checked, {})
+        assert len(decided.accepted) == 3
+        await other.append(ledger.plan([ledger.Append(tax_owner, "tax", batch, decided)],
+                                       time.time()))
+        other.view.heads.clear()  # as if the announcement of the tax records were lost
+        ps = people(400, seed=17)
+        deadline = time.monotonic() + 15
+        i = 0
+        while other.view.heads.get("tax") != 2:
+            assert time.monotonic() < deadline, "no announcement brought the tax head back"
+            await publish(other, pki_dir, batch_of(pki_dir, ps[i % 400:i % 400 + 1],
+                                                   version=1 + i // 400, seed=i + 1))
+            i += 1
+        assert other.view.heads["population"] >= 3

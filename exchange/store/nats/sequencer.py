@@ -5,7 +5,8 @@ whole records stream back (``tailer``), grows the transparency log from the stre
 signs the checkpoints on its timer, and answers what only a reader of every record can answer:
 
 - on the core subject ``P.log.head`` it announces the log's size, root and the datasets whose
-  last seq moved, after every page it applies, and every dataset's head once per idle poll;
+  last seq moved, after every page it applies; every dataset's head once per idle poll, and
+  at least once a second while the log grows;
 - on ``P.log.q`` it answers queries (``Sequencer.answer``): the log's state once it holds at
   least N entries (what a receipt waits for), tree nodes for proofs, a dataset's records after
   a seq (lag), the last seq before a time, and unresolved references.
@@ -14,8 +15,9 @@ Every broker, the sequencer included, keeps a ``LogView``: the last announced st
 receipts sign (``log_size``/``log_root``: the log after the batch, as on sqlite) and which caps
 what its subscribers are served (no record is delivered before it is in the log). A lost
 announcement costs nothing but time: a waiter asks with a query, the next announcement moves
-the size on, and the next idle one (every dataset's head) the heads. A broker asks for the
-whole state at start and after each reconnect. Sizes only grow: an older state leaves them.
+the size on, and the next one with every dataset's head (within a second) the heads. A broker
+asks for the whole state at start and after each reconnect. Sizes only grow: an older state
+leaves them.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ _query = msgspec.msgpack.Decoder(list[Any])
 _reply = msgspec.msgpack.Decoder(tuple[bool, Any])
 
 EMPTY_ROOT = merkle.CompactRange().root()
+#: seconds between announcements that carry every dataset's head, while the log grows
+FULL_HEADS_EVERY = 1.0
 
 
 class LogView:
@@ -103,6 +107,7 @@ class Sequencer:
         self.active = False
         self._subs: list[Subscription] = []
         self._answering: set[asyncio.Task[None]] = set()
+        self._full_at = 0.0
         tailer.on_page = self._announce
 
     async def start(self) -> None:
@@ -139,10 +144,12 @@ class Sequencer:
         self.tailer.hint(up_to)
 
     async def _announce(self, touched: dict[str, int]) -> None:
-        if not touched:
-            # the idle announcement: every dataset's head, so a broker that missed an
-            # announcement learns what it touched within the idle poll
+        now = time.monotonic()
+        if not touched or now - self._full_at >= FULL_HEADS_EVERY:
+            # every dataset's head, when idle and at least once a second when busy: a broker
+            # that missed an announcement learns what it touched within that time
             touched = self.tailer.heads()
+            self._full_at = now
         size, root = self.tailer.log_state()
         self.view.apply(size, root, touched)
         with contextlib.suppress(Exception):  # a lost announcement costs a query, no more
