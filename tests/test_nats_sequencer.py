@@ -387,3 +387,19 @@ async def test_heads_come_back_while_another_dataset_keeps_growing(
                                                    version=1 + i // 400, seed=i + 1))
             i += 1
         assert other.view.heads["population"] >= 3
+
+
+async def test_renewals_follow_the_lease_the_bucket_was_made_with(
+        tmp_path: Path, nats_single: NatsCluster) -> None:
+    """A broker asked for another lease than the bucket's would renew too seldom and lose the
+    role again and again: it follows the bucket's expiry."""
+    url = store_url(nats_single)
+    first = NatsStore(url + "&lease=1")
+    await first.open()
+    later = NatsStore(url + "&lease=30")
+    await later.open()
+    try:
+        assert later.lease_s == later.lease.ttl == 1.0
+    finally:
+        await later.close()
+        await first.close()
