@@ -403,3 +403,30 @@ async def test_renewals_follow_the_lease_the_bucket_was_made_with(
     finally:
         await later.close()
         await first.close()
+
+
+async def test_a_broker_restarted_after_a_crash_takes_its_own_lease_back(
+        tmp_path: Path, nats_single: NatsCluster) -> None:
+    """The lease id lives in the broker's data directory: restarted after a crash, it takes
+    back the lease its dead self held instead of waiting for it to expire (60 s here)."""
+    url = store_url(nats_single) + "&lease=60"
+    id_file = tmp_path / "data" / "nats-lease-id"
+    crashed = NatsStore(url, lease_id_file=id_file)
+    await crashed.open()
+    assert crashed.sequencing and id_file.is_file()
+    assert crashed._nc is not None
+    await crashed._nc.close()  # gone without a word: its lease stays, naming its id
+    restarted = NatsStore(url, lease_id_file=id_file)
+    try:
+        await asyncio.wait_for(restarted.open(), 20)
+        assert restarted.sequencing
+        assert restarted.lease.instance == crashed.lease.instance
+        stranger = NatsStore(url, lease_id_file=tmp_path / "other" / "nats-lease-id")
+        await stranger.open()
+        try:
+            assert not stranger.sequencing  # another id: the lease is not its
+        finally:
+            await stranger.close()
+    finally:
+        await restarted.close()
+        await crashed.close()

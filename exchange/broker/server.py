@@ -38,7 +38,8 @@ def make_store(config: BrokerConfig) -> Store:
     if config.store.startswith(("nats://", "tls://")):
         from exchange.store.nats.store import NatsStore
 
-        return NatsStore(config.store)
+        # the lease id lives in the data directory, which one broker process serves at a time
+        return NatsStore(config.store, lease_id_file=Path(config.data_dir) / "nats-lease-id")
     raise InputError(f"store {config.store!r} is not available; use sqlite or "
                      "nats://HOST:PORT[,HOST:PORT...]", code=Code.BAD_CONFIG)
 

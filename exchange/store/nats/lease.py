@@ -73,7 +73,16 @@ class Lease:
                 with unavailable("taking the sequencer lease"):
                     rev = await kv.create(KEY, self.instance.encode())
             except nats.js.errors.KeyWrongLastSequenceError:
-                return  # held by another broker
+                # held: by another broker, or by this one before a crash (the same lease id,
+                # kept in its data directory), which takes it back instead of waiting it out
+                try:
+                    with unavailable("reading the sequencer lease"):
+                        entry = await kv.get(KEY)
+                except nats.js.errors.KeyNotFoundError:
+                    return  # expired meanwhile: the next round takes it
+                if entry.value != self.instance.encode():
+                    return
+                rev = entry.revision
             self._revision, self._renewed = rev, time.monotonic()
             logger.info("sequencer_lease_taken", instance=self.instance)
             self.gaining = asyncio.create_task(self._gain())

@@ -64,6 +64,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -174,8 +175,8 @@ class NatsStore:
     #: what ``/healthz`` names the store (the operator console shows it)
     kind = "nats"
 
-    def __init__(self, url: str, *, request_timeout: float = 5.0, idle_poll: float = 1.0
-                 ) -> None:
+    def __init__(self, url: str, *, request_timeout: float = 5.0, idle_poll: float = 1.0,
+                 lease_id_file: Path | None = None) -> None:
         self.servers, params = parse_url(url)
         self.prefix = params.get("prefix", "exchange")
         if not re.match(r"^[a-z][a-z0-9_]*$", self.prefix):
@@ -211,6 +212,9 @@ class NatsStore:
         self.feeds = Feeds(self.direct, self.records_stream, self.prefix, self.view)
         self.lease = Lease(self._lease_kv, self.instance, self.lease_s,
                            on_gain=self.sequencer.start, on_lose=self.sequencer.stop)
+        #: where this broker keeps its lease id across restarts (its data directory): a
+        #: broker restarted after a crash takes its own lease back at once
+        self.lease_id_file = lease_id_file
         # this process's quality counters are its own key: brokers never overwrite each other
         self.kv = Buckets(lambda: self.nc, self.direct, subs_bucket=self.subs_bucket,
                           quality_bucket=self.quality_bucket, instance=self.instance,
@@ -256,6 +260,8 @@ class NatsStore:
             return await self.kv.bucket(self.lease_bucket)
 
     async def open(self) -> None:
+        if self.lease_id_file is not None:
+            self.lease.instance = _lease_id(self.lease_id_file)
         try:
             nc = FastClient()
             await nc.connect(
@@ -752,6 +758,20 @@ class NatsStore:
 
     async def latest_checkpoint(self) -> tlog.Checkpoint | None:
         return (await self._latest_cp())[1]
+
+
+def _lease_id(path: Path) -> str:
+    """This broker's lease id, kept in ``path`` (made on first use): one process at a time
+    serves a data directory, so a lease naming it is this broker's own."""
+    try:
+        value = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        value = ""
+    if not re.fullmatch(r"[0-9a-f]{32}", value):
+        value = uuid.uuid4().hex
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value + "\n", encoding="ascii")
+    return value
 
 
 def _seq(m: Msg) -> int:
