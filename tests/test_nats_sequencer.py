@@ -430,3 +430,14 @@ async def test_a_broker_restarted_after_a_crash_takes_its_own_lease_back(
     finally:
         await restarted.close()
         await crashed.close()
+
+
+def test_the_version_struct_is_the_entrys_leading_fields() -> None:
+    """A decision decodes a stored entry's leading fields only (``_Version``, array-like): they
+    must stay exactly ``ledger.Entry``'s first fields, in order and type."""
+    from exchange.store.nats.store import _Version
+
+    n = len(_Version.__struct_fields__)
+    assert _Version.__struct_fields__ == ledger.Entry.__struct_fields__[:n]
+    assert all(_Version.__annotations__[f] == ledger.Entry.__annotations__[f]
+               for f in _Version.__struct_fields__)
