@@ -26,8 +26,6 @@ __all__ = ["PAGE", "Client", "DirectGets", "unavailable"]
 
 #: a direct-get batch asks for at most this many messages
 PAGE = 1000
-#: what ``bytes.strip()`` strips (``str.strip()`` strips more: \x1c-\x1f too)
-_ASCII_SPACE = " \t\n\r\x0b\x0c"
 _json = msgspec.json.Encoder()
 
 
@@ -133,8 +131,7 @@ class Client(nats.aio.client.Client):
     Every message a direct get returns carries some ten header lines (the server's six and the
     ones the broker published with the record), and nats-py 2.16 checks each header name for
     whitespace one character at a time in a generator: about 25 µs a message, more than half of
-    what the sequencer spent reading a record back. This parser (an ASCII block, the usual one,
-    decoded once and split as text) keeps its rules exactly
+    what the sequencer spent reading a record back. This parser keeps its rules exactly
     (``tests/test_nats_headers.py`` checks the two agree on arbitrary header blocks): one
     ``Name: Value`` per CRLF line, names ASCII without whitespace, values stripped and decoded
     as UTF-8 with replacement."""
@@ -163,19 +160,6 @@ class Client(nats.aio.client.Client):
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
-        if raw.isascii():
-            # the usual block: decoded once, then the same rules on text (``bytes.strip``
-            # strips ASCII whitespace only, hence the explicit characters)
-            text: dict[str, str] = {}
-            for row in raw.decode("ascii").split("\r\n"):
-                label, colon, rest = row.partition(":")
-                if not colon:
-                    continue
-                label = label.strip(_ASCII_SPACE)
-                if label and label.split() != [label]:
-                    continue
-                text[label] = rest.strip(_ASCII_SPACE)
-            return text
         out: dict[str, str] = {}
         for line in raw.split(b"\r\n"):
             name, sep, value = line.partition(b":")

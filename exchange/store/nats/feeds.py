@@ -29,7 +29,7 @@ from exchange.store.nats.direct import PAGE, DirectGets
 from exchange.store.nats.sequencer import LogView
 from nats.aio.msg import Msg
 
-__all__ = ["Feeds", "record_of"]
+__all__ = ["Feeds", "read_logged", "record_of", "seq_of"]
 
 _entry = msgspec.msgpack.Decoder(ledger.Entry)
 _stmt = msgspec.msgpack.Decoder(Statement)
@@ -40,15 +40,48 @@ RETRIES = 8
 RETRY_DELAY = 0.005
 
 
+def seq_of(m: Msg) -> int:
+    """A records-stream message's seq (its stream sequence - 1), read before its body."""
+    assert m.headers is not None
+    return int(m.headers["Nats-Sequence"]) - 1
+
+
 def record_of(m: Msg) -> tuple[ledger.StoredRecord, ledger.BatchRow | None]:
     """A records-stream message as the record it holds, and its batch's statement when it is
     the batch's first record."""
-    assert m.headers is not None
-    stream_seq = int(m.headers["Nats-Sequence"])
+    stream_seq = seq_of(m) + 1
     e = _entry.decode(m.data)
     batch = (ledger.BatchRow(stream_seq, _stmt.decode(e.statement), e.signature)
              if e.n == 0 and e.statement else None)
     return e.stored(stream_seq - 1, stream_seq - e.n), batch
+
+
+async def read_logged(direct: DirectGets, stream: str, after: int, limit: int, up_to: int,
+                      subject: str | None = None
+                      ) -> tuple[list[ledger.StoredRecord], list[ledger.BatchRow]]:
+    """Records with ``after`` < seq <= ``up_to`` (on ``subject``, a wildcard, if given), at
+    most ``limit``, and the batch statements among them; for a caller that knows the log holds
+    at least one: a replica behind the leader serves a prefix, or nothing, so an empty answer
+    is asked again (``RETRIES`` times, waiting twice as long each time) before it is taken."""
+    req: dict[str, object] = {"seq": after + 2, "batch": limit}
+    if subject is not None:
+        req["next_by_subj"] = subject
+    delay = RETRY_DELAY
+    for _ in range(RETRIES):
+        rows: list[ledger.StoredRecord] = []
+        batches: list[ledger.BatchRow] = []
+        for m in await direct.get(stream, req, batch=True):
+            if seq_of(m) > up_to:
+                break  # stored, not yet in the log: not read
+            r, b = record_of(m)
+            rows.append(r)
+            if b is not None:
+                batches.append(b)
+        if rows:
+            return rows, batches
+        await asyncio.sleep(delay)
+        delay *= 2
+    return [], []
 
 
 @dataclass
@@ -102,48 +135,23 @@ class Feeds:
         (one reader at a time: the others then find the records held)."""
         async with feed.lock:
             logged = self.view.heads.get(dataset, -1)
-            delay = RETRY_DELAY
-            for _ in range(RETRIES):
-                if feed.done >= logged:
-                    return
-                rows, batches = await self._get(dataset, feed.done, PAGE, logged)
-                if rows:
-                    feed.tail.add(rows, batches)
-                    feed.done = rows[-1].seq
-                    return
-                # the log has a record of this dataset past ``done`` that this replica does
-                # not serve yet: ask again
-                await asyncio.sleep(delay)
-                delay *= 2
+            if feed.done >= logged:
+                return
+            rows, batches = await self._get(dataset, feed.done, PAGE, logged)
+            if rows:
+                feed.tail.add(rows, batches)
+                feed.done = rows[-1].seq
 
     async def _read_behind(self, dataset: str, after: int, limit: int, logged: int
                            ) -> list[ledger.StoredRecord]:
-        delay = RETRY_DELAY
-        for _ in range(RETRIES):
-            rows, _ = await self._get(dataset, after, min(limit, PAGE), logged)
-            if rows:
-                return rows
-            await asyncio.sleep(delay)
-            delay *= 2
-        return []
+        return (await self._get(dataset, after, min(limit, PAGE), logged))[0]
 
     async def _get(self, dataset: str, after: int, limit: int, logged: int
                    ) -> tuple[list[ledger.StoredRecord], list[ledger.BatchRow]]:
-        """Records of ``dataset`` after seq ``after`` up to seq ``logged``: a prefix of them
-        when the replica serving the read is behind."""
-        msgs = await self.direct.get(self.stream, {
-            "seq": after + 2, "batch": limit,
-            "next_by_subj": f"{self.prefix}.rec.{dataset}.>"}, batch=True)
-        rows: list[ledger.StoredRecord] = []
-        batches: list[ledger.BatchRow] = []
-        for m in msgs:
-            assert m.headers is not None
-            if int(m.headers["Nats-Sequence"]) - 1 > logged:
-                break  # stored, not yet in the log: not read
-            r, b = record_of(m)
-            rows.append(r)
-            if b is not None:
-                batches.append(b)
+        """Records of ``dataset`` after seq ``after`` up to seq ``logged``, filtered by
+        subject at the server."""
+        rows, batches = await read_logged(self.direct, self.stream, after, limit, logged,
+                                          f"{self.prefix}.rec.{dataset}.>")
         self.records_read[dataset] = self.records_read.get(dataset, 0) + len(rows)
         return rows, batches
 

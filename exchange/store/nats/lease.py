@@ -75,14 +75,10 @@ class Lease:
             except nats.js.errors.KeyWrongLastSequenceError:
                 # held: by another broker, or by this one before a crash (the same lease id,
                 # kept in its data directory), which takes it back instead of waiting it out
-                try:
-                    with unavailable("reading the sequencer lease"):
-                        entry = await kv.get(KEY)
-                except nats.js.errors.KeyNotFoundError:
-                    return  # expired meanwhile: the next round takes it
-                if entry.value != self.instance.encode():
+                own = await self._own_revision(kv)
+                if own is None:
                     return
-                rev = entry.revision
+                rev = own
             self._revision, self._renewed = rev, time.monotonic()
             logger.info("sequencer_lease_taken", instance=self.instance)
             self.gaining = asyncio.create_task(self._gain())
@@ -93,14 +89,9 @@ class Lease:
                 rev = await kv.update(KEY, self.instance.encode(), last=sent)
         except nats.js.errors.KeyWrongLastSequenceError:
             # a renewal whose reply was lost moved the key on: still ours if it names us
-            try:
-                with unavailable("reading the sequencer lease"):
-                    entry = await kv.get(KEY)
-            except nats.js.errors.KeyNotFoundError:  # expired (or deleted): not ours
-                entry = None
-            if (entry is not None and entry.value == self.instance.encode()
-                    and self._revision == sent):
-                self._revision, self._renewed = entry.revision, time.monotonic()
+            own = await self._own_revision(kv)
+            if own is not None and self._revision == sent:
+                self._revision, self._renewed = own, time.monotonic()
                 return
             await self._give_up("another broker holds the lease, or it expired")
             return
@@ -191,11 +182,20 @@ class Lease:
                 await asyncio.wait_for(self._delete_own(), 2.0)
             self._changed()
 
+    async def _own_revision(self, kv: Any) -> int | None:
+        """The key's revision if it names this instance, else None (another's, or gone)."""
+        try:
+            with unavailable("reading the sequencer lease"):
+                entry = await kv.get(KEY)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return int(entry.revision) if entry.value == self.instance.encode() else None
+
     async def _delete_own(self) -> None:
         """Delete the key if it still names this instance, at the revision read: a renewal
         cancelled in flight may have moved it past the one this lease last saw."""
         kv = await self._kv()
-        entry = await kv.get(KEY)
-        if entry.value == self.instance.encode():
-            await kv.delete(KEY, last=entry.revision)
+        own = await self._own_revision(kv)
+        if own is not None:
+            await kv.delete(KEY, last=own)
 

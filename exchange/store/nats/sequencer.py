@@ -231,15 +231,12 @@ class Queries:
         while True:
             left = deadline - time.monotonic()
             try:
-                size, root, heads = await self.ask("state", 0,
-                                                   wait=max(0.05, min(self.timeout, left)))
+                await self._fetch(view, 0, left)
+                return
             except UnavailableError:
                 if time.monotonic() >= deadline:
                     raise
                 await view.grown(min(0.2, max(0.0, left)))  # no sequencer yet: again soon
-                continue
-            view.apply(int(size), bytes(root), {str(d): int(s) for d, s in heads.items()})
-            return
 
     async def state(self, view: LogView, min_size: int, deadline: float) -> None:
         """Until ``view`` holds at least ``min_size`` entries: an announcement usually brings
@@ -255,12 +252,15 @@ class Queries:
             await view.grown(min(0.2, left))
             if view.size >= min_size and view.known:
                 return
-            try:
-                size, root, heads = await self.ask("state", min_size,
-                                                   wait=max(0.05, min(self.timeout, left)))
-            except UnavailableError:
-                continue  # no sequencer for a moment (fail-over): ask again until the deadline
-            view.apply(int(size), bytes(root), {str(d): int(s) for d, s in heads.items()})
+            with contextlib.suppress(UnavailableError):
+                # no sequencer for a moment (fail-over): ask again until the deadline
+                await self._fetch(view, min_size, left)
+
+    async def _fetch(self, view: LogView, min_size: int, left: float) -> None:
+        """The log's state once it holds ``min_size`` entries, into ``view``."""
+        size, root, heads = await self.ask("state", min_size,
+                                           wait=max(0.05, min(self.timeout, left)))
+        view.apply(int(size), bytes(root), {str(d): int(s) for d, s in heads.items()})
 
 
 def decode_head(data: bytes) -> tuple[int, bytes, dict[str, int]]:

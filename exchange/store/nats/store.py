@@ -81,7 +81,7 @@ from exchange.core.signing import Statement
 from exchange.store.base import AccessRow, Appended, StaleRead, SubscriptionRow
 from exchange.store.nats.direct import PAGE, DirectGets, unavailable
 from exchange.store.nats.direct import Client as FastClient
-from exchange.store.nats.feeds import Feeds, record_of
+from exchange.store.nats.feeds import Feeds, read_logged, record_of, seq_of
 from exchange.store.nats.kv import Buckets
 from exchange.store.nats.lease import KEY as LEASE_KEY
 from exchange.store.nats.lease import Lease
@@ -429,17 +429,15 @@ class NatsStore:
         """The last message of each key's subject, by batched direct gets. A replica behind
         the leader may serve an older one: that only costs a retry, because the append is
         conditional on exactly what the decision saw."""
-        subjects = {self._subject(dataset, k): k for k in dict.fromkeys(keys)}
-        names = list(subjects)
+        names = [self._subject(dataset, k) for k in dict.fromkeys(keys)]
         chunks = [names[i:i + MULTI_LAST] for i in range(0, len(names), MULTI_LAST)]
         out: dict[str, Current] = {}
         for msgs in await asyncio.gather(*(self.direct.get(
                 self.records_stream, {"multi_last": chunk, "batch": len(chunk)}, batch=True)
                 for chunk in chunks)):
             for m in msgs:
-                assert m.headers is not None
                 v = _version.decode(m.data)
-                seq = int(m.headers["Nats-Sequence"]) - 1
+                seq = seq_of(m)
                 out[v.key] = Current(v.version, v.content, seq)
                 self._cited = max(self._cited, seq)
         return out
@@ -531,7 +529,7 @@ class NatsStore:
             msgs = await self.direct.get(
                 self.records_stream, {"seq": start, "batch": PAGE, "next_by_subj": subject},
                 batch=True)
-            rows = [record_of(m)[0] for m in msgs if _seq(m) < size]
+            rows = [record_of(m)[0] for m in msgs if seq_of(m) < size]
             out.extend(rows)
             if len(rows) < PAGE:
                 break
@@ -570,20 +568,11 @@ class NatsStore:
         the leader may serve a prefix: read on from it, a few times, before settling."""
         end = min(end, self.view.size)
         out: list[ledger.StoredRecord] = []
-        delay = 0.005
-        tries = 0
         while start < end:
-            msgs = await self.direct.get(self.records_stream,
-                                         {"seq": start + 1, "batch": min(PAGE, end - start)},
-                                         batch=True)
-            rows = [record_of(m)[0] for m in msgs if _seq(m) < end]
+            rows, _ = await read_logged(self.direct, self.records_stream, start - 1,
+                                        min(PAGE, end - start), end - 1)
             if not rows:
-                tries += 1
-                if tries == 8:
-                    break
-                await asyncio.sleep(delay)
-                delay *= 2
-                continue
+                break
             out.extend(rows)
             start = rows[-1].seq + 1
         return out
@@ -772,12 +761,6 @@ def _lease_id(path: Path) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(value + "\n", encoding="ascii")
     return value
-
-
-def _seq(m: Msg) -> int:
-    """A records-stream message's seq (its stream sequence - 1), read before its body."""
-    assert m.headers is not None
-    return int(m.headers["Nats-Sequence"]) - 1
 
 
 def _note(note: str) -> tlog.Checkpoint:

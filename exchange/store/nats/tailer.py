@@ -3,7 +3,7 @@
 Only the broker holding the sequencer lease (``lease``) runs one. It reads the records stream
 from the start (when it takes the role) and then as it grows, and keeps in memory what the log
 and the index queries need: the transparency log's tree and its stored nodes, each dataset's
-seqs and acceptance times, every key's current version (for references), and the references
+seqs and acceptance times, every key it holds (for references), and the references
 records hold to records not yet stored. What it holds is exactly what was committed and read
 back: ``log_state()`` never runs ahead of the stream.
 
@@ -27,7 +27,6 @@ import structlog
 
 from exchange.core import merkle, tlog
 from exchange.core.errors import Code, InternalError, UnavailableError
-from exchange.core.gate import Current
 from exchange.core.ledger import Entry, Reference
 from exchange.store.nats.direct import PAGE, DirectGets
 
@@ -55,7 +54,8 @@ class Tailer:
         self._levels: list[bytearray] = []
         self._seqs: dict[str, array[int]] = {}
         self._times: dict[str, array[float]] = {}
-        self._current: dict[tuple[str, str], Current] = {}
+        #: every (dataset, key) the log holds: what a reference resolves to
+        self._stored: set[tuple[str, str]] = set()
         self._refs: dict[tuple[str, str], list[tuple[str, str]]] = {}
         #: called after every page applied (the datasets it touched, and their last seq) and
         #: once per idle poll (with none)
@@ -138,7 +138,7 @@ class Tailer:
                 levels.append(bytearray())
             levels[level] += h
         touched: dict[str, int] = {}
-        current, refs = self._current, self._refs
+        stored, refs = self._stored, self._refs
         for seq, e in enumerate(entries, first):
             dataset = e.dataset
             seqs = self._seqs.get(dataset)
@@ -147,7 +147,7 @@ class Tailer:
                 self._times[dataset] = array("d")
             seqs.append(seq)
             self._times[dataset].append(e.accepted_at)
-            current[(dataset, e.key)] = Current(e.version, e.content, seq)
+            stored.add((dataset, e.key))
             if e.refs:
                 refs[(dataset, e.key)] = list(e.refs)
             elif refs:
@@ -216,27 +216,14 @@ class Tailer:
                     out[(level, idx)] = h
         return out
 
-    def head(self, dataset: str | None = None) -> int:
-        if dataset is None:
-            return self._tree.size - 1
-        seqs = self._seqs.get(dataset)
-        return seqs[-1] if seqs else -1
-
     def heads(self) -> dict[str, int]:
         """Every dataset's last seq in the log."""
         return {d: seqs[-1] for d, seqs in self._seqs.items() if seqs}
 
-    def seqs(self, dataset: str) -> Sequence[int]:
-        return self._seqs.get(dataset) or ()
-
-    def current(self, dataset: str, keys: Sequence[str]) -> dict[str, Current]:
-        found = self._current
-        return {k: cur for k in keys if (cur := found.get((dataset, k))) is not None}
-
     def unresolved(self) -> Iterator[Reference]:
         for (dataset, key), targets in self._refs.items():
             for target, target_key in targets:
-                if (target, target_key) not in self._current:
+                if (target, target_key) not in self._stored:
                     yield (target, target_key, dataset, key)
 
     def seq_before_time(self, dataset: str, t: float) -> int:
