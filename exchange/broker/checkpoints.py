@@ -99,7 +99,7 @@ class TlogService:
     def _signs(self) -> bool:
         """Whether this broker signs on the timer: the sequencer does (NATS), sqlite's one
         broker does."""
-        return bool(getattr(self.store, "sequencing", True))
+        return self.store.sequencing
 
     async def _loop(self) -> None:
         while True:

@@ -136,6 +136,12 @@ class Tail:
 class Store(Protocol):
     atomic_batch_bounded: bool
 
+    @property
+    def sequencing(self) -> bool:
+        """Whether this broker process grows the log and signs checkpoints on its timer:
+        sqlite's one broker always; on NATS, the one holding the sequencer lease."""
+        ...
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 

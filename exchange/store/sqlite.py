@@ -252,6 +252,8 @@ class SqliteStore:
 
     #: a group commit is one sqlite transaction: no bound but memory
     atomic_batch_bounded = False
+    #: the one broker on this file grows the log and signs its checkpoints
+    sequencing = True
     #: what ``/healthz`` names the store (the operator console shows it)
     kind = "sqlite"
 
