@@ -24,15 +24,11 @@ from typing import Any
 
 import msgspec
 
-from benchmarks.harness import make_pki
-from benchmarks.load import TODAY, Pool
-from exchange import pki
-from exchange.core import datasets, gate, ledger, tlog
-from exchange.core.access import Limits
-from exchange.core.envelope import rfc3339
-from exchange.core.seal import seal
-from exchange.core.signing import Verifier
-from exchange.sim.agencies import OWNERS
+from benchmarks.harness import PUBLISHER, make_pki
+from benchmarks.load import Pool, seal_batches
+from exchange.broker.app import Broker
+from exchange.core import ledger, tlog
+from exchange.core.access import BrokerConfig, DatasetConfig
 from exchange.store.nats.direct import Client
 from exchange.store.nats.server import NatsCluster
 from exchange.store.nats.store import NatsStore
@@ -40,24 +36,17 @@ from exchange.store.nats.tailer import Tailer
 
 __all__ = ["main", "run"]
 
-POP = OWNERS["population"]
+POP = PUBLISHER
 BATCH = 1000
 
 
-async def _store(store: NatsStore, pki_dir: Path, n: int) -> None:
-    spec = datasets.get("population")
-    key = pki.load_node_identity(pki_dir, POP).signing_key
-    verifier = Verifier(pki.load_signing_registry(pki_dir))
-    pool = Pool(n)
-    for i in range(0, n, BATCH):
-        batch = seal(key, POP, spec, pool.take(min(BATCH, n - i)), i.to_bytes(32, "big"),
-                     time=rfc3339(time.time()))
-        checked = gate.check(batch, node=POP, spec=spec, verifier=verifier, limits=Limits(),
-                             ctx=datasets.RuleContext(today=TODAY))
-        decided = gate.decide(checked, await store.current("population",
-                                                           [c.key for c in checked.candidates]))
-        await store.append(ledger.plan([ledger.Append(POP, "population", batch, decided)],
-                                       time.time()))
+async def _store(store: NatsStore, root: Path, pki_dir: Path, n: int) -> None:
+    """``n`` records through the broker's own publisher, as sealed batches of ``BATCH``."""
+    config = BrokerConfig(data_dir=str(root / "data"), pki_dir=str(pki_dir), quality=False,
+                          datasets=[DatasetConfig("population", POP)])
+    broker = Broker(config, store)
+    for _, body in seal_batches(pki_dir, POP, Pool(n), n, BATCH):
+        await broker.publisher.publish(POP, "population", body, "application/msgpack")
 
 
 async def run(records: int = 50_000) -> dict[str, Any]:
@@ -72,7 +61,7 @@ async def run(records: int = 50_000) -> dict[str, Any]:
             first = NatsStore(url)
             await first.open()
             try:
-                await _store(first, pki_dir, records)
+                await _store(first, root, pki_dir, records)
             finally:
                 await first.close()  # hands the lease over: the next store reads the log up
             second = NatsStore(url)
